@@ -1,0 +1,131 @@
+"""The `modelplane` command: generate CRDs, validate resources, run locally."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from modelplane_operator.crdgen import stale_crds, write_crds
+from modelplane_operator.validation import check_file
+
+app = typer.Typer(
+    help="modelplane: train, tune, evaluate and serve PyTorch models on Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+# Problems quote CEL rules full of [brackets]: print them verbatim, never as markup.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def crds(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the CRDs live.")] = Path("crds"),
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail if the files differ instead of writing.")
+    ] = False,
+) -> None:
+    """Write the CustomResourceDefinitions generated from the API models."""
+    if check:
+        stale = stale_crds(directory)
+        if stale:
+            err.print(f"[red]stale:[/red] {', '.join(stale)} in {directory}; run `modelplane crds`")
+            raise typer.Exit(1)
+        out.print(f"{directory}: up to date")
+        return
+    for path in write_crds(directory):
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="YAML files with modelplane resources.")],
+) -> None:
+    """Check resources the way the API server and the operator will, and explain errors."""
+    failed = 0
+    for path in files:
+        for checked in check_file(path):
+            if checked.ok:
+                out.print(f"[green]ok[/green]      {checked.source}: {checked.name}")
+                continue
+            failed += 1
+            out.print(f"[red]invalid[/red] {checked.source}: {checked.name}")
+            for problem in checked.problems:
+                out.print(f"  - {problem}", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="A ModelTraining or ModelDeployment YAML file.")],
+) -> None:
+    """Run a ModelTraining or ModelDeployment on this machine, without a cluster."""
+    results = list(check_file(file))
+    bad = [c for c in results if not c.ok]
+    for checked in bad:
+        err.print(f"[red]invalid[/red] {checked.source}: {checked.name}")
+        for problem in checked.problems:
+            err.print(f"  - {problem}", markup=False)
+    if bad:
+        raise typer.Exit(1)
+    err.print(
+        "[yellow]not yet available:[/yellow] local mode arrives with the runtime "
+        "(issue 4); the resource above is valid."
+    )
+
+
+dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
+cluster_app = typer.Typer(help="The local control plane (etcd, API server, kwok).")
+dev_app.add_typer(cluster_app, name="cluster")
+app.add_typer(dev_app, name="dev")
+
+
+def _state_file() -> Path:
+    from modelplane.cluster import cache_dir  # noqa: PLC0415  (dev-only dependencies)
+
+    return cache_dir() / "devcluster" / "state.json"
+
+
+@cluster_app.command("up")
+def cluster_up() -> None:
+    """Build (or reuse) the binaries, start the cluster and print its KUBECONFIG."""
+    from modelplane.cluster import (  # noqa: PLC0415
+        LocalCluster,
+        build_binaries,
+        eprint,
+        save_state,
+    )
+
+    state_file = _state_file()
+    if state_file.exists():
+        err.print(f"a cluster is already up ({state_file}); run `modelplane dev cluster down`")
+        raise typer.Exit(1)
+    workdir = state_file.parent
+    # No state file means no cluster runs: what is left is an old cluster's data.
+    shutil.rmtree(workdir, ignore_errors=True)
+    local = LocalCluster(workdir, build_binaries())
+    local.start(log=eprint)
+    save_state(local.state(), state_file)
+    out.print(f"export KUBECONFIG={local.kubeconfig}")
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop the cluster that `dev cluster up` started."""
+    from modelplane.cluster import stop_from_state  # noqa: PLC0415
+
+    state_file = _state_file()
+    if not state_file.exists():
+        err.print("no cluster is up")
+        raise typer.Exit(1)
+    stop_from_state(state_file)
+    out.print("cluster stopped")
+
+
+def main() -> None:
+    app()

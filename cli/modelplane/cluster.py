@@ -1,0 +1,562 @@
+"""A real Kubernetes control plane as local processes, for tests and development.
+
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run from binaries
+that `e2e/cluster/build.sh` builds from Go modules. kwok fakes the nodes (two GPU nodes,
+one CPU node) and the pod lifecycle: pods become Running and Ready, Job pods complete.
+Everything listens on loopback on free ports, so several clusters can run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+KUBERNETES_VERSION = "v1.36.3"
+SERVICE_CIDR = "10.96.0.0/16"
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+STARTUP_TIMEOUT_S = 90.0
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be built, started or reached."""
+
+
+def cache_dir() -> Path:
+    """Where built binaries, environments and dev clusters live (outside any clone)."""
+    env = os.environ.get("MODELPLANE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modelplane"
+
+
+def repo_root() -> Path:
+    """The checkout this package was installed from (editable install) or $MODELPLANE_REPO."""
+    env = os.environ.get("MODELPLANE_REPO")
+    root = Path(env) if env else Path(__file__).resolve().parents[2]
+    if not (root / "e2e" / "cluster" / "build.sh").is_file():
+        raise ClusterError(
+            f"{root} is not a modelplane checkout (no e2e/cluster/build.sh); "
+            "set MODELPLANE_REPO to one"
+        )
+    return root
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Paths of every binary the cluster runs."""
+
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    etcd: Path
+    kwok: Path
+    kwok_stages: Path
+    helm: Path
+
+
+def build_binaries(root: Path | None = None) -> Binaries:
+    """Build (or reuse from the cache) every binary; progress goes to stderr."""
+    script = (root or repo_root()) / "e2e" / "cluster" / "build.sh"
+    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False)
+    if result.returncode != 0:
+        raise ClusterError(f"{script} failed with exit code {result.returncode}; see above")
+    dirs = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
+    k8s, etcd, kwok, helm = (Path(dirs[t]) for t in ("kubernetes", "etcd", "kwok", "helm"))
+    return Binaries(
+        kube_apiserver=k8s / "kube-apiserver",
+        kube_controller_manager=k8s / "kube-controller-manager",
+        kube_scheduler=k8s / "kube-scheduler",
+        kubectl=k8s / "kubectl",
+        etcd=etcd / "etcd",
+        kwok=kwok / "kwok",
+        kwok_stages=kwok / "stages.yaml",
+        helm=helm / "helm",
+    )
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    """A node that kwok keeps Ready; its capacity is what the scheduler counts."""
+
+    name: str
+    cpu: str
+    memory: str
+    gpus: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, object]:
+        capacity = {"cpu": self.cpu, "memory": self.memory, "pods": "110"}
+        if self.gpus:
+            capacity["nvidia.com/gpu"] = str(self.gpus)
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": self.name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    **self.labels,
+                },
+            },
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }
+
+
+DEFAULT_NODES = (
+    FakeNode(
+        "gpu-node-0", cpu="64", memory="512Gi", gpus=8, labels={"nvidia.com/gpu.present": "true"}
+    ),
+    FakeNode(
+        "gpu-node-1", cpu="64", memory="512Gi", gpus=8, labels={"nvidia.com/gpu.present": "true"}
+    ),
+    FakeNode("cpu-node-0", cpu="16", memory="64Gi"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def _cert(
+    *,
+    subject: str,
+    key: rsa.RSAPrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: rsa.RSAPrivateKey,
+    ca: bool,
+    sans: Sequence[x509.GeneralName] = (),
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_pki(directory: Path) -> None:
+    """A CA, the API server's serving certificate, and the service-account key pair."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = _cert(subject="modelplane-test-ca", key=ca_key, issuer=None, issuer_key=ca_key, ca=True)
+    service_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
+    serving_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    serving = _cert(
+        subject="kube-apiserver",
+        key=serving_key,
+        issuer=ca,
+        issuer_key=ca_key,
+        ca=False,
+        sans=[
+            x509.DNSName("localhost"),
+            x509.DNSName("kubernetes.default.svc"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(service_ip),
+        ],
+    )
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _write_key(directory / "ca.key", ca_key)
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_key(directory / "apiserver.key", serving_key)
+    (directory / "apiserver.crt").write_bytes(serving.public_bytes(serialization.Encoding.PEM))
+    _write_key(directory / "sa.key", sa_key)
+    (directory / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+@dataclass
+class Component:
+    """One running process and how to tell that it is healthy."""
+
+    name: str
+    argv: list[str]
+    health_url: str | None
+    process: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class ClusterState:
+    """What `modelplane dev cluster down` needs to stop a cluster started earlier."""
+
+    workdir: str
+    kubeconfig: str
+    pids: dict[str, int]
+
+
+class LocalCluster:
+    """Start, use and stop the local control plane in `workdir`."""
+
+    def __init__(
+        self, workdir: Path, binaries: Binaries, *, nodes: Sequence[FakeNode] = DEFAULT_NODES
+    ) -> None:
+        self.workdir = workdir
+        self.binaries = binaries
+        self.nodes = tuple(nodes)
+        self.pki = workdir / "pki"
+        self.logs = workdir / "logs"
+        self.kubeconfig = workdir / "kubeconfig"
+        self.token = secrets.token_hex(16)
+        self.components: list[Component] = []
+        self.apiserver_url = ""
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, *, log: Callable[[str], None] = lambda _: None) -> float:
+        """Start every component and wait until the cluster is usable; return seconds."""
+        began = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        make_pki(self.pki)
+        (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        self.apiserver_url = f"https://127.0.0.1:{api_port}"
+        self._write_kubeconfig()
+        try:
+            self._launch(self._etcd(etcd_port, peer_port), log)
+            self._launch(self._apiserver(etcd_port, api_port), log)
+            self._launch(self._controller_manager(free_port()), log)
+            self._launch(self._scheduler(free_port()), log)
+            self._launch(self._kwok(free_port()), log)
+            log("creating fake nodes")
+            self._create_nodes()
+            self._wait_nodes_ready()
+            self._wait_default_service_account("default")
+        except BaseException:
+            self.stop()
+            raise
+        elapsed = time.monotonic() - began
+        log(f"cluster ready in {elapsed:.1f} s")
+        return elapsed
+
+    def stop(self) -> None:
+        """Stop every component, newest first; logs stay in workdir/logs."""
+        for component in reversed(self.components):
+            if component.process is not None:
+                _terminate(component.process.pid, component.process)
+        self.components.clear()
+
+    def state(self) -> ClusterState:
+        return ClusterState(
+            workdir=str(self.workdir),
+            kubeconfig=str(self.kubeconfig),
+            pids={c.name: c.process.pid for c in self.components if c.process},
+        )
+
+    # -- use -------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, input_text: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; raise with its stderr when `check` fails."""
+        result = subprocess.run(
+            [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def get_json(self, *args: str) -> dict[str, Any]:
+        """`kubectl get ARGS -o json`, parsed."""
+        result: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+        return result
+
+    # -- components ------------------------------------------------------------------
+
+    def _etcd(self, port: int, peer_port: int) -> Component:
+        client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
+        return Component(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=default={peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+            f"{client}/health",
+        )
+
+    def _apiserver(self, etcd_port: int, port: int) -> Component:
+        return Component(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={self.pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={self.pki / 'apiserver.key'}",
+                f"--client-ca-file={self.pki / 'ca.crt'}",
+                f"--token-auth-file={self.workdir / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-account-key-file={self.pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={self.pki / 'sa.key'}",
+                "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",
+            ],
+            f"{self.apiserver_url}/readyz",
+        )
+
+    def _controller_manager(self, port: int) -> Component:
+        kc = str(self.kubeconfig)
+        return Component(
+            "kube-controller-manager",
+            [
+                str(self.binaries.kube_controller_manager),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'kcm'}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={self.pki / 'sa.key'}",
+                f"--root-ca-file={self.pki / 'ca.crt'}",
+                "--use-service-account-credentials=true",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--cluster-name=modelplane-test",
+            ],
+            f"https://127.0.0.1:{port}/healthz",
+        )
+
+    def _scheduler(self, port: int) -> Component:
+        kc = str(self.kubeconfig)
+        return Component(
+            "kube-scheduler",
+            [
+                str(self.binaries.kube_scheduler),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'scheduler'}",
+                "--leader-elect=false",
+            ],
+            f"https://127.0.0.1:{port}/healthz",
+        )
+
+    def _kwok(self, port: int) -> Component:
+        return Component(
+            "kwok",
+            [
+                str(self.binaries.kwok),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={self.binaries.kwok_stages}",
+                f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.244.0.1/16",
+                "--node-ip=10.0.0.1",
+                f"--server-address=127.0.0.1:{port}",
+            ],
+            f"http://127.0.0.1:{port}/healthz",
+        )
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _write_kubeconfig(self) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "modelplane-test",
+                    "cluster": {
+                        "server": self.apiserver_url,
+                        "certificate-authority": str(self.pki / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [{"name": "admin", "user": {"token": self.token}}],
+            "contexts": [
+                {
+                    "name": "modelplane-test",
+                    "context": {
+                        "cluster": "modelplane-test",
+                        "user": "admin",
+                        "namespace": "default",
+                    },
+                }
+            ],
+            "current-context": "modelplane-test",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def _launch(self, component: Component, log: Callable[[str], None]) -> None:
+        log(f"starting {component.name}")
+        # The child keeps its own copy of the descriptor; the parent's closes here.
+        with (self.logs / f"{component.name}.log").open("wb") as out:
+            component.process = subprocess.Popen(
+                component.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the CLI for `dev cluster up`
+            )
+        self.components.append(component)
+        if component.health_url:
+            self._wait_healthy(component)
+
+    def _wait_healthy(self, component: Component) -> None:
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # components other than the API server self-sign
+        headers = {"Authorization": f"Bearer {self.token}"}
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        last = ""
+        if component.health_url is None or component.process is None:
+            return
+        while time.monotonic() < deadline:
+            if component.process.poll() is not None:
+                raise ClusterError(
+                    f"{component.name} exited with {component.process.returncode}; "
+                    f"last log lines:\n{self._tail(component.name)}"
+                )
+            try:
+                request = urllib.request.Request(component.health_url, headers=headers)
+                with urllib.request.urlopen(request, timeout=2, context=context) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise ClusterError(
+            f"{component.name} not healthy after {STARTUP_TIMEOUT_S:.0f} s ({last}); "
+            f"last log lines:\n{self._tail(component.name)}"
+        )
+
+    def _tail(self, name: str, lines: int = 20) -> str:
+        path = self.logs / f"{name}.log"
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
+
+    def _create_nodes(self) -> None:
+        documents = [yaml.safe_dump(node.manifest()) for node in self.nodes]
+        self.kubectl("create", "-f", "-", input_text="---\n".join(documents))
+
+    def _wait_nodes_ready(self) -> None:
+        names = [n.name for n in self.nodes]
+        self.kubectl(
+            "wait", "--for=condition=Ready", "--timeout=60s", *(f"node/{n}" for n in names)
+        )
+
+    def _wait_default_service_account(self, namespace: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (
+                self.kubectl(
+                    "get", "serviceaccount", "default", "-n", namespace, check=False
+                ).returncode
+                == 0
+            ):
+                return
+            time.sleep(0.2)
+        raise ClusterError(f"no default service account in {namespace} after 60 s")
+
+
+def _terminate(pid: int, process: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after 10 s."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    if process is not None:
+        process.wait()
+
+
+def stop_from_state(state_file: Path) -> None:
+    """Stop a cluster that `dev cluster up` left running, from its state file."""
+    state = ClusterState(**json.loads(state_file.read_text()))
+    for _, pid in reversed(list(state.pids.items())):
+        _terminate(pid)
+    state_file.unlink()
+
+
+def save_state(state: ClusterState, state_file: Path) -> None:
+    state_file.write_text(json.dumps(asdict(state), indent=2))
+
+
+def eprint(message: str) -> None:
+    print(f"[cluster] {message}", file=sys.stderr, flush=True)

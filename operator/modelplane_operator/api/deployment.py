@@ -1,0 +1,223 @@
+"""ModelDeployment: serve a trained model with Ray Serve replicas that scale with load."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from modelplane_operator.api.base import ApiModel, CelRule, StatusModel
+from modelplane_operator.api.common import (
+    CONDITIONS_LIST,
+    Condition,
+    Quantity,
+    Scheduling,
+    Uri,
+)
+
+# Metrics a deployment can require a minimum of: those where higher is better.
+GATE_METRICS = ("accuracy", "f1", "precision", "recall", "top5Accuracy")
+DeploymentPhase = Literal["Pending", "Progressing", "Ready", "Degraded", "Rejected"]
+
+
+class ModelSource(ApiModel):
+    """Which trained model to serve: exactly one of fromTraining and uri."""
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.fromTraining) != has(self.uri)",
+            message="set exactly one of fromTraining and uri",
+            check=lambda m: (m.from_training is None) != (m.uri is None),
+        ),
+    )
+
+    from_training: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """Name of a ModelTraining in the same namespace; serving waits until it Succeeded and
+    serves its artifact."""
+    uri: Uri | None = None
+    """Location of a modelplane artifact (a folder with a model card)."""
+
+
+class ReplicaRange(ApiModel):
+    """Bounds for the number of model replicas."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.min <= self.max",
+            message="min must be less than or equal to max",
+            check=lambda r: r.min <= r.max,
+            field_path=".min",
+        ),
+    )
+
+    min: int = Field(default=1, ge=0, le=1000)
+    """Fewest replicas; 0 lets an idle deployment scale to zero."""
+    max: int = Field(default=1, ge=1, le=1000)
+    """Most replicas."""
+
+
+class Autoscaling(ApiModel):
+    """How Ray Serve's autoscaler reacts to load."""
+
+    target_ongoing_requests: float = Field(default=2.0, gt=0.0, le=10000.0)
+    """Ongoing requests per replica the autoscaler aims for."""
+    upscale_delay_seconds: float = Field(default=2.0, ge=0.0, le=3600.0)
+    """How long load must stay high before replicas are added."""
+    downscale_delay_seconds: float = Field(default=60.0, ge=0.0, le=86400.0)
+    """How long load must stay low before replicas (and then worker pods) are removed."""
+
+
+class ServingResources(Scheduling):
+    """What each replica gets and where it runs."""
+
+    gpus_per_replica: float = Field(default=0.0, ge=0.0, le=16.0)
+    """GPUs per replica (fractions share a GPU); 0 serves on the CPU."""
+    cpu: Quantity | None = None
+    """CPU request and limit per worker pod, for example "4"."""
+    memory: Quantity | None = None
+    """Memory request and limit per worker pod, for example 16Gi."""
+
+
+class Batching(ApiModel):
+    """Dynamic batching of concurrent requests."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    """Most requests run through the model together."""
+    batch_wait_timeout_ms: float = Field(default=5.0, ge=0.0, le=10000.0)
+    """How long the first request of a batch waits for others."""
+
+
+class Optimization(ApiModel):
+    """Inference optimisations, each checked against the fp32 model's predictions."""
+
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weights and activations type; bf16 and fp16 are for GPUs (bf16 also runs on CPUs)."""
+    quantization: Literal["none", "int8"] = "none"
+    """int8 applies dynamic int8 quantisation to linear layers (CPU serving only)."""
+    compile: bool = False
+    """Compile the model with torch.compile at start-up."""
+
+
+class Rollout(ApiModel):
+    """How a new model version replaces the old one."""
+
+    strategy: Literal["RollingUpdate"] = "RollingUpdate"
+    """RollingUpdate replaces replicas in place without dropping requests."""
+
+
+class ModelDeploymentSpec(ApiModel):
+    """The desired serving deployment."""
+
+    cel_rules = (
+        CelRule(
+            rule=(
+                "!has(self.requireMetrics) || self.requireMetrics.all(k, k in "
+                + "["
+                + ", ".join(f"'{m}'" for m in GATE_METRICS)
+                + "])"
+            ),
+            message="requireMetrics keys must be among " + ", ".join(GATE_METRICS),
+            check=lambda s: all(k in GATE_METRICS for k in s.require_metrics),
+            field_path=".requireMetrics",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.optimization) || !has(self.optimization.quantization) || "
+                "self.optimization.quantization == 'none' || "
+                "!has(self.resources) || !has(self.resources.gpusPerReplica) || "
+                "self.resources.gpusPerReplica == 0.0"
+            ),
+            message="int8 quantization is for CPU serving: set resources.gpusPerReplica to 0",
+            check=lambda s: (
+                s.optimization.quantization == "none" or s.resources.gpus_per_replica == 0
+            ),
+            field_path=".optimization.quantization",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.maxOngoingRequests) || !has(self.batching) || "
+                "!has(self.batching.maxBatchSize) || "
+                "self.maxOngoingRequests >= self.batching.maxBatchSize"
+            ),
+            message=(
+                "maxOngoingRequests must be at least batching.maxBatchSize, "
+                "or a replica can never fill a batch"
+            ),
+            check=lambda s: s.max_ongoing_requests >= s.batching.max_batch_size,
+            field_path=".maxOngoingRequests",
+        ),
+    )
+
+    model: ModelSource
+    """The trained model to serve."""
+    require_metrics: dict[str, float] = Field(default_factory=dict, max_length=16)
+    """Minimum validation metrics (for example f1: 0.9); a model below any of them is
+    Rejected and not rolled out."""
+    replicas: ReplicaRange = Field(default_factory=ReplicaRange)
+    """Replica bounds for the autoscaler."""
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    """Autoscaler targets and delays."""
+    resources: ServingResources = Field(default_factory=ServingResources)
+    """Per-replica resources and placement."""
+    batching: Batching = Field(default_factory=Batching)
+    """Dynamic batching."""
+    optimization: Optimization = Field(default_factory=Optimization)
+    """Inference optimisations."""
+    max_ongoing_requests: int = Field(default=64, ge=1, le=100000)
+    """Requests one replica holds at once; beyond that callers get 503 with Retry-After."""
+    rollout: Rollout = Field(default_factory=Rollout)
+    """How new model versions roll out."""
+
+
+class ModelInfo(StatusModel):
+    """The model being served."""
+
+    uri: str = ""
+    """Location of the served artifact."""
+    digest: str = ""
+    """sha256 digest of its weights."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Its validation metrics."""
+
+
+class Counts(StatusModel):
+    """Desired and ready counts."""
+
+    desired: int = 0
+    """How many are wanted."""
+    ready: int = 0
+    """How many are ready."""
+
+
+class Load(StatusModel):
+    """Traffic the deployment sees."""
+
+    ongoing_requests: float = 0.0
+    """Requests in flight across replicas."""
+    requests_per_second: float = 0.0
+    """Recent request rate."""
+
+
+class ModelDeploymentStatus(StatusModel):
+    """What the operator observed; written by the operator only."""
+
+    observed_generation: int | None = None
+    """The metadata.generation this status describes."""
+    phase: DeploymentPhase | None = None
+    """Pending, Progressing, Ready, Degraded or Rejected."""
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
+    """Ready, Progressing and ModelAccepted conditions with reasons."""
+    endpoint: str | None = None
+    """HTTP endpoint inside the cluster (Open Inference Protocol v2 and /predict)."""
+    model: ModelInfo | None = None
+    """The served model."""
+    replicas: Counts | None = None
+    """Model replicas wanted by the autoscaler and ready."""
+    workers: Counts | None = None
+    """Worker pods wanted and ready."""
+    load: Load | None = None
+    """Current traffic."""
+    last_scale_time: str | None = None
+    """When the worker pods were last resized (RFC 3339)."""

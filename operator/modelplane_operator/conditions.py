@@ -1,0 +1,73 @@
+"""Standard conditions: set one, keeping lastTransitionTime unless the status changed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+from modelplane_operator.api.common import Condition
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z, the form Kubernetes writes."""
+    if moment.tzinfo is None:
+        raise ValueError("format_time needs a timezone-aware datetime")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    *,
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    observed_generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """Return `conditions` with the condition of `type_` set.
+
+    lastTransitionTime moves only when the status flips; reason, message and
+    observedGeneration always follow the latest observation. Order is kept, and a new
+    type is appended. The clock is injected so callers and tests stay deterministic.
+    """
+    updated: list[Condition] = []
+    found = False
+    for existing in conditions:
+        if existing.type != type_:
+            updated.append(existing)
+            continue
+        found = True
+        transition = (
+            existing.last_transition_time if existing.status == status else format_time(now)
+        )
+        updated.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=transition,
+                observed_generation=observed_generation,
+            )
+        )
+    if not found:
+        updated.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=format_time(now),
+                observed_generation=observed_generation,
+            )
+        )
+    return updated
+
+
+def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:
+    """The condition of `type_`, or None."""
+    return next((c for c in conditions if c.type == type_), None)

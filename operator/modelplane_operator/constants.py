@@ -1,0 +1,71 @@
+"""Every name the operator shares with the cluster, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "modelplane.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+KIND_TRAINING: Final = "ModelTraining"
+PLURAL_TRAINING: Final = "modeltrainings"
+SINGULAR_TRAINING: Final = "modeltraining"
+SHORT_NAMES_TRAINING: Final = ("mt",)
+
+KIND_DEPLOYMENT: Final = "ModelDeployment"
+PLURAL_DEPLOYMENT: Final = "modeldeployments"
+SINGULAR_DEPLOYMENT: Final = "modeldeployment"
+SHORT_NAMES_DEPLOYMENT: Final = ("md",)
+
+CATEGORIES: Final = ("modelplane",)
+
+# The field manager of every server-side apply the operator makes.
+FIELD_MANAGER: Final = "modelplane-operator"
+
+# Labels on every child object.
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+MANAGED_BY: Final = "modelplane"
+LABEL_TRAINING: Final = f"{GROUP}/training"
+LABEL_DEPLOYMENT: Final = f"{GROUP}/deployment"
+LABEL_TRIAL: Final = f"{GROUP}/trial"
+LABEL_ATTEMPT: Final = f"{GROUP}/attempt"
+LABEL_ROLE: Final = f"{GROUP}/role"
+
+# Annotations. kopf's own bookkeeping goes under this prefix, never into status.
+ANNOTATION_PREFIX: Final = f"kopf.{GROUP}"
+ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
+
+# Environment of the pods the operator creates.
+ENV_RUN_CONFIG: Final = "MODELPLANE_RUN_CONFIG"
+ENV_PROGRESS_PORT: Final = "MODELPLANE_PROGRESS_PORT"
+
+# Condition types.
+COND_READY: Final = "Ready"
+COND_PROGRESSING: Final = "Progressing"
+COND_FAILED: Final = "Failed"
+COND_SUSPENDED: Final = "Suspended"
+COND_MODEL_ACCEPTED: Final = "ModelAccepted"
+COND_SPEC_CHANGE_IGNORED: Final = "SpecChangeIgnored"
+
+# Condition reasons: one CamelCase word a program can switch on.
+REASON_CREATED: Final = "Created"
+REASON_WAITING_FOR_PODS: Final = "WaitingForPods"
+REASON_UNSCHEDULABLE: Final = "Unschedulable"
+REASON_IMAGE_PULL: Final = "ImagePullFailed"
+REASON_QUOTA_EXCEEDED: Final = "QuotaExceeded"
+REASON_TRAINING: Final = "Training"
+REASON_SUCCEEDED: Final = "Succeeded"
+REASON_CONFIG_ERROR: Final = "ConfigError"
+REASON_RESTARTING: Final = "Restarting"
+REASON_RESTARTS_EXHAUSTED: Final = "RestartsExhausted"
+REASON_SUSPENDED: Final = "Suspended"
+REASON_IMMUTABLE_FIELD: Final = "ImmutableFieldChanged"
+REASON_WAITING_FOR_TRAINING: Final = "WaitingForTraining"
+REASON_METRICS_BELOW_THRESHOLD: Final = "MetricsBelowThreshold"
+REASON_MODEL_ACCEPTED: Final = "ModelAccepted"
+REASON_ROLLING_OUT: Final = "RollingOut"
+REASON_SERVING: Final = "Serving"
+REASON_APPLICATION_ERROR: Final = "ApplicationError"

@@ -1,0 +1,102 @@
+"""Fixtures for tests against the local control plane.
+
+One cluster per test session (started here, stopped at the end; binaries are built or
+taken from the cache first), one namespace per test, and a dump of the namespace's
+objects and events when a test fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import time
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from modelplane.cluster import ClusterError, LocalCluster, build_binaries, eprint
+from tests.factories import ROOT
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition") -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    binaries = build_binaries(ROOT)
+    workdir = tmp_path_factory.mktemp("cluster")
+    local = LocalCluster(workdir, binaries)
+    try:
+        local.start(log=eprint)
+    except ClusterError as exc:
+        pytest.fail(f"the local control plane did not start: {exc}\nlogs: {local.logs}")
+    yield local
+    local.stop()
+    eprint(f"stopped; logs kept in {local.logs}")
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: LocalCluster) -> LocalCluster:
+    """The cluster with modelplane's CRDs installed and Established."""
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/modeltrainings.modelplane.io",
+        "crd/modeldeployments.modelplane.io",
+    )
+    return cluster
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, dumped to stderr if the test fails."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{slug}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    wait_for(
+        lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        what=f"the default service account of {name}",
+    )
+    yield name
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        dump = cluster.kubectl(
+            "get",
+            "all,events,configmaps,modeltrainings,modeldeployments",
+            "-n",
+            name,
+            "-o",
+            "yaml",
+            check=False,
+        )
+        path = Path(cluster.workdir) / f"dump-{name}.yaml"
+        path.write_text(dump.stdout + dump.stderr)
+        print(
+            f"\n--- objects and events of {name} (also in {path}) ---\n{dump.stdout}",
+            file=sys.stderr,
+        )
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

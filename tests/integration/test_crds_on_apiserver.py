@@ -1,0 +1,97 @@
+"""The generated CRDs on a real API server: validation, explain, printer columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelplane.cluster import LocalCluster
+from modelplane_operator.validation import check_file
+from tests.factories import EXAMPLES, INVALID_EXAMPLES, expected_message
+
+VALID = sorted(EXAMPLES.glob("*.yaml"))
+INVALID = sorted(INVALID_EXAMPLES.glob("*.yaml"))
+
+
+def test_both_crds_are_established(crds: LocalCluster) -> None:
+    names = crds.kubectl("get", "crd", "-o", "name").stdout.split()
+    assert "customresourcedefinition.apiextensions.k8s.io/modeltrainings.modelplane.io" in names
+    assert "customresourcedefinition.apiextensions.k8s.io/modeldeployments.modelplane.io" in names
+
+
+@pytest.mark.parametrize("path", VALID, ids=[p.name for p in VALID])
+def test_every_example_passes_server_side_dry_run(
+    crds: LocalCluster, namespace: str, path: Path
+) -> None:
+    result = crds.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.name for p in INVALID])
+def test_every_invalid_example_is_refused_by_the_api_server_as_by_validate(
+    crds: LocalCluster, namespace: str, path: Path
+) -> None:
+    result = crds.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False
+    )
+    assert result.returncode != 0, f"{path.name} was accepted by the API server"
+    expected = expected_message(path)
+    assert expected in result.stderr, result.stderr
+    # `modelplane validate` refuses it with the same words: one rule, two enforcers.
+    local = [str(p) for c in check_file(path) for p in c.problems]
+    assert any(expected in m for m in local), local
+
+
+def test_kubectl_explain_shows_the_field_descriptions(crds: LocalCluster) -> None:
+    text = crds.kubectl("explain", "modeltraining.spec.resources").stdout
+    assert "gpusPerNode" in text
+    assert "GPUs per pod" in text
+    assert "Pods, GPUs and placement" in text
+
+
+def test_kubectl_get_shows_the_printer_columns(crds: LocalCluster, namespace: str) -> None:
+    crds.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "text-training.yaml"))
+    status = {
+        "status": {
+            "phase": "Running",
+            "progress": {"percent": 42},
+            "keyMetric": "f1=0.910",
+            "restarts": 1,
+        }
+    }
+    crds.kubectl(
+        "patch",
+        "mt",
+        "sentiment",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        yaml.safe_dump(status),
+    )
+    lines = crds.kubectl("get", "mt", "-n", namespace).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "METRIC", "RESTARTS", "AGE"]
+    assert lines[1].split()[:5] == ["sentiment", "Running", "42", "f1=0.910", "1"]
+
+
+def test_status_is_a_subresource_so_spec_writes_do_not_touch_it(
+    crds: LocalCluster, namespace: str
+) -> None:
+    crds.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "image-deployment.yaml"))
+    crds.kubectl(
+        "patch",
+        "md",
+        "digits",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        yaml.safe_dump({"status": {"phase": "Ready"}}),
+    )
+    obj = crds.get_json("md", "digits", "-n", namespace)
+    assert obj.get("status", {}).get("phase") != "Ready"

@@ -1,0 +1,72 @@
+"""The runtime contract round-trips and respects Kubernetes' limits."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from modelplane_runtime.contract import (
+    DataConfig,
+    ExitCode,
+    RunConfig,
+    ServeArgs,
+    TrainingResult,
+)
+
+
+def make_run_config() -> RunConfig:
+    return RunConfig(
+        name="demo",
+        architecture="mlp",
+        task="tabular-classification",
+        data=DataConfig(train_uri="builtin://breast-cancer", validation_split=0.2),
+        output_uri="pvc://models/demo",
+        metrics=("accuracy", "f1"),
+    )
+
+
+def test_run_config_round_trips_through_json() -> None:
+    config = make_run_config()
+    assert RunConfig.from_json(config.to_json()) == config
+
+
+def test_run_config_refuses_unknown_fields() -> None:
+    data = make_run_config().model_dump()
+    data["surprise"] = 1
+    with pytest.raises(ValidationError, match="surprise"):
+        RunConfig.model_validate(data)
+
+
+def test_a_newer_contract_version_is_refused_not_misread() -> None:
+    data = make_run_config().model_dump()
+    data["version"] = 2
+    with pytest.raises(ValidationError, match="version"):
+        RunConfig.model_validate(data)
+
+
+def test_training_result_fits_the_termination_message() -> None:
+    result = TrainingResult(
+        run="demo", metrics={"f1": 0.9}, artifact_uri="pvc://m/demo", digest="sha256:ab"
+    )
+    text = result.to_termination_message()
+    assert TrainingResult.model_validate_json(text) == result
+
+
+def test_an_oversized_training_result_is_refused() -> None:
+    result = TrainingResult(
+        run="demo",
+        metrics={f"m{i}": float(i) for i in range(400)},
+        artifact_uri="pvc://m/demo",
+        digest="sha256:ab",
+    )
+    with pytest.raises(ValueError, match="4096"):
+        result.to_termination_message()
+
+
+def test_serve_args_round_trip() -> None:
+    args = ServeArgs(model_name="demo", model_uri="pvc://m/demo", max_batch_size=8)
+    assert ServeArgs.model_validate_json(args.model_dump_json()) == args
+
+
+def test_config_errors_have_a_code_apart_from_infrastructure_failures() -> None:
+    assert ExitCode.CONFIG_ERROR not in (ExitCode.OK, ExitCode.INFRASTRUCTURE)

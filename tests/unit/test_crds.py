@@ -1,0 +1,117 @@
+"""The CRDs are generated, current, structural and carry the rules users rely on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelplane_operator.crdgen import render_crds, stale_crds, write_crds
+from tests.factories import ROOT
+
+CRDS_DIR = ROOT / "crds"
+TYPELESS_OK = ("x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields")
+
+
+def load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CRDS_DIR / name).read_text())  # type: ignore[no-any-return]
+
+
+def walk(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from walk(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def crd_schemas() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (name, yaml.safe_load(text)["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+        for name, text in render_crds().items()
+    ]
+
+
+def all_rules(schema: dict[str, Any]) -> set[str]:
+    return {r["rule"] for _, node in walk(schema) for r in node.get("x-kubernetes-validations", [])}
+
+
+def test_crds_folder_matches_the_models_run_modelplane_crds_if_this_fails() -> None:
+    assert stale_crds(CRDS_DIR) == []
+
+
+def test_there_are_exactly_two_crds() -> None:
+    assert sorted(p.name for p in CRDS_DIR.glob("*.yaml")) == [
+        "modelplane.io_modeldeployments.yaml",
+        "modelplane.io_modeltrainings.yaml",
+    ]
+
+
+def test_regenerating_changes_nothing(tmp_path: Path) -> None:
+    write_crds(tmp_path)
+    first = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    write_crds(tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == first
+    assert stale_crds(tmp_path) == []
+
+
+def test_a_hand_edit_is_detected_as_stale(tmp_path: Path) -> None:
+    write_crds(tmp_path)
+    target = tmp_path / "modelplane.io_modeltrainings.yaml"
+    target.write_text(target.read_text().replace("minimum: 1", "minimum: 2", 1))
+    (tmp_path / "extra.yaml").write_text("kind: Leftover\n")
+    assert stale_crds(tmp_path) == ["extra.yaml", "modelplane.io_modeltrainings.yaml"]
+
+
+@pytest.mark.parametrize(("name", "schema"), crd_schemas(), ids=lambda v: str(v)[:40])
+def test_schema_is_structural_and_documented(name: str, schema: dict[str, Any]) -> None:
+    for path, node in walk(schema):
+        assert "$ref" not in node, path
+        assert node.get("additionalProperties") is not False, path
+        assert "type" in node or any(node.get(k) for k in TYPELESS_OK), f"{name}{path} untyped"
+        if path.startswith((".spec", ".status")) and not path.endswith(("[]", "{}")):
+            assert node.get("description"), f"{name}{path} has no description"
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert isinstance(node.get(key, True), bool), path
+
+
+def test_both_kinds_have_status_subresource_columns_and_short_names() -> None:
+    for name in render_crds():
+        spec = load(name)["spec"]
+        version = spec["versions"][0]
+        assert version["subresources"] == {"status": {}}
+        columns = {c["name"] for c in version["additionalPrinterColumns"]}
+        assert {"Phase", "Age"} <= columns
+        assert spec["names"]["shortNames"]
+        assert spec["scope"] == "Namespaced"
+
+
+def test_printer_columns_show_progress_metric_and_replicas() -> None:
+    training = load("modelplane.io_modeltrainings.yaml")["spec"]["versions"][0]
+    deployment = load("modelplane.io_modeldeployments.yaml")["spec"]["versions"][0]
+    assert {"Progress", "Metric"} <= {c["name"] for c in training["additionalPrinterColumns"]}
+    assert {"Ready", "Desired"} <= {c["name"] for c in deployment["additionalPrinterColumns"]}
+
+
+def test_the_cross_field_rules_are_cel_validations() -> None:
+    schemas = dict(crd_schemas())
+    training = all_rules(schemas["modelplane.io_modeltrainings.yaml"])
+    deployment = all_rules(schemas["modelplane.io_modeldeployments.yaml"])
+    assert "self.min <= self.max" in deployment
+    assert "has(self.fromTraining) != has(self.uri)" in deployment
+    assert "!(has(self.validation) && has(self.validationSplit))" in training
+    assert "self.parallelTrials <= self.maxTrials" in training
+    assert any("self.min < self.max" in r for r in training)
+    assert any("size(self.values) > 0" in r for r in training)
+
+
+def test_conditions_are_a_list_map_keyed_by_type() -> None:
+    for _, schema in crd_schemas():
+        conditions = schema["properties"]["status"]["properties"]["conditions"]
+        assert conditions["x-kubernetes-list-type"] == "map"
+        assert conditions["x-kubernetes-list-map-keys"] == ["type"]
