@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/bootstrap.sh
-.venv/bin/modelplane run examples/tabular-training.yaml
+.venv/bin/modelplane run examples/quickstart-training.yaml

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.crdgen import stale_crds, write_crds
 from modelplane_operator.validation import check_file
 
@@ -64,7 +65,10 @@ def validate(
 def run(
     file: Annotated[Path, typer.Argument(help="A ModelTraining or ModelDeployment YAML file.")],
 ) -> None:
-    """Run a ModelTraining or ModelDeployment on this machine, without a cluster."""
+    """Run a ModelTraining or ModelDeployment on this machine, without a cluster.
+
+    pvc://<claim>/<path> maps to ./runs/<claim>/<path> (set MODELPLANE_PVC_ROOT to move it).
+    """
     results = list(check_file(file))
     bad = [c for c in results if not c.ok]
     for checked in bad:
@@ -73,10 +77,26 @@ def run(
             err.print(f"  - {problem}", markup=False)
     if bad:
         raise typer.Exit(1)
-    err.print(
-        "[yellow]not yet available:[/yellow] local mode arrives with the runtime "
-        "(issue 4); the resource above is valid."
-    )
+    from modelplane.local import print_summary, run_training  # noqa: PLC0415
+
+    for checked in results:
+        resource = checked.resource
+        if not isinstance(resource, ModelTraining):
+            err.print(
+                f"[yellow]not yet available:[/yellow] {checked.name}: local serving "
+                "arrives with the serving runtime (issue 6)"
+            )
+            raise typer.Exit(3)
+        if resource.spec.tuning is not None:
+            err.print(
+                f"[yellow]not yet available:[/yellow] {checked.name}: local tuning "
+                "arrives with issue 8; remove spec.tuning to train once"
+            )
+            raise typer.Exit(3)
+        outcome = run_training(resource, console=out)
+        print_summary(outcome, out)
+        if outcome.exit_code != 0:
+            raise typer.Exit(outcome.exit_code)
 
 
 dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)

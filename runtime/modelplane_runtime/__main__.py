@@ -1,0 +1,95 @@
+"""`python -m modelplane_runtime train --config run.json` — what training pods run.
+
+Exit codes (contract.ExitCode): 0 done; 42 bad configuration or data (never retried);
+1 anything else (the operator replaces the job and it resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from modelplane_runtime.contract import ExitCode, RunConfig, TrainingResult
+from modelplane_runtime.errors import ConfigError, exit_code_for
+
+TERMINATION_LOG = "/dev/termination-log"
+ENV_TERMINATION_LOG = "MODELPLANE_TERMINATION_LOG"
+ENV_PROGRESS_HOST = "MODELPLANE_PROGRESS_HOST"
+
+log = logging.getLogger("modelplane.runtime")
+
+
+def _termination_log() -> Path | None:
+    path = os.environ.get(ENV_TERMINATION_LOG) or TERMINATION_LOG
+    return (
+        Path(path)
+        if Path(path).parent.is_dir() and (Path(path).exists() or ENV_TERMINATION_LOG in os.environ)
+        else None
+    )
+
+
+def _report(text: str) -> None:
+    """Write the pod's termination message (the operator reads it)."""
+    path = _termination_log()
+    if path is not None:
+        path.write_text(text)
+
+
+def train(config_path: Path) -> TrainingResult:
+    from modelplane_runtime.train.distributed import DistEnv  # noqa: PLC0415
+    from modelplane_runtime.train.loop import Trainer, finished_result  # noqa: PLC0415
+    from modelplane_runtime.train.progress import ProgressReporter  # noqa: PLC0415
+
+    try:
+        config = RunConfig.from_json(config_path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the run config {config_path}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"invalid run config {config_path}: {exc}") from exc
+    env = DistEnv.from_environ()
+    done = finished_result(config)
+    if done is not None:
+        log.info("%s already finished; reporting its result", config.name)
+        return done
+    env.init()
+    reporter = ProgressReporter(
+        port=config.progress_port if env.is_main else 0,
+        host=os.environ.get(ENV_PROGRESS_HOST, "0.0.0.0"),
+    )
+    try:
+        return Trainer(config, env=env, reporter=reporter).fit()
+    finally:
+        reporter.close()
+        env.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modelplane_runtime")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_cmd = commands.add_parser("train", help="train one run config")
+    train_cmd.add_argument("--config", type=Path, required=True, help="RunConfig JSON file")
+    args = parser.parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result = train(args.config)
+    except Exception as exc:
+        code = exit_code_for(exc)
+        kind = "configuration error" if code == ExitCode.CONFIG_ERROR else "failure"
+        log.error("%s: %s", kind, exc, exc_info=code != ExitCode.CONFIG_ERROR)
+        _report(f"{kind}: {exc}"[:4000])
+        return int(code)
+    _report(result.to_termination_message())
+    print(result.model_dump_json(), flush=True)
+    return int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

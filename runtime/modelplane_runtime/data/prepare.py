@@ -1,0 +1,101 @@
+"""From a run config to training and validation tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import TensorDataset
+
+from modelplane_runtime.contract import RunConfig
+from modelplane_runtime.data.preprocessing import (
+    Preprocessing,
+    fit_preprocessing,
+    load_tokenizer,
+    train_tokenizer,
+)
+from modelplane_runtime.data.raw import KIND_BY_TASK, RawData
+from modelplane_runtime.data.readers import read_source
+from modelplane_runtime.errors import ConfigError
+
+DEFAULT_VALIDATION_SPLIT = 0.1
+DEFAULT_MAX_LENGTH = 64
+DEFAULT_VOCAB_SIZE = 2000
+
+
+@dataclass
+class Prepared:
+    """Tensors ready for a DataLoader, and what serving needs to repeat the encoding."""
+
+    train: TensorDataset
+    validation: TensorDataset
+    preprocessing: Preprocessing
+    tokenizer: Tokenizer | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.preprocessing.labels)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size() if self.tokenizer else 0
+
+
+def split(raw: RawData, fraction: float, seed: int) -> tuple[RawData, RawData]:
+    """A deterministic hold-out split: the same seed gives the same split everywhere."""
+    order = np.random.default_rng(seed).permutation(len(raw))
+    held_out = max(1, round(len(raw) * fraction))
+    if held_out >= len(raw):
+        raise ConfigError(f"data.validationSplit {fraction} leaves no training examples")
+    return raw.subset(order[held_out:]), raw.subset(order[:held_out])
+
+
+def prepare(config: RunConfig, *, init_dir: Path | None = None) -> Prepared:
+    """Read, split, fit preprocessing on the training part, and encode both parts.
+
+    With `init_dir` (an artifact to start from), a text model keeps that artifact's
+    tokenizer: its embeddings only mean something with the same vocabulary.
+    """
+    kind = KIND_BY_TASK[config.task]
+    labelled = config.task != "masked-lm"
+    data = config.data
+    columns = {"text_column": data.text_column, "label_column": data.label_column}
+    train_raw = read_source(
+        data.train_uri, kind=kind, field="data.train", labelled=labelled, **columns
+    )
+    if data.validation_uri:
+        val_raw = read_source(
+            data.validation_uri, kind=kind, field="data.validation", labelled=labelled, **columns
+        )
+    else:
+        train_raw, val_raw = split(
+            train_raw, data.validation_split or DEFAULT_VALIDATION_SPLIT, config.optim.seed
+        )
+    max_length = int(config.params.get("max_length", DEFAULT_MAX_LENGTH))
+    preprocessing = fit_preprocessing(train_raw, max_length=max_length, labelled=labelled)
+    tokenizer = None
+    if kind == "text":
+        if init_dir is not None:
+            tokenizer = load_tokenizer(init_dir, max_length=max_length)
+        else:
+            vocab_size = int(config.params.get("vocab_size", DEFAULT_VOCAB_SIZE))
+            tokenizer = train_tokenizer(
+                train_raw.texts, vocab_size=vocab_size, max_length=max_length
+            )
+    train_x = preprocessing.encode_inputs(train_raw, tokenizer)
+    val_x = preprocessing.encode_inputs(val_raw, tokenizer)
+    if labelled:
+        train_y = preprocessing.encode_labels(train_raw, field="data.train")
+        val_y = preprocessing.encode_labels(val_raw, field="data.validation")
+    else:
+        train_y = torch.zeros(len(train_x), dtype=torch.long)
+        val_y = torch.zeros(len(val_x), dtype=torch.long)
+    return Prepared(
+        train=TensorDataset(train_x, train_y),
+        validation=TensorDataset(val_x, val_y),
+        preprocessing=preprocessing,
+        tokenizer=tokenizer,
+    )

@@ -1,0 +1,1 @@
+"""Model definitions: networks only, no training or distribution logic."""

@@ -1,0 +1,2 @@
+"""The training loop and what it needs: distribution, sampling, schedules, checkpoints,
+progress reporting."""

@@ -1,0 +1,70 @@
+"""torchrun's environment contract: who am I, how many are we, where is rank 0.
+
+Pods run under torchrun (node rank = the Job's completion index); local mode sets the
+same variables itself. NCCL on GPUs, Gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+ENV_TIMEOUT = "MODELPLANE_DIST_TIMEOUT_S"
+"""Seconds a collective may wait for the other ranks before the run fails."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    node_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_environ(cls) -> DistEnv:
+        env = os.environ
+        return cls(
+            rank=int(env.get("RANK", "0")),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            world_size=int(env.get("WORLD_SIZE", "1")),
+            node_rank=int(env.get("GROUP_RANK", env.get("NODE_RANK", "0"))),
+        )
+
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+    def init(self) -> None:
+        """Join the process group (MASTER_ADDR/MASTER_PORT from the environment)."""
+        if not self.distributed or dist.is_initialized():
+            return
+        device = self.device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=timedelta(minutes=10),
+        )
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()

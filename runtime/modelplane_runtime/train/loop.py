@@ -1,0 +1,382 @@
+"""The training loop: DDP, mixed precision, accumulation, clipping, checkpoints, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from modelplane_runtime.artifacts import (
+    CARD,
+    RESULT,
+    load_init_weights,
+    save_artifact,
+    write_result,
+)
+from modelplane_runtime.contract import RunConfig, TrainingResult
+from modelplane_runtime.data.prepare import Prepared, prepare
+from modelplane_runtime.errors import ConfigError
+from modelplane_runtime.evaluate import default_metrics, evaluate
+from modelplane_runtime.models.registry import DataShape, build_model, resolve_params
+from modelplane_runtime.storage import local_path
+from modelplane_runtime.train.checkpoint import load_latest, save_checkpoint
+from modelplane_runtime.train.distributed import DistEnv
+from modelplane_runtime.train.progress import ProgressReporter
+from modelplane_runtime.train.sampler import GlobalBatchSampler
+from modelplane_runtime.train.schedule import lr_multiplier
+from modelplane_runtime.train.tasks import task_loss
+
+log = logging.getLogger("modelplane.train")
+LOG_EVERY_STEPS = 50
+
+
+@dataclass
+class Position:
+    """Where training is: resumable from exactly here."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    step: int = 0
+
+
+@dataclass
+class History:
+    steps: list[dict[str, float]] = field(default_factory=list)
+    epochs: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "epochs": self.epochs}
+
+
+def artifact_dir(config: RunConfig) -> Path:
+    return local_path(config.output_uri, field="output.uri") / config.name
+
+
+def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    optim = config.optim
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=optim.learning_rate,
+            momentum=0.9,
+            weight_decay=optim.weight_decay,
+        )
+    return torch.optim.AdamW(
+        model.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay
+    )
+
+
+class Trainer:
+    """One training run on this process; construct, then `fit()`."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        env: DistEnv,
+        reporter: ProgressReporter | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.device = env.device()
+        self.reporter = reporter or ProgressReporter(port=0)
+        self.on_step = on_step
+        self.output = artifact_dir(config)
+        self.checkpoints = self.output / "checkpoints"
+        precision = config.optim.precision
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("hyperparameters.precision fp16 needs a GPU; use bf16 or fp32")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.metrics = config.metrics or default_metrics(config.task)
+
+        init_dir = local_path(config.init_uri, field="model.init.uri") if config.init_uri else None
+        torch.manual_seed(config.optim.seed)
+        self.data: Prepared = prepare(config, init_dir=init_dir)
+        self.params = resolve_params(config.architecture, config.params)
+        self.shape = DataShape(
+            num_classes=self.data.num_classes,
+            input_shape=tuple(self.data.preprocessing.input_shape),
+            vocab_size=self.data.vocab_size,
+        )
+        torch.manual_seed(config.optim.seed)  # identical initial weights on every rank
+        self.model = build_model(config.architecture, config.task, self.params, self.shape)
+        if init_dir is not None:
+            load_init_weights(self.model, init_dir)
+        self.model.to(self.device)
+        self.wrapped: nn.Module = self.model
+        if env.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.optimizer = _optimizer(config, self.model)
+        self.sampler = GlobalBatchSampler(
+            len(self.data.train),
+            global_batch=config.optim.batch_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            seed=config.optim.seed,
+        )
+        accumulation = config.optim.gradient_accumulation
+        self.steps_per_epoch = len(self.sampler) // accumulation
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"batchSize x gradientAccumulation ({config.optim.batch_size} x "
+                f"{accumulation}) is more than the {len(self.data.train)} training examples"
+            )
+        self.total_steps = self.steps_per_epoch * config.optim.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lr_multiplier(
+                schedule=config.optim.schedule,
+                warmup_steps=config.optim.warmup_steps,
+                total_steps=self.total_steps,
+            ),
+        )
+        self.position = Position()
+        self.history = History()
+        self.resumed_from: int | None = None
+
+    # -- the loop --------------------------------------------------------------------
+
+    def fit(self) -> TrainingResult:
+        self._resume()
+        self.reporter.update(
+            phase="training",
+            total_steps=self.total_steps,
+            step=self.position.step,
+            epoch=self.position.epoch + 1,
+        )
+        optim = self.config.optim
+        samples_per_step = optim.batch_size * optim.gradient_accumulation
+        throughput: float | None = None
+        last_metrics: dict[str, float] = {}
+        self.wrapped.train()
+        for epoch in range(self.position.epoch, optim.epochs):
+            first = self.position.step_in_epoch if epoch == self.position.epoch else 0
+            micro_batches = self.sampler.batches(epoch, start=first * optim.gradient_accumulation)
+            for step_in_epoch in range(first, self.steps_per_epoch):
+                began = time.perf_counter()
+                loss = self._step(micro_batches, epoch=epoch, step_in_epoch=step_in_epoch)
+                seconds = time.perf_counter() - began
+                rate = samples_per_step / max(seconds, 1e-9)
+                throughput = rate if throughput is None else 0.9 * throughput + 0.1 * rate
+                self.position = Position(epoch, step_in_epoch + 1, self.position.step + 1)
+                self.history.steps.append({"step": self.position.step, "loss": loss})
+                self.reporter.update(
+                    epoch=epoch + 1,
+                    step=self.position.step,
+                    loss=loss,
+                    samples_per_second=throughput,
+                )
+                if self.env.is_main and self.position.step % LOG_EVERY_STEPS == 0:
+                    log.info(
+                        "step %d/%d epoch %d loss %.4f %.0f samples/s",
+                        self.position.step,
+                        self.total_steps,
+                        epoch + 1,
+                        loss,
+                        throughput,
+                    )
+                if self.position.step % self.config.checkpoint_every_steps == 0:
+                    self._checkpoint()
+                if self.on_step:
+                    self.on_step(self.position.step)
+            last_metrics = self._evaluate(epoch)
+        return self._finish(last_metrics)
+
+    def _step(
+        self, micro_batches: Iterator[torch.Tensor], *, epoch: int, step_in_epoch: int
+    ) -> float:
+        """One optimizer step over `gradientAccumulation` micro-batches; the mean loss."""
+        optim = self.config.optim
+        inputs_all, labels_all = self.data.train.tensors
+        total = torch.zeros((), device=self.device)
+        for micro in range(optim.gradient_accumulation):
+            indices = next(micro_batches)
+            inputs = inputs_all[indices].to(self.device)
+            labels = labels_all[indices].to(self.device)
+            last = micro == optim.gradient_accumulation - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or not isinstance(self.wrapped, DistributedDataParallel)
+                else self.wrapped.no_sync()
+            )
+            with sync:
+                with self._autocast():
+                    loss, _, _ = task_loss(
+                        self.wrapped,
+                        inputs,
+                        labels,
+                        masked_lm=self.config.task == "masked-lm",
+                        vocab_size=self.shape.vocab_size,
+                        generator=self._mask_generator(epoch, step_in_epoch, micro),
+                    )
+                scaled = loss / optim.gradient_accumulation
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward()  # type: ignore[no-untyped-call]
+            total += loss.detach()
+        mean = total / optim.gradient_accumulation
+        if self.env.distributed:
+            dist.all_reduce(mean)  # every rank sees the same value, so all stop together
+            mean /= self.env.world_size
+        value = float(mean)
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"the training loss became {value} at step {self.position.step + 1} "
+                f"(epoch {epoch + 1}): lower hyperparameters.learningRate, raise warmupSteps "
+                "or train in fp32"
+            )
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return value
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _mask_generator(self, epoch: int, step: int, micro: int) -> torch.Generator | None:
+        if self.config.task != "masked-lm":
+            return None
+        seed = (self.config.optim.seed * 1_000_003 + epoch) * 1_000_003
+        seed = (seed + step * 131 + micro) * 1_009 + self.env.rank
+        return torch.Generator().manual_seed(seed % (2**63))
+
+    # -- evaluation, checkpoints, the end ---------------------------------------------
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        """Validation metrics on rank 0; the other ranks wait."""
+        metrics: dict[str, float] = {}
+        if self.env.is_main:
+            self.reporter.update(phase="evaluating")
+            metrics = evaluate(
+                self.model,
+                self.data.validation,
+                task=self.config.task,
+                metrics=self.metrics,
+                num_classes=max(self.data.num_classes, 1),
+                vocab_size=self.shape.vocab_size,
+                device=self.device,
+                autocast=self._autocast if self.autocast_dtype else None,
+            )
+            self.history.epochs[str(epoch + 1)] = metrics
+            log.info(
+                "epoch %d validation %s",
+                epoch + 1,
+                " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+            )
+            self.reporter.update(phase="training", metrics=metrics)
+        self.env.barrier()
+        return metrics
+
+    def _rng_states(self) -> list[torch.Tensor]:
+        """Every rank's torch RNG state (dropout), gathered so rank 0 can save them all."""
+        own = torch.get_rng_state()
+        if not self.env.distributed:
+            return [own]
+        gathered: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(gathered, own)
+        return gathered
+
+    def _checkpoint(self) -> None:
+        rng = self._rng_states()
+        if self.env.is_main:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else {},
+                "position": [self.position.epoch, self.position.step_in_epoch, self.position.step],
+                "rng": rng,
+                "history_steps": self.history.steps,
+                "history_epochs": self.history.epochs,
+            }
+            save_checkpoint(
+                self.checkpoints,
+                step=self.position.step,
+                state=state,
+                keep=self.config.checkpoint_keep,
+            )
+        self.env.barrier()
+
+    def _resume(self) -> None:
+        found = load_latest(self.checkpoints)
+        if found is None:
+            return
+        path, state = found
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        epoch, step_in_epoch, step = state["position"]
+        self.position = Position(epoch, step_in_epoch, step)
+        rng = state["rng"]
+        torch.set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0])
+        self.history = History(
+            steps=list(state["history_steps"]), epochs=dict(state["history_epochs"])
+        )
+        self.resumed_from = step
+        if self.env.is_main:
+            log.info("resumed from %s (step %d)", path.name, step)
+
+    def _finish(self, metrics: dict[str, float]) -> TrainingResult:
+        result = TrainingResult(
+            run=self.config.name,
+            metrics=metrics,
+            artifact_uri=f"{self.config.output_uri}/{self.config.name}",
+            digest="",
+            steps=self.position.step,
+            epochs=self.config.optim.epochs,
+        )
+        if self.env.is_main:
+            self.reporter.update(phase="saving")
+            digest = save_artifact(
+                self.output,
+                model=self.model,
+                config=self.config,
+                params=self.params,
+                shape=self.shape,
+                preprocessing=self.data.preprocessing,
+                tokenizer=self.data.tokenizer,
+                metrics=metrics,
+                history=self.history.to_json(),
+            )
+            result = result.model_copy(update={"digest": digest})
+            write_result(self.output, result)
+            self.reporter.update(phase="done", metrics=metrics)
+        self.env.barrier()
+        return result
+
+
+def finished_result(config: RunConfig) -> TrainingResult | None:
+    """The result of an identical run that already finished, so a rerun does no work."""
+    directory = artifact_dir(config)
+    if not (directory / RESULT).is_file() or not (directory / CARD).is_file():
+        return None
+    import json  # noqa: PLC0415
+
+    card = json.loads((directory / CARD).read_text())
+    if card.get("run_config") != config.model_dump(mode="json"):
+        return None
+    return TrainingResult.model_validate_json((directory / RESULT).read_text())

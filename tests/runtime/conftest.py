@@ -1,0 +1,70 @@
+"""Helpers for runtime tests: real torch on the CPU, tiny models, built-in data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelplane_runtime.contract import DataConfig, OptimConfig, RunConfig
+
+
+def make_config(tmp_path: Path, *, name: str = "run", **overrides: Any) -> RunConfig:
+    """A small MLP run on breast-cancer, writing under `tmp_path`; override any field."""
+    data = overrides.pop(
+        "data", DataConfig(train_uri="builtin://breast-cancer", validation_split=0.25)
+    )
+    optim = overrides.pop("optim", OptimConfig(epochs=3, batch_size=32, learning_rate=1e-3))
+    fields: dict[str, Any] = {
+        "name": name,
+        "architecture": "mlp",
+        "task": "tabular-classification",
+        "params": {"dropout": 0.0},
+        "data": data,
+        "optim": optim,
+        "output_uri": f"file://{tmp_path}/out",
+        "progress_port": 0,
+        "checkpoint_every_steps": 1000,
+    }
+    fields.update(overrides)
+    return RunConfig(**fields)
+
+
+def run_processes(
+    config: RunConfig,
+    tmp_path: Path,
+    *,
+    world_size: int = 1,
+    timeout: float = 240,
+    extra_env: dict[str, str] | None = None,
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run `python -m modelplane_runtime train` as `world_size` real processes (Gloo)."""
+    config_path = tmp_path / f"{config.name}-{world_size}.json"
+    config_path.write_text(config.to_json())
+    port = str(29_600 + (os.getpid() % 300))
+    base = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "WORLD_SIZE": str(world_size),
+        "OMP_NUM_THREADS": "1",
+        "MODELPLANE_DIST_TIMEOUT_S": "120",
+        **(extra_env or {}),
+    }
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "modelplane_runtime", "train", "--config", str(config_path)],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world_size)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
