@@ -36,6 +36,10 @@ from cryptography.x509.oid import NameOID
 KUBERNETES_VERSION = "v1.36.3"
 SERVICE_CIDR = "10.96.0.0/16"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+EXIT_CODE_ANNOTATION = "kwok.modelplane.io/exit-code"
+"""Set on a Running pod, it makes the pod end with this exit code (stages/pod-exit.yaml)."""
+MESSAGE_ANNOTATION = "kwok.modelplane.io/message"
+"""The termination message of a pod ended through EXIT_CODE_ANNOTATION."""
 STARTUP_TIMEOUT_S = 90.0
 
 
@@ -408,6 +412,7 @@ class LocalCluster:
                 str(self.binaries.kwok),
                 f"--kubeconfig={self.kubeconfig}",
                 f"--config={self.binaries.kwok_stages}",
+            f"--config={repo_root() / 'e2e' / 'cluster' / 'stages' / 'pod-exit.yaml'}",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
                 "--node-lease-duration-seconds=40",
                 "--cidr=10.244.0.1/16",

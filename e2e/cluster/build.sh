@@ -72,11 +72,12 @@ build_tool() {
     if [[ "$tool" == kwok ]]; then
       # kwok needs Stage objects that say how fake nodes and pods move through their
       # lifecycle; take the ones its release ships: nodes initialise and renew leases,
-      # pods become Ready, Job pods complete, deleted pods go away.
+      # pods become Ready, deleted pods go away. How a pod ends is modelplane's own
+      # stage (e2e/cluster/stages/pod-exit.yaml), so tests choose each pod's outcome.
       local src
       src="$(cd "$module" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
       for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
-                   pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+                   pod/fast/pod-ready pod/fast/pod-delete; do
         cat "$src/$stage.yaml"; echo "---"
       done > "$tmp/stages.yaml"
     fi

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from modelplane.cluster import KUBERNETES_VERSION, LocalCluster
+from modelplane.cluster import EXIT_CODE_ANNOTATION, KUBERNETES_VERSION, LocalCluster
 from tests.integration.conftest import wait_for
 
 
@@ -20,6 +20,8 @@ def gpu_job(name: str, gpus: int) -> str:
             "spec": {
                 "backoffLimit": 0,
                 "template": {
+                    # the fake kubelet ends the pod with exit code 0 (stages/pod-exit.yaml)
+                    "metadata": {"annotations": {EXIT_CODE_ANNOTATION: "0"}},
                     "spec": {
                         "restartPolicy": "Never",
                         "containers": [

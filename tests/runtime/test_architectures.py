@@ -115,3 +115,14 @@ def test_masked_lm_predicts_tokens_far_better_than_their_frequencies(tmp_path: P
         result.metrics,
         unigram_perplexity,
     )
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        optim=OptimConfig(epochs=5, batch_size=32, learning_rate=1e-3, precision="bf16"),
+    )
+    trainer = Trainer(config, env=DistEnv())
+    assert trainer.autocast_dtype is torch.bfloat16
+    result = trainer.fit()
+    assert result.metrics["accuracy"] >= majority_accuracy(trainer) + 0.2

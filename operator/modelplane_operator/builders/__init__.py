@@ -1,0 +1,1 @@
+"""Pure functions from a resource to the manifests of its children."""

@@ -1,0 +1,230 @@
+"""A ModelTraining's children: run-config ConfigMap, headless Service, Indexed Job.
+
+Pod i of the Job is `<job>-<i>.<service>`; rank 0's address is the rendezvous point.
+Every pod runs torchrun with `--node-rank` from the Job's completion index, so the same
+template serves every node, and `nproc_per_node` is gpusPerNode (one process on CPUs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelplane_operator import constants as c
+from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.builders.common import (
+    Manifest,
+    child_meta,
+    owner_reference,
+    pvc_claims,
+    pvc_volumes,
+)
+from modelplane_operator.naming import child_name
+from modelplane_operator.settings import Settings
+from modelplane_runtime.contract import ExitCode, RunConfig
+
+CONTAINER = "trainer"
+CONFIG_DIR = "/etc/modelplane"
+CONFIG_FILE = "run.json"
+# Indexed Job pods are named <job>-<index>-<random 5>, and their hostname is
+# <job>-<index>: leave room for both under the 63-character label limit.
+JOB_NAME_MAX = 50
+
+
+@dataclass(frozen=True)
+class TrainingNames:
+    """Deterministic names of one attempt's children."""
+
+    job: str
+    service: str
+    config_map: str
+
+
+def names_for(training_name: str, attempt: int) -> TrainingNames:
+    """Attempt 0 is `<name>-train`; a replacement after a failure is `<name>-train-<n>`."""
+    job = child_name(
+        training_name, "train", str(attempt) if attempt else "", max_length=JOB_NAME_MAX
+    )
+    return TrainingNames(job=job, service=job, config_map=child_name(job, "config"))
+
+
+def _labels(training: ModelTraining, attempt: int) -> dict[str, str]:
+    return {
+        c.LABEL_NAME: "modelplane",
+        c.LABEL_COMPONENT: "training",
+        c.LABEL_TRAINING: training.metadata.name or "",
+        c.LABEL_ATTEMPT: str(attempt),
+    }
+
+
+def build_config_map(training: ModelTraining, run_config: RunConfig, *, attempt: int) -> Manifest:
+    names = names_for(training.metadata.name or "", attempt)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_meta(
+            name=names.config_map,
+            namespace=training.metadata.namespace,
+            labels=_labels(training, attempt),
+            owner=owner_reference(c.KIND_TRAINING, training.metadata),
+        ),
+        "data": {CONFIG_FILE: run_config.to_json()},
+    }
+
+
+def build_service(training: ModelTraining, *, attempt: int, settings: Settings) -> Manifest:
+    """Headless: it only gives each pod a stable DNS name for the rendezvous."""
+    names = names_for(training.metadata.name or "", attempt)
+    labels = _labels(training, attempt)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_meta(
+            name=names.service,
+            namespace=training.metadata.namespace,
+            labels=labels,
+            owner=owner_reference(c.KIND_TRAINING, training.metadata),
+        ),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # ranks meet before any is Ready
+            "selector": {
+                c.LABEL_TRAINING: labels[c.LABEL_TRAINING],
+                c.LABEL_ATTEMPT: labels[c.LABEL_ATTEMPT],
+            },
+            "ports": [{"name": "rendezvous", "port": settings.master_port}],
+        },
+    }
+
+
+def _resources(training: ModelTraining) -> Manifest:
+    spec = training.spec.resources
+    amounts: dict[str, str | int] = {}
+    if spec.cpu is not None:
+        amounts["cpu"] = spec.cpu
+    if spec.memory is not None:
+        amounts["memory"] = spec.memory
+    limits: dict[str, str | int] = dict(amounts)
+    if spec.gpus_per_node:
+        limits["nvidia.com/gpu"] = spec.gpus_per_node
+    resources: Manifest = {}
+    if amounts:
+        resources["requests"] = amounts
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def build_job(
+    training: ModelTraining, run_config: RunConfig, *, attempt: int, settings: Settings
+) -> Manifest:
+    spec = training.spec
+    names = names_for(training.metadata.name or "", attempt)
+    nodes = spec.resources.nodes
+    per_node = max(1, spec.resources.gpus_per_node)
+    master = f"{names.job}-0.{names.service}"
+    claims = pvc_claims(
+        [
+            spec.data.train.uri,
+            spec.data.validation.uri if spec.data.validation else None,
+            spec.output.uri,
+            spec.model.init.uri if spec.model.init else None,
+        ]
+    )
+    volumes, mounts = pvc_volumes(claims, root=settings.pvc_root)
+    volumes += [
+        {"name": "run-config", "configMap": {"name": names.config_map}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # NCCL needs shared memory
+    ]
+    mounts += [
+        {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    command = [
+        "torchrun",
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={per_node}",
+        "--node-rank=$(JOB_COMPLETION_INDEX)",
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+        "-m",
+        "modelplane_runtime",
+        "train",
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_FILE}",
+    ]
+    labels = _labels(training, attempt)
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "subdomain": names.service,
+        "automountServiceAccountToken": False,  # training needs no Kubernetes credentials
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": settings.runtime_image,
+                "command": command,
+                "env": [
+                    {"name": "MASTER_ADDR", "value": master},
+                    {"name": "MASTER_PORT", "value": str(settings.master_port)},
+                    {"name": "MODELPLANE_PVC_ROOT", "value": settings.pvc_root},
+                    {"name": "PYTHONUNBUFFERED", "value": "1"},
+                ],
+                "ports": [{"name": "progress", "containerPort": settings.progress_port}],
+                "resources": _resources(training),
+                "volumeMounts": mounts,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+    scheduling = spec.resources
+    if scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in scheduling.tolerations]
+    if scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = scheduling.priority_class_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_meta(
+            name=names.job,
+            namespace=training.metadata.namespace,
+            labels=labels,
+            owner=owner_reference(c.KIND_TRAINING, training.metadata),
+        ),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": nodes,
+            "parallelism": nodes,
+            # A gang: one failed pod fails the Job, and the operator replaces the whole
+            # Job (resuming from the checkpoint) instead of restarting one rank alone.
+            "backoffLimit": 0,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER,
+                            "operator": "In",
+                            "values": [int(ExitCode.CONFIG_ERROR)],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "suspend": spec.suspend,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }

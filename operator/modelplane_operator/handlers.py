@@ -1,0 +1,120 @@
+"""kopf wiring: thin handlers that all call the same reconcile function.
+
+Only watch-event handlers are used, so kopf persists nothing on the resources (no
+annotations, no finalizers, nothing in status): the reconcile is level-based and needs
+no memory of what it did. A resync loop re-runs every unfinished training every few
+seconds; that is also when rank 0's /progress is polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from modelplane_operator import constants as c
+from modelplane_operator.client import Client
+from modelplane_operator.reconcile.training import reconcile_training
+from modelplane_operator.settings import Settings
+
+log = logging.getLogger("modelplane.operator")
+RESYNC_SECONDS = 5.0
+
+
+class State:
+    """What the handlers share: the client, settings, per-resource locks, open work."""
+
+    def __init__(self) -> None:
+        self.client = Client()
+        self.settings = Settings.from_environ()
+        self.locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.unfinished: set[tuple[str, str]] = set()
+
+
+STATE: dict[str, State] = {}
+
+
+def _state() -> State:
+    return STATE["state"]
+
+
+async def run_training(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+    """Reconcile one training, one pass at a time per resource."""
+    state = _state()
+    key = (namespace, name)
+    async with state.locks[key]:
+        body = body if body is not None else await state.client.get_training(namespace, name)
+        if body is None:
+            state.unfinished.discard(key)
+            return
+        try:
+            phase = await reconcile_training(
+                state.client, body, settings=state.settings, now=datetime.now(UTC)
+            )
+        except Exception:
+            log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
+            state.unfinished.add(key)
+            return
+        if phase in ("Succeeded", "Failed"):
+            state.unfinished.discard(key)
+        else:
+            state.unfinished.add(key)
+
+
+async def _resync() -> None:
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        for namespace, name in list(_state().unfinished):
+            await run_training(namespace, name)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.peering.standalone = True
+    settings.posting.enabled = False  # the reconcile records its own Events
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=c.ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=c.ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = 300
+    STATE["state"] = State()
+    STATE["resync"] = asyncio.get_running_loop().create_task(_resync())  # type: ignore[assignment]
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    task = STATE.pop("resync", None)
+    if isinstance(task, asyncio.Task):
+        task.cancel()
+    await _state().client.close()
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_TRAINING)
+async def training_event(body: kopf.Body, **kwargs: Any) -> None:
+    meta = body["metadata"]
+    if kwargs.get("type") == "DELETED":
+        _state().unfinished.discard((meta["namespace"], meta["name"]))
+        return
+    await run_training(meta["namespace"], meta["name"], dict(body))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_COMPONENT: "training"})
+async def job_event(body: kopf.Body, **_: Any) -> None:
+    await _child_event(body)
+
+
+@kopf.on.event("", "v1", "pods", labels={c.LABEL_COMPONENT: "training"})
+async def pod_event(body: kopf.Body, **_: Any) -> None:
+    await _child_event(body)
+
+
+async def _child_event(body: kopf.Body) -> None:
+    owner = body["metadata"].get("labels", {}).get(c.LABEL_TRAINING)
+    if owner:
+        await run_training(body["metadata"]["namespace"], owner)

@@ -1,0 +1,1 @@
+"""Level-based reconcile functions, one per kind."""

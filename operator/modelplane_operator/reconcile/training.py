@@ -1,0 +1,165 @@
+"""reconcile_training: one level-based pass that converges a ModelTraining.
+
+Every trigger (the resource changed, a child changed, the resync timer) runs this same
+function. It reads the children, lets the pure phase machine decide, applies what is
+missing, and patches status once, only when it changed. Killed at any point and run
+again, it finds the same deterministic children and continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelplane_operator import constants as c
+from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.builders.training import (
+    build_config_map,
+    build_job,
+    build_service,
+    names_for,
+)
+from modelplane_operator.client import Client
+from modelplane_operator.conditions import set_condition
+from modelplane_operator.render import render_run_config
+from modelplane_operator.settings import Settings
+from modelplane_operator.status.training import (
+    COMPLETION_INDEX,
+    FINAL_PHASES,
+    Observed,
+    derive_training_status,
+)
+
+log = logging.getLogger("modelplane.training")
+Manifest = dict[str, Any]
+SUSPEND_MANAGER = f"{c.FIELD_MANAGER}-suspend"
+
+
+def spec_hash(training: ModelTraining) -> str:
+    """Hash of the fields a running Job was built from (suspend may change freely)."""
+    spec = training.spec.model_dump(mode="json", exclude={"suspend"})
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _attempt(job: Manifest) -> int:
+    return int(job["metadata"].get("labels", {}).get(c.LABEL_ATTEMPT, "0"))
+
+
+def _rank0_ip(pods: list[Manifest]) -> str | None:
+    for pod in pods:
+        if pod["metadata"].get("annotations", {}).get(COMPLETION_INDEX) == "0":
+            ip = (pod.get("status") or {}).get("podIP")
+            return str(ip) if ip else None
+    return None
+
+
+async def create_attempt(
+    client: Client, training: ModelTraining, *, attempt: int, settings: Settings
+) -> Manifest:
+    """Apply the ConfigMap, Service and Job of `attempt`; return the Job."""
+    run_config = render_run_config(training, progress_port=settings.progress_port)
+    await client.apply(build_config_map(training, run_config, attempt=attempt))
+    await client.apply(build_service(training, attempt=attempt, settings=settings))
+    job = build_job(training, run_config, attempt=attempt, settings=settings)
+    job["metadata"].setdefault("annotations", {})[c.ANNOTATION_SPEC_HASH] = spec_hash(training)
+    return await client.apply(job)
+
+
+async def reconcile_training(
+    client: Client, body: Manifest, *, settings: Settings, now: datetime
+) -> str | None:
+    """Converge one ModelTraining; return its phase after this pass."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        training = ModelTraining.model_validate(body)
+    except ValidationError as exc:
+        # The CRD's schema and CEL normally refuse such objects; an older CRD might not.
+        log.error("%s/%s: invalid spec: %s", namespace, name, exc)
+        return None
+    current_status = body.get("status") or {}
+    if current_status.get("phase") in FINAL_PHASES and current_status.get(
+        "observedGeneration"
+    ) == meta.get("generation"):
+        return str(current_status["phase"])
+
+    jobs = await client.list_jobs(namespace, {c.LABEL_TRAINING: name})
+    attempt = max([training.status.restarts if training.status else 0, *map(_attempt, jobs)])
+    job = next((j for j in jobs if _attempt(j) == attempt), None)
+    if job is None and current_status.get("phase") not in FINAL_PHASES:
+        job = await create_attempt(client, training, attempt=attempt, settings=settings)
+    elif job is not None and bool(job["spec"].get("suspend")) != training.spec.suspend:
+        await client.api.apply(
+            _suspend_patch(job, suspend=training.spec.suspend),
+            field_manager=SUSPEND_MANAGER,
+            force=True,
+        )
+        client.writes += 1
+    names = names_for(name, attempt)
+    pods = (
+        await client.list_pods(namespace, {c.LABEL_TRAINING: name, c.LABEL_ATTEMPT: str(attempt)})
+        if job is not None
+        else []
+    )
+    progress = None
+    if pods and current_status.get("phase") == "Running":
+        ip = _rank0_ip(pods)
+        progress = await client.progress(ip, settings.progress_port) if ip else None
+
+    decision = derive_training_status(
+        training,
+        Observed(attempt=attempt, job=job, pods=tuple(pods), progress=progress),
+        now=now,
+    )
+    status = decision.status
+    if job is not None and _spec_changed(job, training):
+        status.conditions = set_condition(
+            status.conditions,
+            type_=c.COND_SPEC_CHANGE_IGNORED,
+            status="True",
+            reason=c.REASON_IMMUTABLE_FIELD,
+            message=(
+                f"spec changed after job {names.job} was created; the running job "
+                "keeps its spec. Create a new ModelTraining to train with the change."
+            ),
+            observed_generation=training.metadata.generation or 0,
+            now=now,
+        )
+    if decision.replace_job:
+        if job is not None:
+            await client.delete_job(namespace, job["metadata"]["name"])
+        await create_attempt(client, training, attempt=attempt + 1, settings=settings)
+    new_status = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if new_status != current_status:
+        await client.patch_training_status(namespace, name, new_status)
+    for event in decision.events:
+        await client.event(
+            owner=body, type_=event.type, reason=event.reason, message=event.message, now=now
+        )
+    return status.phase
+
+
+def _spec_changed(job: Manifest, training: ModelTraining) -> bool:
+    recorded = job["metadata"].get("annotations", {}).get(c.ANNOTATION_SPEC_HASH)
+    return recorded is not None and recorded != spec_hash(training)
+
+
+def _suspend_patch(job: Manifest, *, suspend: bool) -> Any:
+    from lightkube import codecs  # noqa: PLC0415
+
+    return codecs.from_dict(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": job["metadata"]["name"],
+                "namespace": job["metadata"]["namespace"],
+            },
+            "spec": {"suspend": suspend},
+        }
+    )

@@ -1,0 +1,30 @@
+"""Operator settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_RUNTIME_IMAGE = "modelplane/runtime:0.1.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    """Image of training and serving pods, unless a resource names its own."""
+    pvc_root: str = "/mnt/pvc"
+    """Where pods mount each PersistentVolumeClaim named by a pvc:// URI."""
+    master_port: int = 29500
+    """torchrun rendezvous port on rank 0."""
+    progress_port: int = 8080
+    """Port of rank 0's /progress and /metrics."""
+    run_as_user: int = 1000
+    """UID of every container (pods run as non-root)."""
+
+    @classmethod
+    def from_environ(cls) -> Settings:
+        env = os.environ
+        return cls(
+            runtime_image=env.get("MODELPLANE_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
+            pvc_root=env.get("MODELPLANE_PVC_ROOT", "/mnt/pvc"),
+        )

@@ -1,0 +1,1 @@
+"""Pure functions from observed children to a resource status."""
