@@ -412,7 +412,7 @@ class LocalCluster:
                 str(self.binaries.kwok),
                 f"--kubeconfig={self.kubeconfig}",
                 f"--config={self.binaries.kwok_stages}",
-            f"--config={repo_root() / 'e2e' / 'cluster' / 'stages' / 'pod-exit.yaml'}",
+                f"--config={repo_root() / 'e2e' / 'cluster' / 'stages' / 'pod-exit.yaml'}",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
                 "--node-lease-duration-seconds=40",
                 "--cidr=10.244.0.1/16",

@@ -19,8 +19,12 @@ from modelplane_operator import handlers  # noqa: F401  (registers the handlers)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m modelplane_operator")
-    parser.add_argument("--namespace", action="append", default=[],
-                        help="watch only this namespace (repeatable); default: all")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all",
+    )
     parser.add_argument("--liveness", default=None, help="liveness endpoint URL for probes")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)

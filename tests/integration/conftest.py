@@ -8,7 +8,9 @@ objects and events when a test fails.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import yaml
 
 from modelplane.cluster import ClusterError, LocalCluster, build_binaries, eprint
 from tests.factories import ROOT
@@ -100,3 +103,81 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
             file=sys.stderr,
         )
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+class OperatorProcess:
+    """`python -m modelplane_operator` against the test cluster; can be killed and restarted."""
+
+    def __init__(self, cluster: LocalCluster, log_path: Path) -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelplane_operator"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as when a node dies under the operator."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def operator(crds: LocalCluster) -> Iterator[OperatorProcess]:
+    """The operator, running for the whole session (its log is in the cluster's logs)."""
+    process = OperatorProcess(crds, crds.logs / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def models_pvc(cluster: LocalCluster, namespace: str) -> str:
+    """A bound PersistentVolumeClaim `models` in the test namespace (pods need it)."""
+    volume = f"{namespace}-models"[:63]
+    manifests = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "hostPath": {"path": f"/tmp/{volume}"},
+                "claimRef": {"namespace": namespace, "name": "models"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models", "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+    cluster.kubectl(
+        "apply", "-f", "-", input_text="---\n".join(yaml.safe_dump(m) for m in manifests)
+    )
+    return "models"

@@ -31,7 +31,7 @@ def gpu_job(name: str, gpus: int) -> str:
                                 "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
                             }
                         ],
-                    }
+                    },
                 },
             },
         }

@@ -211,18 +211,21 @@ def derive_training_status(
             }
         )
     status.phase = verdict.phase
-    for type_, holds in (
-        (c.COND_READY, verdict.phase == "Succeeded"),
-        (c.COND_PROGRESSING, verdict.phase in ("Pending", "Running")),
-        (c.COND_FAILED, verdict.phase == "Failed"),
-        (c.COND_SUSPENDED, verdict.phase == "Suspended"),
+    for type_, holds, always_explain in (
+        (c.COND_READY, verdict.phase == "Succeeded", True),
+        (c.COND_PROGRESSING, verdict.phase in ("Pending", "Running"), True),
+        (c.COND_FAILED, verdict.phase == "Failed", False),
+        (c.COND_SUSPENDED, verdict.phase == "Suspended", False),
     ):
+        # Ready and Progressing always say where the run stands; Failed and Suspended
+        # carry the detail only while they hold.
+        explain = holds or always_explain
         status.conditions = set_condition(
             status.conditions,
             type_=type_,
             status="True" if holds else "False",
-            reason=verdict.reason,
-            message=verdict.message,
+            reason=verdict.reason if explain else f"Not{type_}",
+            message=verdict.message if explain else "",
             observed_generation=generation,
             now=now,
         )

@@ -1,0 +1,135 @@
+"""The children of a ModelTraining, built without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.builders.training import (
+    JOB_NAME_MAX,
+    build_config_map,
+    build_job,
+    build_service,
+    names_for,
+)
+from modelplane_operator.render import render_run_config
+from modelplane_operator.settings import Settings
+from modelplane_runtime.contract import RunConfig
+from tests.factories import make_training
+
+SETTINGS = Settings(runtime_image="registry.example/runtime:1")
+
+
+def training(changes: dict[str, Any] | None = None, name: str = "demo") -> ModelTraining:
+    obj = make_training(changes, name=name)
+    obj["metadata"].update({"namespace": "ml", "uid": "uid-1", "generation": 1})
+    return ModelTraining.model_validate(obj)
+
+
+def job_for(t: ModelTraining, attempt: int = 0) -> dict[str, Any]:
+    return build_job(t, render_run_config(t), attempt=attempt, settings=SETTINGS)
+
+
+def test_a_gang_job_has_one_indexed_pod_per_node_and_gpu_limits() -> None:
+    t = training({"spec.resources": {"nodes": 2, "gpusPerNode": 4, "cpu": "8", "memory": "32Gi"}})
+    job = job_for(t)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["backoffLimit"] == 0
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4}
+    assert "nvidia.com/gpu" not in container["resources"]["requests"]
+    assert "--nnodes=2" in container["command"]
+    assert "--nproc-per-node=4" in container["command"]
+    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in container["command"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MASTER_ADDR"] == "demo-train-0.demo-train"
+    assert container["image"] == "registry.example/runtime:1"
+
+
+def test_pods_run_as_non_root_without_credentials_and_address_rank_0_by_dns() -> None:
+    pod = job_for(training())["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["subdomain"] == names_for("demo", 0).service
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_config_errors_fail_the_job_without_retry() -> None:
+    rules = job_for(training())["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"]["values"] == [42]
+
+
+def test_pvc_uris_become_mounts_under_the_pvc_root() -> None:
+    t = training(
+        {
+            "spec.data.train.uri": "pvc://datasets/reviews/train.jsonl",
+            "spec.output.uri": "pvc://models/out",
+        }
+    )
+    pod = job_for(t)["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/mnt/pvc/datasets", "/mnt/pvc/models", "/etc/modelplane"} <= mounts
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"datasets", "models"}
+
+
+def test_placement_is_copied_to_the_pods() -> None:
+    t = training(
+        {
+            "spec.resources": {
+                "nodeSelector": {"pool": "a100"},
+                "priorityClassName": "high",
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+            }
+        }
+    )
+    pod = job_for(t)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "a100"}
+    assert pod["priorityClassName"] == "high"
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
+def test_every_child_is_owned_by_the_training() -> None:
+    t = training()
+    run = render_run_config(t)
+    for child in (
+        job_for(t),
+        build_service(t, attempt=0, settings=SETTINGS),
+        build_config_map(t, run, attempt=0),
+    ):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == (
+            "ModelTraining",
+            "uid-1",
+            True,
+        )
+
+
+def test_the_config_map_carries_the_rendered_run_config() -> None:
+    t = training()
+    data = build_config_map(t, render_run_config(t), attempt=0)["data"]["run.json"]
+    assert RunConfig.from_json(data) == render_run_config(t)
+
+
+def test_the_service_is_headless_and_selects_this_attempt() -> None:
+    service = build_service(training(), attempt=2, settings=SETTINGS)
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"]["modelplane.io/attempt"] == "2"
+
+
+def test_attempts_have_distinct_deterministic_names_short_enough_for_pods() -> None:
+    assert names_for("demo", 0).job == "demo-train"
+    assert names_for("demo", 1).job == "demo-train-1"
+    long = names_for("x" * 63, 3)
+    assert len(long.job) <= JOB_NAME_MAX
+    assert long == names_for("x" * 63, 3)
