@@ -243,7 +243,12 @@ class LocalCluster:
     """Start, use and stop the local control plane in `workdir`."""
 
     def __init__(
-        self, workdir: Path, binaries: Binaries, *, nodes: Sequence[FakeNode] = DEFAULT_NODES
+        self,
+        workdir: Path,
+        binaries: Binaries,
+        *,
+        nodes: Sequence[FakeNode] = DEFAULT_NODES,
+        audit: bool = False,
     ) -> None:
         self.workdir = workdir
         self.binaries = binaries
@@ -254,6 +259,8 @@ class LocalCluster:
         self.token = secrets.token_hex(16)
         self.components: list[Component] = []
         self.apiserver_url = ""
+        self.audit_log = workdir / "logs" / "audit.jsonl" if audit else None
+        """With audit on, every request's metadata (who, verb, resource) is logged here."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -362,9 +369,31 @@ class LocalCluster:
                 f"--service-account-signing-key-file={self.pki / 'sa.key'}",
                 "--allow-privileged=true",
                 "--endpoint-reconciler-type=none",
+                *self._audit_flags(),
             ],
             f"{self.apiserver_url}/readyz",
         )
+
+    def _audit_flags(self) -> list[str]:
+        if self.audit_log is None:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived"],
+                    "rules": [{"level": "Metadata"}],
+                }
+            )
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=batch",
+        ]
 
     def _controller_manager(self, port: int) -> Component:
         kc = str(self.kubeconfig)

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     # Every API call of the client would otherwise be an INFO line.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if not args.verbose:
+        # kopf logs every handler call on every child event; the reconcile logs what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,

@@ -74,6 +74,17 @@ class Client:
             if exc.status.code != 404:
                 raise
 
+    async def suspend_job(self, namespace: str, name: str, *, suspend: bool) -> None:
+        """Flip spec.suspend, the one Job field that may change after creation."""
+        self.writes += 1
+        await self.api.patch(
+            Job,
+            name,
+            {"spec": {"suspend": suspend}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+
     async def patch_training_status(self, namespace: str, name: str, status: Manifest) -> None:
         self.writes += 1
         await self.api.patch(

@@ -108,13 +108,13 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
 class OperatorProcess:
     """`python -m modelplane_operator` against the test cluster; can be killed and restarted."""
 
-    def __init__(self, cluster: LocalCluster, log_path: Path) -> None:
-        self.cluster = cluster
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "modelplane_operator"],
@@ -139,10 +139,24 @@ class OperatorProcess:
                 self.kill()
 
 
+def service_account_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
+    """A kubeconfig that acts as the operator's ServiceAccount from deploy/rbac.yaml."""
+    cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
+    token = cluster.kubectl(
+        "create", "token", "modelplane-operator", "-n", "modelplane-system", "--duration=24h"
+    ).stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture(scope="session")
 def operator(crds: LocalCluster) -> Iterator[OperatorProcess]:
-    """The operator, running for the whole session (its log is in the cluster's logs)."""
-    process = OperatorProcess(crds, crds.logs / "operator.log")
+    """The operator for the whole session, with only deploy/rbac.yaml's permissions, so a
+    verb missing there fails the tests. Its log is beside the cluster's logs."""
+    kubeconfig = service_account_kubeconfig(crds, crds.workdir / "operator.kubeconfig")
+    process = OperatorProcess(kubeconfig, crds.logs / "operator.log")
     process.start()
     yield process
     process.stop()

@@ -262,7 +262,34 @@ def test_killing_the_operator_at_random_points_loses_and_duplicates_nothing(
             "-o",
             "name",
         ).stdout.split()
-        assert len(children) == 2 * len(names)  # one Service and one ConfigMap each
+        assert len(children) == len(names)  # one ConfigMap each; one node needs no Service
     finally:
         if operator.process is None or operator.process.poll() is not None:
             operator.start()
+
+
+def test_a_spec_change_while_running_is_reported_not_applied_and_suspend_works(
+    operator: OperatorProcess, crds: LocalCluster, namespace: str, models_pvc: str
+) -> None:
+    apply_training(crds, namespace, "steady")
+    running_pods(crds, namespace, "steady", 0, 1)
+    wait_phase(crds, namespace, "steady", "Running")
+    apply_training(crds, namespace, "steady", {"spec.hyperparameters.epochs": 9})
+
+    def ignored() -> dict[str, Any] | None:
+        conds = status(crds, namespace, "steady").get("conditions", [])
+        return next((c for c in conds if c["type"] == "SpecChangeIgnored"), None)
+
+    cond = wait_for(ignored, what="the SpecChangeIgnored condition")
+    assert cond["status"] == "True"
+    assert "new ModelTraining" in cond["message"]
+    assert jobs_of(crds, namespace, "steady") == ["steady-train"]  # not restarted
+
+    apply_training(
+        crds, namespace, "steady", {"spec.hyperparameters.epochs": 9, "spec.suspend": True}
+    )
+    wait_phase(crds, namespace, "steady", "Suspended")
+    wait_for(
+        lambda: crds.get_json("job", "steady-train", "-n", namespace)["spec"]["suspend"],
+        what="the job to be suspended",
+    )

@@ -11,6 +11,7 @@ from modelplane_operator.builders.training import (
     build_job,
     build_service,
     names_for,
+    needs_service,
 )
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
@@ -48,11 +49,20 @@ def test_a_gang_job_has_one_indexed_pod_per_node_and_gpu_limits() -> None:
 
 
 def test_pods_run_as_non_root_without_credentials_and_address_rank_0_by_dns() -> None:
-    pod = job_for(training())["spec"]["template"]["spec"]
+    pod = job_for(training({"spec.resources.nodes": 3}))["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["subdomain"] == names_for("demo", 0).service
     assert pod["restartPolicy"] == "Never"
+
+
+def test_a_single_node_job_needs_no_service_and_meets_itself_on_loopback() -> None:
+    t = training()
+    assert not needs_service(t)
+    pod = job_for(t)["spec"]["template"]["spec"]
+    assert "subdomain" not in pod
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == "127.0.0.1"
 
 
 def test_config_errors_fail_the_job_without_retry() -> None:

@@ -1,5 +1,7 @@
 """A ModelTraining's children: run-config ConfigMap, headless Service, Indexed Job.
 
+A single-node training has no Service: its one pod is its own rendezvous.
+
 Pod i of the Job is `<job>-<i>.<service>`; rank 0's address is the rendezvous point.
 Every pod runs torchrun with `--node-rank` from the Job's completion index, so the same
 template serves every node, and `nproc_per_node` is gpusPerNode (one process on CPUs).
@@ -71,6 +73,10 @@ def build_config_map(training: ModelTraining, run_config: RunConfig, *, attempt:
     }
 
 
+def needs_service(training: ModelTraining) -> bool:
+    return training.spec.resources.nodes > 1
+
+
 def build_service(training: ModelTraining, *, attempt: int, settings: Settings) -> Manifest:
     """Headless: it only gives each pod a stable DNS name for the rendezvous."""
     names = names_for(training.metadata.name or "", attempt)
@@ -121,7 +127,8 @@ def build_job(
     names = names_for(training.metadata.name or "", attempt)
     nodes = spec.resources.nodes
     per_node = max(1, spec.resources.gpus_per_node)
-    master = f"{names.job}-0.{names.service}"
+    # One node needs no rendezvous across pods: no Service, rank 0 is this pod.
+    master = f"{names.job}-0.{names.service}" if nodes > 1 else "127.0.0.1"
     claims = pvc_claims(
         [
             spec.data.train.uri,
@@ -155,7 +162,6 @@ def build_job(
     labels = _labels(training, attempt)
     pod_spec: Manifest = {
         "restartPolicy": "Never",
-        "subdomain": names.service,
         "automountServiceAccountToken": False,  # training needs no Kubernetes credentials
         "enableServiceLinks": False,
         "securityContext": {
@@ -188,6 +194,8 @@ def build_job(
         ],
         "volumes": volumes,
     }
+    if nodes > 1:
+        pod_spec["subdomain"] = names.service
     scheduling = spec.resources
     if scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(scheduling.node_selector)

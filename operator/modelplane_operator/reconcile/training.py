@@ -23,6 +23,7 @@ from modelplane_operator.builders.training import (
     build_job,
     build_service,
     names_for,
+    needs_service,
 )
 from modelplane_operator.client import Client
 from modelplane_operator.conditions import set_condition
@@ -37,7 +38,6 @@ from modelplane_operator.status.training import (
 
 log = logging.getLogger("modelplane.training")
 Manifest = dict[str, Any]
-SUSPEND_MANAGER = f"{c.FIELD_MANAGER}-suspend"
 
 
 def spec_hash(training: ModelTraining) -> str:
@@ -64,7 +64,8 @@ async def create_attempt(
     """Apply the ConfigMap, Service and Job of `attempt`; return the Job."""
     run_config = render_run_config(training, progress_port=settings.progress_port)
     await client.apply(build_config_map(training, run_config, attempt=attempt))
-    await client.apply(build_service(training, attempt=attempt, settings=settings))
+    if needs_service(training):
+        await client.apply(build_service(training, attempt=attempt, settings=settings))
     job = build_job(training, run_config, attempt=attempt, settings=settings)
     job["metadata"].setdefault("annotations", {})[c.ANNOTATION_SPEC_HASH] = spec_hash(training)
     return await client.apply(job)
@@ -94,12 +95,7 @@ async def reconcile_training(
     if job is None and current_status.get("phase") not in FINAL_PHASES:
         job = await create_attempt(client, training, attempt=attempt, settings=settings)
     elif job is not None and bool(job["spec"].get("suspend")) != training.spec.suspend:
-        await client.api.apply(
-            _suspend_patch(job, suspend=training.spec.suspend),
-            field_manager=SUSPEND_MANAGER,
-            force=True,
-        )
-        client.writes += 1
+        await client.suspend_job(namespace, job["metadata"]["name"], suspend=training.spec.suspend)
     names = names_for(name, attempt)
     pods = (
         await client.list_pods(namespace, {c.LABEL_TRAINING: name, c.LABEL_ATTEMPT: str(attempt)})
@@ -147,19 +143,3 @@ async def reconcile_training(
 def _spec_changed(job: Manifest, training: ModelTraining) -> bool:
     recorded = job["metadata"].get("annotations", {}).get(c.ANNOTATION_SPEC_HASH)
     return recorded is not None and recorded != spec_hash(training)
-
-
-def _suspend_patch(job: Manifest, *, suspend: bool) -> Any:
-    from lightkube import codecs  # noqa: PLC0415
-
-    return codecs.from_dict(
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {
-                "name": job["metadata"]["name"],
-                "namespace": job["metadata"]["namespace"],
-            },
-            "spec": {"suspend": suspend},
-        }
-    )

@@ -230,7 +230,10 @@ def derive_training_status(
             now=now,
         )
     events: tuple[Event, ...] = ()
-    if verdict.phase != previous.phase or verdict.replace:
+    # An Event per transition worth telling; a new resource becoming Pending is not one
+    # (its creation is already in the audit trail, and every Event is an API write).
+    first_pending = previous.phase is None and verdict.phase == "Pending"
+    if (verdict.phase != previous.phase and not first_pending) or verdict.replace:
         warning = verdict.phase == "Failed" or verdict.replace
         events = (Event("Warning" if warning else "Normal", verdict.reason, verdict.message),)
     return Decision(status=status, events=events, replace_job=verdict.replace)
