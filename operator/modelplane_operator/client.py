@@ -132,7 +132,7 @@ class Client:
     async def progress(self, pod_ip: str, port: int) -> Manifest | None:
         """Rank 0's /progress, or None when it does not answer (yet)."""
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
         try:
             async with self._http.get(f"http://{pod_ip}:{port}/progress") as response:
                 if response.status == 200:

@@ -34,38 +34,21 @@ def set_condition(
     observedGeneration always follow the latest observation. Order is kept, and a new
     type is appended. The clock is injected so callers and tests stay deterministic.
     """
-    updated: list[Condition] = []
-    found = False
-    for existing in conditions:
-        if existing.type != type_:
-            updated.append(existing)
-            continue
-        found = True
-        transition = (
-            existing.last_transition_time if existing.status == status else format_time(now)
-        )
-        updated.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=transition,
-                observed_generation=observed_generation,
-            )
-        )
-    if not found:
-        updated.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=format_time(now),
-                observed_generation=observed_generation,
-            )
-        )
-    return updated
+    existing = find_condition(conditions, type_)
+    keep_time = existing is not None and existing.status == status
+    condition = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=existing.last_transition_time
+        if existing is not None and keep_time
+        else format_time(now),
+        observed_generation=observed_generation,
+    )
+    if existing is None:
+        return [*conditions, condition]
+    return [condition if c.type == type_ else c for c in conditions]
 
 
 def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:

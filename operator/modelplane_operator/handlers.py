@@ -23,6 +23,7 @@ from modelplane_operator.settings import Settings
 
 log = logging.getLogger("modelplane.operator")
 RESYNC_SECONDS = 5.0
+RESYNC_CONCURRENCY = 16
 
 
 class State:
@@ -42,7 +43,13 @@ def _state() -> State:
     return STATE["state"]
 
 
-async def run_training(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+async def run_training(
+    namespace: str,
+    name: str,
+    body: dict[str, Any] | None = None,
+    *,
+    poll_progress: bool = False,
+) -> None:
     """Reconcile one training, one pass at a time per resource."""
     state = _state()
     key = (namespace, name)
@@ -53,7 +60,11 @@ async def run_training(namespace: str, name: str, body: dict[str, Any] | None = 
             return
         try:
             phase = await reconcile_training(
-                state.client, body, settings=state.settings, now=datetime.now(UTC)
+                state.client,
+                body,
+                settings=state.settings,
+                now=datetime.now(UTC),
+                poll_progress=poll_progress,
             )
         except Exception:
             log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
@@ -66,10 +77,16 @@ async def run_training(namespace: str, name: str, body: dict[str, Any] | None = 
 
 
 async def _resync() -> None:
+    """Re-run every unfinished training, a bounded number at a time, polling progress."""
+    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+    async def one(namespace: str, name: str) -> None:
+        async with limit:
+            await run_training(namespace, name, poll_progress=True)
+
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        for namespace, name in list(_state().unfinished):
-            await run_training(namespace, name)
+        await asyncio.gather(*(one(ns, n) for ns, n in list(_state().unfinished)))
 
 
 @kopf.on.startup()

@@ -19,10 +19,9 @@ BERT = {"layers": 2, "hidden": 64, "heads": 4, "max_length": 32, "vocab_size": 1
 DATA = DataConfig(train_uri="builtin://sentiment", validation_split=0.2)
 
 
-def test_fine_tuning_starts_from_the_pretrained_encoder_and_its_tokenizer(
-    tmp_path: Path,
-) -> None:
-    pretrain = make_config(
+def pretrain(tmp_path: Path) -> None:
+    """One epoch of masked-LM pre-training, written to <tmp>/out/base."""
+    config = make_config(
         tmp_path,
         name="base",
         architecture="bert",
@@ -31,7 +30,13 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_and_its_tokenizer(
         data=DATA,
         optim=OptimConfig(epochs=1, batch_size=32),
     )
-    Trainer(pretrain, env=DistEnv()).fit()
+    Trainer(config, env=DistEnv()).fit()
+
+
+def test_fine_tuning_starts_from_the_pretrained_encoder_and_its_tokenizer(
+    tmp_path: Path,
+) -> None:
+    pretrain(tmp_path)
     finetune = make_config(
         tmp_path,
         name="tuned",
@@ -53,16 +58,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_and_its_tokenizer(
 
 
 def test_weights_of_another_size_are_refused(tmp_path: Path) -> None:
-    pretrain = make_config(
-        tmp_path,
-        name="base",
-        architecture="bert",
-        task="masked-lm",
-        params=BERT,
-        data=DATA,
-        optim=OptimConfig(epochs=1, batch_size=64),
-    )
-    Trainer(pretrain, env=DistEnv()).fit()
+    pretrain(tmp_path)
     bigger = make_config(
         tmp_path,
         name="big",

@@ -72,9 +72,18 @@ async def create_attempt(
 
 
 async def reconcile_training(
-    client: Client, body: Manifest, *, settings: Settings, now: datetime
+    client: Client,
+    body: Manifest,
+    *,
+    settings: Settings,
+    now: datetime,
+    poll_progress: bool = False,
 ) -> str | None:
-    """Converge one ModelTraining; return its phase after this pass."""
+    """Converge one ModelTraining; return its phase after this pass.
+
+    `poll_progress` asks rank 0 for /progress; only the periodic resync does, so a burst
+    of child events never waits on pods' HTTP endpoints.
+    """
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -103,7 +112,7 @@ async def reconcile_training(
         else []
     )
     progress = None
-    if pods and current_status.get("phase") == "Running":
+    if poll_progress and pods and current_status.get("phase") == "Running":
         ip = _rank0_ip(pods)
         progress = await client.progress(ip, settings.progress_port) if ip else None
 
