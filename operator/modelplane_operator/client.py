@@ -16,7 +16,7 @@ from lightkube import AsyncClient, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.core_v1 import Event, Pod
 from lightkube.types import CascadeType, PatchType
 
 from modelplane_operator import constants as c
@@ -65,6 +65,15 @@ class Client:
 
     async def list_pods(self, namespace: str, labels: dict[str, Any]) -> list[Manifest]:
         return [_dict(p) async for p in self.api.list(Pod, namespace=namespace, labels=labels)]
+
+    async def job_create_failures(self, namespace: str, job: str) -> list[str]:
+        """Messages of the Job's FailedCreate events, newest last."""
+        events = self.api.list(
+            Event,
+            namespace=namespace,
+            fields={"involvedObject.name": job, "reason": "FailedCreate"},
+        )
+        return [str(e.message) async for e in events if e.message]
 
     async def delete_job(self, namespace: str, name: str) -> None:
         self.writes += 1

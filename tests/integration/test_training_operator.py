@@ -293,3 +293,19 @@ def test_a_spec_change_while_running_is_reported_not_applied_and_suspend_works(
         lambda: crds.get_json("job", "steady-train", "-n", namespace)["spec"]["suspend"],
         what="the job to be suspended",
     )
+
+
+def test_a_training_beyond_the_namespace_quota_says_so(
+    operator: OperatorProcess, crds: LocalCluster, namespace: str, models_pvc: str
+) -> None:
+    crds.kubectl("create", "quota", "gpus", "-n", namespace, "--hard=requests.nvidia.com/gpu=2")
+    apply_training(crds, namespace, "greedy", {"spec.resources.gpusPerNode": 4})
+
+    def quota_reason() -> dict[str, Any] | None:
+        conds = status(crds, namespace, "greedy").get("conditions", [])
+        ready = next((c for c in conds if c["type"] == "Ready"), None)
+        return ready if ready and ready["reason"] == "QuotaExceeded" else None
+
+    cond = wait_for(quota_reason, what="the QuotaExceeded reason")
+    assert "exceeded quota" in cond["message"]
+    assert status(crds, namespace, "greedy")["phase"] == "Pending"

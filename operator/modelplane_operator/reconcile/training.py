@@ -116,9 +116,20 @@ async def reconcile_training(
         ip = _rank0_ip(pods)
         progress = await client.progress(ip, settings.progress_port) if ip else None
 
+    warnings: list[str] = []
+    if job is not None and not pods and not training.spec.suspend:
+        # Pods that could not be created (a ResourceQuota, a LimitRange) leave no pod to
+        # look at; the Job controller says why only in Events.
+        warnings = await client.job_create_failures(namespace, job["metadata"]["name"])
     decision = derive_training_status(
         training,
-        Observed(attempt=attempt, job=job, pods=tuple(pods), progress=progress),
+        Observed(
+            attempt=attempt,
+            job=job,
+            pods=tuple(pods),
+            progress=progress,
+            job_warnings=tuple(warnings),
+        ),
         now=now,
     )
     status = decision.status

@@ -46,6 +46,8 @@ class Observed:
     attempt: int
     job: Manifest | None = None
     pods: tuple[Manifest, ...] = ()
+    job_warnings: tuple[str, ...] = ()
+    """Messages of the Job's FailedCreate events (why pods could not even be created)."""
     progress: dict[str, Any] | None = None
 
 
@@ -98,8 +100,13 @@ def _rank0_result(pods: tuple[Manifest, ...]) -> TrainingResult | None:
     return None
 
 
-def _pending_reason(pods: tuple[Manifest, ...]) -> tuple[str, str]:
+def _pending_reason(
+    pods: tuple[Manifest, ...], job_warnings: tuple[str, ...] = ()
+) -> tuple[str, str]:
     """Why pods are not running yet, the most telling reason first."""
+    for warning in job_warnings:
+        if "exceeded quota" in warning:
+            return c.REASON_QUOTA_EXCEEDED, warning
     for pod in pods:
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
@@ -178,7 +185,7 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
     if len(running) >= training.spec.resources.nodes:
         status.start_time = status.start_time or format_time(now)
         return _Verdict("Running", c.REASON_TRAINING, "training")
-    return _Verdict("Pending", *_pending_reason(pods))
+    return _Verdict("Pending", *_pending_reason(pods, observed.job_warnings))
 
 
 def derive_training_status(
