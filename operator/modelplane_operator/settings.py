@@ -24,7 +24,9 @@ class Settings:
     @classmethod
     def from_environ(cls) -> Settings:
         env = os.environ
+        defaults = cls()
         return cls(
             runtime_image=env.get("MODELPLANE_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
-            pvc_root=env.get("MODELPLANE_PVC_ROOT", "/mnt/pvc"),
+            pvc_root=env.get("MODELPLANE_PVC_ROOT", defaults.pvc_root),
+            progress_port=int(env.get("MODELPLANE_PROGRESS_PORT", defaults.progress_port)),
         )

@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 import yaml
 
-from modelplane.cluster import ClusterError, LocalCluster, build_binaries, eprint
+from modelplane.cluster import ClusterError, LocalCluster, build_binaries, eprint, free_port
 from tests.factories import ROOT
 
 T = TypeVar("T")
@@ -112,9 +112,16 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self.progress_port = free_port()
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        # The contract test runs the generated pods on this machine, where rank 0's
+        # progress server must not collide with whatever else listens on 8080.
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MODELPLANE_PROGRESS_PORT": str(self.progress_port),
+        }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "modelplane_operator"],

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from modelplane.cluster import free_port
 from modelplane_runtime.contract import DataConfig, OptimConfig, RunConfig
 
 
@@ -43,7 +44,7 @@ def run_processes(
     """Run `python -m modelplane_runtime train` as `world_size` real processes (Gloo)."""
     config_path = tmp_path / f"{config.name}-{world_size}.json"
     config_path.write_text(config.to_json())
-    port = str(29_600 + (os.getpid() % 300))
+    port = str(free_port())
     base = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.builders.training import (
     JOB_NAME_MAX,
@@ -143,3 +145,18 @@ def test_attempts_have_distinct_deterministic_names_short_enough_for_pods() -> N
     long = names_for("x" * 63, 3)
     assert len(long.job) <= JOB_NAME_MAX
     assert long == names_for("x" * 63, 3)
+
+
+def test_settings_come_from_the_environment_with_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELPLANE_RUNTIME_IMAGE", "r.example/rt:2")
+    monkeypatch.setenv("MODELPLANE_PROGRESS_PORT", "9100")
+    settings = Settings.from_environ()
+    assert (settings.runtime_image, settings.progress_port) == ("r.example/rt:2", 9100)
+    assert settings.pvc_root == "/mnt/pvc"
+    env = {
+        e["name"]: e["value"]
+        for e in job_for(training())["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MODELPLANE_PVC_ROOT"] == "/mnt/pvc"
