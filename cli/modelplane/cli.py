@@ -77,7 +77,12 @@ def run(
             err.print(f"  - {problem}", markup=False)
     if bad:
         raise typer.Exit(1)
-    from modelplane.local import print_summary, run_training  # noqa: PLC0415
+    from modelplane.local import (  # noqa: PLC0415
+        print_summary,
+        print_tuning_summary,
+        run_training,
+        run_tuning,
+    )
 
     for checked in results:
         resource = checked.resource
@@ -88,11 +93,11 @@ def run(
             )
             raise typer.Exit(3)
         if resource.spec.tuning is not None:
-            err.print(
-                f"[yellow]not yet available:[/yellow] {checked.name}: local tuning "
-                "arrives with issue 8; remove spec.tuning to train once"
-            )
-            raise typer.Exit(3)
+            trials = run_tuning(resource, console=out)
+            code = print_tuning_summary(resource, trials, out)
+            if code != 0:
+                raise typer.Exit(code)
+            continue
         outcome = run_training(resource, console=out)
         print_summary(outcome, out)
         if outcome.exit_code != 0:

@@ -67,12 +67,21 @@ def _poll(port: int) -> dict[str, Any] | None:
         return None
 
 
-def run_training(training: ModelTraining, *, console: Console) -> LocalRun:
-    """Train `training` locally; returns when every process has ended."""
+def run_training(
+    training: ModelTraining,
+    *,
+    console: Console,
+    run_name: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+) -> LocalRun:
+    """Train `training` locally (or one tuning trial of it, named `run_name`, with
+    `hyperparameters`); returns when every process has ended."""
     root = pvc_root()
     world = process_count(training)
     progress_port = _free_port()
-    config = render_run_config(training, progress_port=progress_port)
+    config = render_run_config(
+        training, progress_port=progress_port, run_name=run_name, hyperparameters=hyperparameters
+    )
     name = config.name
     workdir = root / ".local" / name
     workdir.mkdir(parents=True, exist_ok=True)
@@ -187,3 +196,94 @@ def print_summary(run: LocalRun, console: Console) -> None:
     console.print(f"artifact: {run.artifact}")
     console.print(f"digest:   {(run.result or {}).get('digest')}")
     console.print(f"curves:   {run.artifact / 'curves.png'}")
+
+
+@dataclass
+class LocalTrial:
+    name: str
+    params: dict[str, Any]
+    run: LocalRun
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict((self.run.result or {}).get("metrics", {}))
+
+
+def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]:
+    """Run the search of spec.tuning locally, one trial after another, with the same
+    suggestions the operator would make for the same history."""
+    from modelplane_operator.api.training import TrialStatus  # noqa: PLC0415
+    from modelplane_operator.status.tuning import history, trial_name  # noqa: PLC0415
+    from modelplane_operator.tuning import suggest  # noqa: PLC0415
+
+    tuning = training.spec.tuning
+    if tuning is None:
+        raise ValueError("run_tuning needs spec.tuning")
+    name = training.metadata.name or "training"
+    trials: list[LocalTrial] = []
+    statuses: list[TrialStatus] = []
+    while len(trials) < tuning.max_trials:
+        suggestion = suggest(
+            tuning,
+            seed=training.spec.hyperparameters.seed,
+            history=history(tuning, statuses),
+            count=1,
+        )
+        if not suggestion:
+            break  # a grid has no point left
+        params = suggestion[0]
+        trial = trial_name(name, len(trials))
+        console.print(f"[bold]trial {len(trials) + 1}/{tuning.max_trials}[/bold] {params}")
+        run = run_training(training, console=console, run_name=trial, hyperparameters=params)
+        local = LocalTrial(name=trial, params=params, run=run)
+        trials.append(local)
+        statuses.append(
+            TrialStatus(
+                name=trial,
+                params=params,
+                metrics=local.metrics,
+                phase="Succeeded" if run.exit_code == 0 else "Failed",
+            )
+        )
+        if run.exit_code == ExitCode.CONFIG_ERROR:
+            break  # every other trial would fail the same way
+    return trials
+
+
+def print_tuning_summary(
+    training: ModelTraining, trials: list[LocalTrial], console: Console
+) -> int:
+    """The table of every trial and the best one; the exit code of the search."""
+    tuning = training.spec.tuning
+    if tuning is None:
+        raise ValueError("print_tuning_summary needs spec.tuning")
+    metric = tuning.objective.metric
+    table = Table(
+        title=f"{training.metadata.name}: {len(trials)} trials, objective "
+        f"{metric} ({tuning.objective.goal})"
+    )
+    for column in ("trial", "parameters", metric, "result"):
+        table.add_column(column)
+    scored = [t for t in trials if metric in t.metrics]
+    sign = 1.0 if tuning.objective.goal == "maximize" else -1.0
+    best = max(scored, key=lambda t: sign * t.metrics[metric]) if scored else None
+    for trial in trials:
+        value = trial.metrics.get(metric)
+        table.add_row(
+            trial.name + (" (best)" if trial is best else ""),
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in trial.params.items()
+            ),
+            f"{value:.4f}" if value is not None else "-",
+            "ok" if trial.run.exit_code == 0 else f"exit {trial.run.exit_code}",
+        )
+    console.print(table)
+    if best is None:
+        console.print("[red]no trial succeeded[/red]")
+        failures = [t.run for t in trials if t.run.exit_code != 0]
+        if failures:
+            print_summary(failures[-1], console)
+        return failures[-1].exit_code if failures else 1
+    console.print(f"best: {best.name}; artifact: {best.run.artifact}")
+    return 0

@@ -31,6 +31,8 @@ MANAGED_BY: Final = "modelplane"
 LABEL_TRAINING: Final = f"{GROUP}/training"
 LABEL_DEPLOYMENT: Final = f"{GROUP}/deployment"
 LABEL_TRIAL: Final = f"{GROUP}/trial"
+LABEL_RUN: Final = f"{GROUP}/run"
+"""The run a child belongs to: the training's own name, or one of its trials'."""
 LABEL_ATTEMPT: Final = f"{GROUP}/attempt"
 LABEL_ROLE: Final = f"{GROUP}/role"
 

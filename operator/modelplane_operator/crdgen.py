@@ -90,6 +90,12 @@ KINDS = (
                 "description": "Headline validation metric",
             },
             {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+            {
+                "name": "Trials",
+                "type": "string",
+                "jsonPath": ".status.trialSummary",
+                "description": "Tuning trials finished out of maxTrials",
+            },
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
             {
                 "name": "Artifact",

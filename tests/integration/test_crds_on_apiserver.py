@@ -75,7 +75,7 @@ def test_kubectl_get_shows_the_printer_columns(crds: LocalCluster, namespace: st
         yaml.safe_dump(status),
     )
     lines = crds.kubectl("get", "mt", "-n", namespace).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "METRIC", "RESTARTS", "AGE"]
+    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "METRIC", "RESTARTS", "TRIALS", "AGE"]
     assert lines[1].split()[:5] == ["sentiment", "Running", "42", "f1=0.910", "1"]
 
 

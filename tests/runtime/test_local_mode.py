@@ -49,3 +49,38 @@ def test_a_config_error_in_local_mode_exits_with_its_code_and_reason(
     assert result.exit_code == 42
     assert "configuration error" in result.output
     assert "not found" in result.output
+
+
+def test_local_tuning_finds_a_better_model_than_its_worst_trial_and_lists_every_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path / "pvc"))
+    resource = make_training(
+        {
+            "spec.hyperparameters": {"epochs": 2, "batchSize": 32},
+            "spec.tuning": {
+                "objective": {"metric": "f1", "goal": "maximize"},
+                "algorithm": "random",
+                "maxTrials": 4,
+                "parallelTrials": 1,
+                "space": {"learningRate": {"type": "loguniform", "min": 1e-6, "max": 1e-1}},
+            },
+        },
+        name="tuned",
+    )
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(resource))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    for i in range(4):
+        assert f"tuned-t{i}" in result.output
+    cards = [
+        json.loads(
+            (tmp_path / "pvc" / "models" / "demo" / f"tuned-t{i}" / "model_card.json").read_text()
+        )
+        for i in range(4)
+    ]
+    f1 = [card["metrics"]["f1"] for card in cards]
+    assert max(f1) > min(f1) + 0.05, f1
+    best = f1.index(max(f1))
+    assert f"tuned-t{best} (best)" in result.output

@@ -453,6 +453,8 @@ class TrialStatus(StatusModel):
     """Trial state; Stopped means stopped early by the early-stopping rule."""
     reason: str = ""
     """Why the trial failed or was stopped."""
+    artifact: ArtifactRef | None = None
+    """The trial's trained artifact."""
 
 
 class ModelTrainingStatus(StatusModel):
@@ -476,6 +478,8 @@ class ModelTrainingStatus(StatusModel):
     """Every trial of a hyperparameter search."""
     best_trial: str | None = None
     """Name of the best trial so far."""
+    trial_summary: str | None = None
+    """Trials finished out of maxTrials, for kubectl get (for example 4/6)."""
     restarts: int = 0
     """Times the job was replaced after an infrastructure failure."""
     job_name: str | None = None

@@ -49,24 +49,30 @@ def names_for(training_name: str, attempt: int) -> TrainingNames:
     return TrainingNames(job=job, service=job, config_map=child_name(job, "config"))
 
 
-def _labels(training: ModelTraining, attempt: int) -> dict[str, str]:
-    return {
+def _labels(training: ModelTraining, run: str, attempt: int) -> dict[str, str]:
+    """Labels of one run's children: the training, the run (the training itself or one
+    of its tuning trials) and the attempt."""
+    labels = {
         c.LABEL_NAME: "modelplane",
         c.LABEL_COMPONENT: "training",
         c.LABEL_TRAINING: training.metadata.name or "",
+        c.LABEL_RUN: run,
         c.LABEL_ATTEMPT: str(attempt),
     }
+    if run != training.metadata.name:
+        labels[c.LABEL_TRIAL] = run
+    return labels
 
 
 def build_config_map(training: ModelTraining, run_config: RunConfig, *, attempt: int) -> Manifest:
-    names = names_for(training.metadata.name or "", attempt)
+    names = names_for(run_config.name, attempt)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_meta(
             name=names.config_map,
             namespace=training.metadata.namespace,
-            labels=_labels(training, attempt),
+            labels=_labels(training, run_config.name, attempt),
             owner=owner_reference(c.KIND_TRAINING, training.metadata),
         ),
         "data": {CONFIG_FILE: run_config.to_json()},
@@ -77,10 +83,13 @@ def needs_service(training: ModelTraining) -> bool:
     return training.spec.resources.nodes > 1
 
 
-def build_service(training: ModelTraining, *, attempt: int, settings: Settings) -> Manifest:
+def build_service(
+    training: ModelTraining, *, attempt: int, settings: Settings, run: str | None = None
+) -> Manifest:
     """Headless: it only gives each pod a stable DNS name for the rendezvous."""
-    names = names_for(training.metadata.name or "", attempt)
-    labels = _labels(training, attempt)
+    run = run or training.metadata.name or ""
+    names = names_for(run, attempt)
+    labels = _labels(training, run, attempt)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -94,7 +103,7 @@ def build_service(training: ModelTraining, *, attempt: int, settings: Settings) 
             "clusterIP": "None",
             "publishNotReadyAddresses": True,  # ranks meet before any is Ready
             "selector": {
-                c.LABEL_TRAINING: labels[c.LABEL_TRAINING],
+                c.LABEL_RUN: labels[c.LABEL_RUN],
                 c.LABEL_ATTEMPT: labels[c.LABEL_ATTEMPT],
             },
             "ports": [{"name": "rendezvous", "port": settings.master_port}],
@@ -124,7 +133,7 @@ def build_job(
     training: ModelTraining, run_config: RunConfig, *, attempt: int, settings: Settings
 ) -> Manifest:
     spec = training.spec
-    names = names_for(training.metadata.name or "", attempt)
+    names = names_for(run_config.name, attempt)
     nodes = spec.resources.nodes
     per_node = max(1, spec.resources.gpus_per_node)
     # One node needs no rendezvous across pods: no Service, rank 0 is this pod.
@@ -159,7 +168,7 @@ def build_job(
         "--config",
         f"{CONFIG_DIR}/{CONFIG_FILE}",
     ]
-    labels = _labels(training, attempt)
+    labels = _labels(training, run_config.name, attempt)
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # training needs no Kubernetes credentials

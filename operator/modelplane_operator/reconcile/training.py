@@ -27,6 +27,7 @@ from modelplane_operator.builders.training import (
 )
 from modelplane_operator.client import Client
 from modelplane_operator.conditions import set_condition
+from modelplane_operator.reconcile.tuning import reconcile_tuning
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.training import (
@@ -98,6 +99,8 @@ async def reconcile_training(
     ) == meta.get("generation"):
         return str(current_status["phase"])
 
+    if training.spec.tuning is not None:
+        return await reconcile_tuning(client, body, training, settings=settings, now=now)
     jobs = await client.list_jobs(namespace, {c.LABEL_TRAINING: name})
     attempt = max([training.status.restarts if training.status else 0, *map(_attempt, jobs)])
     job = next((j for j in jobs if _attempt(j) == attempt), None)
@@ -107,7 +110,7 @@ async def reconcile_training(
         await client.suspend_job(namespace, job["metadata"]["name"], suspend=training.spec.suspend)
     names = names_for(name, attempt)
     pods = (
-        await client.list_pods(namespace, {c.LABEL_TRAINING: name, c.LABEL_ATTEMPT: str(attempt)})
+        await client.list_pods(namespace, {c.LABEL_RUN: name, c.LABEL_ATTEMPT: str(attempt)})
         if job is not None
         else []
     )

@@ -1,0 +1,101 @@
+"""The search's status from its trials."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.api.training import TrialStatus
+from modelplane_operator.status.tuning import derive_tuning_status, observe_trial, trial_name
+from tests.factories import make_training, make_tuning
+
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def search(**tuning: Any) -> ModelTraining:
+    obj = make_training({"spec.tuning": {**make_tuning(), "maxTrials": 3, **tuning}})
+    obj["metadata"].update({"namespace": "ml", "uid": "u", "generation": 1})
+    return ModelTraining.model_validate(obj)
+
+
+def trial(i: int, phase: str, f1: float | None = None) -> TrialStatus:
+    return TrialStatus.model_validate(
+        dict(
+            name=f"demo-t{i}",
+            params={"learningRate": 0.01 * (i + 1)},
+            phase=phase,
+            metrics={} if f1 is None else {"f1": f1},
+        )
+    )
+
+
+def test_trial_names_are_deterministic_and_short() -> None:
+    assert trial_name("demo", 4) == "demo-t4"
+    assert len(trial_name("x" * 63, 999)) <= 40
+
+
+def test_a_complete_trial_job_records_rank_0s_metrics_and_artifact() -> None:
+    message = json.dumps(
+        {
+            "version": 1,
+            "run": "demo-t0",
+            "metrics": {"f1": 0.8},
+            "artifact_uri": "pvc://m/demo-t0",
+            "digest": "sha256:1",
+        }
+    )
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    pod = {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+        "status": {
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message}}}]
+        },
+    }
+    observed = observe_trial(trial(0, "Running"), job, (pod,))
+    assert observed.phase == "Succeeded"
+    assert observed.metrics == {"f1": 0.8}
+    assert observed.artifact is not None
+    assert observed.artifact.uri == "pvc://m/demo-t0"
+
+
+def test_the_search_succeeds_with_the_best_trial_when_all_have_ended() -> None:
+    trials = [trial(0, "Succeeded", 0.7), trial(1, "Succeeded", 0.9), trial(2, "Failed")]
+    status = derive_tuning_status(search(), trials, exhausted=False, now=NOW).status
+    assert status.phase == "Succeeded"
+    assert status.best_trial == "demo-t1"
+    assert status.metrics == {"f1": 0.9}
+    assert status.key_metric == "f1=0.900"
+    assert status.trial_summary == "3/3"
+
+
+def test_minimize_picks_the_lowest() -> None:
+    trials = [trial(0, "Succeeded", 0.7), trial(1, "Succeeded", 0.9), trial(2, "Succeeded", 0.8)]
+    t = search(objective={"metric": "f1", "goal": "minimize"})
+    assert derive_tuning_status(t, trials, exhausted=False, now=NOW).status.best_trial == (
+        "demo-t0"
+    )
+
+
+def test_a_search_with_running_trials_is_running() -> None:
+    trials = [trial(0, "Succeeded", 0.7), trial(1, "Running")]
+    status = derive_tuning_status(search(), trials, exhausted=False, now=NOW).status
+    assert status.phase == "Running"
+    assert status.trial_summary == "1/3"
+
+
+def test_an_exhausted_grid_ends_the_search_early() -> None:
+    trials = [trial(0, "Succeeded", 0.7)]
+    status = derive_tuning_status(search(), trials, exhausted=True, now=NOW).status
+    assert status.phase == "Succeeded"
+
+
+def test_too_many_failed_trials_fail_the_search() -> None:
+    trials = [trial(0, "Failed"), trial(1, "Failed")]
+    status = derive_tuning_status(
+        search(maxFailedTrials=1), trials, exhausted=False, now=NOW
+    ).status
+    assert status.phase == "Failed"
+    failed = next(c for c in status.conditions if c.type == "Failed")
+    assert failed.reason == "TooManyFailedTrials"
