@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ class LocalRun:
     artifact: Path
     logs: Path
     result: dict[str, Any] | None
+    stopped: str | None = None
+    """Why the run was stopped early (a tuning trial the median rule stopped)."""
 
 
 def pvc_root() -> Path:
@@ -67,12 +70,17 @@ def _poll(port: int) -> dict[str, Any] | None:
         return None
 
 
+StopCheck = Callable[[dict[str, Any]], str | None]
+"""Given rank 0's progress, a reason to stop the run now, or None."""
+
+
 def run_training(
     training: ModelTraining,
     *,
     console: Console,
     run_name: str | None = None,
     hyperparameters: dict[str, Any] | None = None,
+    stop_check: StopCheck | None = None,
 ) -> LocalRun:
     """Train `training` locally (or one tuning trial of it, named `run_name`, with
     `hyperparameters`); returns when every process has ended."""
@@ -120,7 +128,7 @@ def run_training(
         )
         log_file.close()
     try:
-        code = _follow(processes, progress_port, console)
+        code, stopped = _follow(processes, progress_port, console, stop_check)
     except KeyboardInterrupt:
         for process in processes:
             process.terminate()
@@ -132,11 +140,32 @@ def run_training(
         artifact = Path("/" + config.output_uri.removeprefix("file://").lstrip("/")) / name
     result_file = artifact / "result.json"
     result = json.loads(result_file.read_text()) if code == 0 and result_file.exists() else None
-    return LocalRun(exit_code=code, config=config, artifact=artifact, logs=workdir, result=result)
+    return LocalRun(
+        exit_code=code,
+        config=config,
+        artifact=artifact,
+        logs=workdir,
+        result=result,
+        stopped=stopped,
+    )
 
 
-def _follow(processes: list[subprocess.Popen[bytes]], port: int, console: Console) -> int:
-    """Draw progress until every process ends; the first failure stops the rest."""
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait()
+
+
+def _follow(
+    processes: list[subprocess.Popen[bytes]],
+    port: int,
+    console: Console,
+    stop_check: StopCheck | None = None,
+) -> tuple[int, str | None]:
+    """Draw progress until every process ends; the first failure stops the rest, and so
+    does `stop_check` when it gives a reason. Returns (exit code, stop reason)."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -149,16 +178,17 @@ def _follow(processes: list[subprocess.Popen[bytes]], port: int, console: Consol
             codes = [p.poll() for p in processes]
             failed = [c for c in codes if c not in (None, 0)]
             if failed:
-                for process in processes:
-                    if process.poll() is None:
-                        process.terminate()
-                for process in processes:
-                    process.wait()
-                return _worst(failed)
+                _stop_all(processes)
+                return _worst(failed), None
             if all(c == 0 for c in codes):
                 bar.update(task, completed=bar.tasks[0].total or 1, description="done")
-                return 0
+                return 0, None
             snap = _poll(port)
+            reason = stop_check(snap) if snap and stop_check else None
+            if reason:
+                _stop_all(processes)
+                bar.update(task, description="stopped")
+                return 0, reason
             if snap and snap.get("total_steps"):
                 loss = snap.get("loss")
                 info = f"epoch {snap['epoch']}" + (f"  loss {loss:.4f}" if loss else "")
@@ -213,7 +243,12 @@ def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]
     """Run the search of spec.tuning locally, one trial after another, with the same
     suggestions the operator would make for the same history."""
     from modelplane_operator.api.training import TrialStatus  # noqa: PLC0415
-    from modelplane_operator.status.tuning import history, trial_name  # noqa: PLC0415
+    from modelplane_operator.status.tuning import (  # noqa: PLC0415
+        apply_early_stopping,
+        history,
+        record_progress,
+        trial_name,
+    )
     from modelplane_operator.tuning import suggest  # noqa: PLC0415
 
     tuning = training.spec.tuning
@@ -234,15 +269,27 @@ def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]
         params = suggestion[0]
         trial = trial_name(name, len(trials))
         console.print(f"[bold]trial {len(trials) + 1}/{tuning.max_trials}[/bold] {params}")
-        run = run_training(training, console=console, run_name=trial, hyperparameters=params)
+        current = TrialStatus(name=trial, params=params, phase="Running")
+
+        def stop_check(snapshot: dict[str, Any]) -> str | None:
+            nonlocal current
+            current = record_progress(tuning, current, snapshot)
+            (*_, decided) = apply_early_stopping(tuning, [*statuses, current])
+            return decided.reason if decided.phase == "Stopped" else None
+
+        run = run_training(
+            training, console=console, run_name=trial, hyperparameters=params, stop_check=stop_check
+        )
         local = LocalTrial(name=trial, params=params, run=run)
         trials.append(local)
+        phase = "Stopped" if run.stopped else "Succeeded" if run.exit_code == 0 else "Failed"
         statuses.append(
-            TrialStatus(
-                name=trial,
-                params=params,
-                metrics=local.metrics,
-                phase="Succeeded" if run.exit_code == 0 else "Failed",
+            current.model_copy(
+                update={
+                    "metrics": local.metrics,
+                    "phase": phase,
+                    "reason": run.stopped or "",
+                }
             )
         )
         if run.exit_code == ExitCode.CONFIG_ERROR:
@@ -276,7 +323,11 @@ def print_tuning_summary(
                 for k, v in trial.params.items()
             ),
             f"{value:.4f}" if value is not None else "-",
-            "ok" if trial.run.exit_code == 0 else f"exit {trial.run.exit_code}",
+            "stopped early"
+            if trial.run.stopped
+            else "ok"
+            if trial.run.exit_code == 0
+            else f"exit {trial.run.exit_code}",
         )
     console.print(table)
     if best is None:

@@ -82,6 +82,13 @@ def _pass_seed(seed: int, history: Sequence[TrialRecord]) -> int:
     return int(digest[:8], 16)
 
 
+def _fits(distribution: BaseDistribution, value: ParamValue) -> bool:
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
 def _study(
     tuning: Tuning,
     history: Sequence[TrialRecord],
@@ -103,6 +110,9 @@ def _study(
         "stopped": TrialState.PRUNED,
     }
     for record in history:
+        # A trial sampled before spec.tuning.space changed may lie outside it now; it
+        # still counts, with only the parameters the current space can describe.
+        fitting = [k for k, v in record.params.items() if k in dists and _fits(dists[k], v)]
         state = states[record.state]
         if state == TrialState.COMPLETE and record.value is None:
             state = TrialState.FAIL  # finished without an objective: nothing to learn from
@@ -110,8 +120,8 @@ def _study(
             create_trial(
                 state=state,
                 value=record.value if state == TrialState.COMPLETE else None,
-                params=dict(record.params),
-                distributions={k: dists[k] for k in record.params if k in dists},
+                params={k: v for k, v in record.params.items() if k in fitting},
+                distributions={k: dists[k] for k in fitting},
                 intermediate_values=dict(record.intermediate),
             )
         )

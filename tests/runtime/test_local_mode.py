@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from modelplane.cli import app
+from modelplane_operator.api.training import ParamSpec
+from modelplane_operator.tuning import grid
 from tests.factories import make_training
 
 runner = CliRunner()
@@ -84,3 +88,40 @@ def test_local_tuning_finds_a_better_model_than_its_worst_trial_and_lists_every_
     assert max(f1) > min(f1) + 0.05, f1
     best = f1.index(max(f1))
     assert f"tuned-t{best} (best)" in result.output
+
+
+def test_local_tuning_stops_a_lagging_trial_by_the_median_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path / "pvc"))
+    # Grid order is the seed's shuffle of the points: pick the listing that tries the
+    # hopeless learning rate last, so two finished trials set the median first.
+    seed = 42
+    for values in itertools.permutations([3e-3, 1e-2, 1e-7]):
+        space = {"learningRate": ParamSpec(type="choice", values=list(values))}
+        order = grid(space)
+        random.Random(seed).shuffle(order)
+        if order[-1]["learningRate"] == 1e-7:
+            break
+    else:
+        pytest.fail("no listing puts the lagging trial last")
+    resource = make_training(
+        {
+            "spec.hyperparameters": {"epochs": 20, "batchSize": 8, "seed": seed},
+            "spec.tuning": {
+                "objective": {"metric": "accuracy", "goal": "maximize"},
+                "algorithm": "grid",
+                "maxTrials": 3,
+                "earlyStopping": {"rule": "median", "minSteps": 0},
+                "space": {"learningRate": {"type": "choice", "values": list(values)}},
+            },
+        },
+        name="early",
+    )
+    path = tmp_path / "early.yaml"
+    path.write_text(yaml.safe_dump(resource))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "stopped early" in result.output
+    lagging = tmp_path / "pvc" / "models" / "demo" / "early-t2"
+    assert not (lagging / "model_card.json").exists()  # it never finished

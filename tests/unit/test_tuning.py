@@ -116,3 +116,10 @@ def test_no_trial_stops_before_min_steps_or_without_the_rule() -> None:
     with_rule = tuning(earlyStopping={"rule": "median", "minSteps": 5})
     assert not should_stop(with_rule, history=[*done, early], index=1)
     assert not should_stop(tuning(), history=[*done, early], index=1)
+
+
+def test_a_trial_from_before_a_space_change_does_not_break_the_search() -> None:
+    t = tuning(algorithm="tpe")
+    old = TrialRecord(params={"learningRate": 5.0, "batchSize": 128}, state="complete", value=0.7)
+    (params,) = suggest(t, seed=1, history=[*finished(3), old], count=1)
+    assert 1e-4 <= float(params["learningRate"]) <= 1e-1

@@ -8,7 +8,13 @@ from typing import Any
 
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import TrialStatus
-from modelplane_operator.status.tuning import derive_tuning_status, observe_trial, trial_name
+from modelplane_operator.status.tuning import (
+    apply_early_stopping,
+    derive_tuning_status,
+    observe_trial,
+    record_progress,
+    trial_name,
+)
 from tests.factories import make_training, make_tuning
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
@@ -24,7 +30,7 @@ def trial(i: int, phase: str, f1: float | None = None) -> TrialStatus:
     return TrialStatus.model_validate(
         dict(
             name=f"demo-t{i}",
-            params={"learningRate": 0.01 * (i + 1)},
+            params={"learningRate": 0.001 * (i + 1)},
             phase=phase,
             metrics={} if f1 is None else {"f1": f1},
         )
@@ -99,3 +105,26 @@ def test_too_many_failed_trials_fail_the_search() -> None:
     assert status.phase == "Failed"
     failed = next(c for c in status.conditions if c.type == "Failed")
     assert failed.reason == "TooManyFailedTrials"
+
+
+def test_progress_adds_the_objective_at_its_step() -> None:
+    t = search()
+    assert t.spec.tuning is not None
+    running = trial(0, "Running")
+    updated = record_progress(t.spec.tuning, running, {"step": 40, "metrics": {"f1": 0.6}})
+    assert updated.intermediate == {"40": 0.6}
+    assert record_progress(t.spec.tuning, running, {"step": 40, "metrics": {}}) == running
+
+
+def test_the_median_rule_stops_a_lagging_live_trial_and_says_why() -> None:
+    t = search(maxTrials=6, earlyStopping={"rule": "median", "minSteps": 10})
+    assert t.spec.tuning is not None
+    done = [
+        trial(i, "Succeeded", 0.8).model_copy(update={"intermediate": {"20": v}})
+        for i, v in enumerate((0.7, 0.8, 0.9))
+    ]
+    lagging = trial(3, "Running").model_copy(update={"intermediate": {"20": 0.5}})
+    leading = trial(4, "Running").model_copy(update={"intermediate": {"20": 0.95}})
+    result = apply_early_stopping(t.spec.tuning, [*done, lagging, leading])
+    assert [r.phase for r in result] == ["Succeeded"] * 3 + ["Stopped", "Running"]
+    assert "step 20" in result[3].reason

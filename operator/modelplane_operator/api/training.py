@@ -455,6 +455,9 @@ class TrialStatus(StatusModel):
     """Why the trial failed or was stopped."""
     artifact: ArtifactRef | None = None
     """The trial's trained artifact."""
+    intermediate: dict[str, float] = Field(default_factory=dict)
+    """The objective by optimizer step, read from the trial's progress; the median rule
+    compares trials on it."""
 
 
 class ModelTrainingStatus(StatusModel):

@@ -100,7 +100,9 @@ async def reconcile_training(
         return str(current_status["phase"])
 
     if training.spec.tuning is not None:
-        return await reconcile_tuning(client, body, training, settings=settings, now=now)
+        return await reconcile_tuning(
+            client, body, training, settings=settings, now=now, poll_progress=poll_progress
+        )
     jobs = await client.list_jobs(namespace, {c.LABEL_TRAINING: name})
     attempt = max([training.status.restarts if training.status else 0, *map(_attempt, jobs)])
     job = next((j for j in jobs if _attempt(j) == attempt), None)

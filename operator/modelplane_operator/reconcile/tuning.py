@@ -24,17 +24,28 @@ from modelplane_operator.builders.training import (
 from modelplane_operator.client import Client
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
+from modelplane_operator.status.training import COMPLETION_INDEX
 from modelplane_operator.status.tuning import (
     FINAL_TRIAL_PHASES,
+    apply_early_stopping,
     derive_tuning_status,
     history,
     observe_trial,
+    record_progress,
     trial_name,
 )
 from modelplane_operator.tuning import suggest
 
 log = logging.getLogger("modelplane.tuning")
 Manifest = dict[str, Any]
+
+
+def _rank0_ip(pods: list[Manifest]) -> str | None:
+    for pod in pods:
+        if pod["metadata"].get("annotations", {}).get(COMPLETION_INDEX) == "0":
+            ip = (pod.get("status") or {}).get("podIP")
+            return str(ip) if ip else None
+    return None
 
 
 async def create_trial_run(
@@ -59,6 +70,7 @@ async def reconcile_tuning(
     *,
     settings: Settings,
     now: datetime,
+    poll_progress: bool = False,
 ) -> str | None:
     tuning = training.spec.tuning
     if tuning is None:
@@ -75,7 +87,18 @@ async def reconcile_tuning(
         if job is None:
             job = await create_trial_run(client, training, trial, settings=settings)
         pods = await client.list_pods(namespace, {c.LABEL_RUN: trial.name})
-        trials[index] = observe_trial(trial, job, tuple(pods))
+        observed = observe_trial(trial, job, tuple(pods))
+        if poll_progress and observed.phase == "Running":
+            ip = _rank0_ip(pods)
+            progress = await client.progress(ip, settings.progress_port) if ip else None
+            observed = record_progress(tuning, observed, progress)
+        trials[index] = observed
+    before = [t.phase for t in trials]
+    trials = apply_early_stopping(tuning, trials)
+    for trial, phase in zip(trials, before, strict=True):
+        if trial.phase == "Stopped" and phase != "Stopped":
+            for job in await client.list_jobs(namespace, {c.LABEL_RUN: trial.name}):
+                await client.delete_job(namespace, job["metadata"]["name"])
 
     active = sum(t.phase not in FINAL_TRIAL_PHASES for t in trials)
     failed = sum(t.phase == "Failed" for t in trials)

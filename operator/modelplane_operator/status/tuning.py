@@ -23,7 +23,7 @@ from modelplane_operator.status.training import (
     _job_condition,
     _rank0_result,
 )
-from modelplane_operator.tuning import TrialRecord
+from modelplane_operator.tuning import TrialRecord, should_stop
 
 FINAL_TRIAL_PHASES = ("Succeeded", "Failed", "Stopped")
 REASON_SEARCHING = "Searching"
@@ -84,8 +84,39 @@ def history(tuning: Tuning, trials: list[TrialStatus]) -> list[TrialRecord]:
             params=dict(t.params),
             state=states[t.phase],  # type: ignore[arg-type]
             value=objective_value(tuning, t),
+            intermediate={int(step): value for step, value in t.intermediate.items()},
         )
         for t in trials
+    ]
+
+
+def record_progress(tuning: Tuning, trial: TrialStatus, progress: Manifest | None) -> TrialStatus:
+    """Add the objective at the current step, when the trial's progress reports it."""
+    if not progress or trial.phase != "Running":
+        return trial
+    value = (progress.get("metrics") or {}).get(tuning.objective.metric)
+    step = progress.get("step")
+    if value is None or not step:
+        return trial
+    return trial.model_copy(
+        update={"intermediate": {**trial.intermediate, str(step): float(value)}}
+    )
+
+
+def apply_early_stopping(tuning: Tuning, trials: list[TrialStatus]) -> list[TrialStatus]:
+    """Running trials the median rule stops become Stopped, with the reason."""
+    records = history(tuning, trials)
+    return [
+        trial.model_copy(
+            update={
+                "phase": "Stopped",
+                "reason": "stopped early: worse than the median of completed trials at step "
+                f"{max(map(int, trial.intermediate))}",
+            }
+        )
+        if trial.phase == "Running" and should_stop(tuning, history=records, index=index)
+        else trial
+        for index, trial in enumerate(trials)
     ]
 
 
