@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from modelplane_operator.api.resources import ModelTraining
-from modelplane_operator.status.training import Observed, derive_training_status
+from modelplane_operator.status.training import Observed, derive_training_status, rank0_ip
 from tests.factories import make_training
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -248,3 +248,11 @@ def test_progress_is_copied_while_running() -> None:
     status = derive_training_status(training(), observed, now=NOW).status
     assert status.progress is not None
     assert (status.progress.step, status.progress.percent) == (50, 50)
+
+
+def test_rank_0_is_found_by_its_completion_index() -> None:
+    pods = [pod(1, "Running"), pod(0, "Running")]
+    pods[0]["status"]["podIP"] = "10.0.0.2"
+    pods[1]["status"]["podIP"] = "10.0.0.1"
+    assert rank0_ip(pods) == "10.0.0.1"
+    assert rank0_ip([pod(1, "Running")]) is None

@@ -31,10 +31,10 @@ from modelplane_operator.reconcile.tuning import reconcile_tuning
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.training import (
-    COMPLETION_INDEX,
     FINAL_PHASES,
     Observed,
     derive_training_status,
+    rank0_ip,
 )
 
 log = logging.getLogger("modelplane.training")
@@ -49,14 +49,6 @@ def spec_hash(training: ModelTraining) -> str:
 
 def _attempt(job: Manifest) -> int:
     return int(job["metadata"].get("labels", {}).get(c.LABEL_ATTEMPT, "0"))
-
-
-def _rank0_ip(pods: list[Manifest]) -> str | None:
-    for pod in pods:
-        if pod["metadata"].get("annotations", {}).get(COMPLETION_INDEX) == "0":
-            ip = (pod.get("status") or {}).get("podIP")
-            return str(ip) if ip else None
-    return None
 
 
 async def create_attempt(
@@ -118,7 +110,7 @@ async def reconcile_training(
     )
     progress = None
     if poll_progress and pods and current_status.get("phase") == "Running":
-        ip = _rank0_ip(pods)
+        ip = rank0_ip(pods)
         progress = await client.progress(ip, settings.progress_port) if ip else None
 
     warnings: list[str] = []

@@ -24,7 +24,7 @@ from modelplane_operator.builders.training import (
 from modelplane_operator.client import Client
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
-from modelplane_operator.status.training import COMPLETION_INDEX
+from modelplane_operator.status.training import rank0_ip
 from modelplane_operator.status.tuning import (
     FINAL_TRIAL_PHASES,
     apply_early_stopping,
@@ -38,14 +38,6 @@ from modelplane_operator.tuning import suggest
 
 log = logging.getLogger("modelplane.tuning")
 Manifest = dict[str, Any]
-
-
-def _rank0_ip(pods: list[Manifest]) -> str | None:
-    for pod in pods:
-        if pod["metadata"].get("annotations", {}).get(COMPLETION_INDEX) == "0":
-            ip = (pod.get("status") or {}).get("podIP")
-            return str(ip) if ip else None
-    return None
 
 
 async def create_trial_run(
@@ -89,7 +81,7 @@ async def reconcile_tuning(
         pods = await client.list_pods(namespace, {c.LABEL_RUN: trial.name})
         observed = observe_trial(trial, job, tuple(pods))
         if poll_progress and observed.phase == "Running":
-            ip = _rank0_ip(pods)
+            ip = rank0_ip(pods)
             progress = await client.progress(ip, settings.progress_port) if ip else None
             observed = record_progress(tuning, observed, progress)
         trials[index] = observed

@@ -100,6 +100,15 @@ def _rank0_result(pods: tuple[Manifest, ...]) -> TrainingResult | None:
     return None
 
 
+def rank0_ip(pods: list[Manifest]) -> str | None:
+    """The pod IP of rank 0 (completion index 0), where /progress is served."""
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("annotations", {}).get(COMPLETION_INDEX) == "0":
+            ip = (pod.get("status") or {}).get("podIP")
+            return str(ip) if ip else None
+    return None
+
+
 def _pending_reason(
     pods: tuple[Manifest, ...], job_warnings: tuple[str, ...] = ()
 ) -> tuple[str, str]:
