@@ -150,6 +150,7 @@ def test_progress_is_served_as_json_and_prometheus() -> None:
     finally:
         reporter.close()
     assert progress["percent"] == 25
+    assert progress["metrics_step"] is None
     assert progress["eta_seconds"] is not None
     assert "modelplane_training_step 25.0" in metrics
     assert "modelplane_training_loss 0.5" in metrics

@@ -114,6 +114,10 @@ def test_progress_adds_the_objective_at_its_step() -> None:
     updated = record_progress(t.spec.tuning, running, {"step": 40, "metrics": {"f1": 0.6}})
     assert updated.intermediate == {"40": 0.6}
     assert record_progress(t.spec.tuning, running, {"step": 40, "metrics": {}}) == running
+    at_epoch_end = record_progress(
+        t.spec.tuning, running, {"step": 47, "metrics_step": 40, "metrics": {"f1": 0.6}}
+    )
+    assert at_epoch_end.intermediate == {"40": 0.6}
 
 
 def test_the_median_rule_stops_a_lagging_live_trial_and_says_why() -> None:

@@ -95,7 +95,9 @@ def record_progress(tuning: Tuning, trial: TrialStatus, progress: Manifest | Non
     if not progress or trial.phase != "Running":
         return trial
     value = (progress.get("metrics") or {}).get(tuning.objective.metric)
-    step = progress.get("step")
+    # The step the metrics belong to (an epoch's end), so every trial is compared at the
+    # same steps; the current step only when the runtime does not say.
+    step = progress.get("metrics_step") or progress.get("step")
     if value is None or not step:
         return trial
     return trial.model_copy(

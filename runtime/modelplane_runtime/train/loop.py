@@ -285,7 +285,7 @@ class Trainer:
                 epoch + 1,
                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
             )
-            self.reporter.update(phase="training", metrics=metrics)
+            self.reporter.update(phase="training", metrics=metrics, metrics_step=self.position.step)
         self.env.barrier()
         return metrics
 

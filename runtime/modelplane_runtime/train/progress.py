@@ -29,6 +29,10 @@ class Snapshot:
     eta_seconds: int | None = None
     percent: int = 0
     metrics: dict[str, float] | None = None
+    """The latest validation metrics."""
+    metrics_step: int | None = None
+    """The step the latest metrics were computed at (an epoch's end): trials compared at
+    the same step line up on it."""
 
 
 class ProgressReporter:
