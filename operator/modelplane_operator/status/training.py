@@ -60,7 +60,7 @@ class Decision:
     is allowed: the caller creates the next attempt's children."""
 
 
-def _job_condition(job: Manifest | None, type_: str) -> Manifest | None:
+def job_condition(job: Manifest | None, type_: str) -> Manifest | None:
     for cond in ((job or {}).get("status") or {}).get("conditions") or []:
         if cond.get("type") == type_ and cond.get("status") == "True":
             return dict(cond)
@@ -75,19 +75,19 @@ def _terminated(pod: Manifest) -> Manifest | None:
     return None
 
 
-def _config_error(job: Manifest | None, pods: tuple[Manifest, ...]) -> str | None:
+def config_error(job: Manifest | None, pods: tuple[Manifest, ...]) -> str | None:
     """The message of a pod that exited with the config-error code, if any did."""
     for pod in pods:
         state = _terminated(pod)
         if state and state.get("exitCode") == ExitCode.CONFIG_ERROR:
             return str(state.get("message") or "the runtime reported a configuration error")
-    failed = _job_condition(job, "Failed")
+    failed = job_condition(job, "Failed")
     if failed and failed.get("reason") == "PodFailurePolicy":
         return str(failed.get("message") or "the runtime reported a configuration error")
     return None
 
 
-def _rank0_result(pods: tuple[Manifest, ...]) -> TrainingResult | None:
+def rank0_result(pods: tuple[Manifest, ...]) -> TrainingResult | None:
     for pod in pods:
         if (pod.get("metadata") or {}).get("annotations", {}).get(COMPLETION_INDEX) != "0":
             continue
@@ -153,10 +153,10 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
         return _Verdict("Suspended", c.REASON_SUSPENDED, "spec.suspend is true")
     if job is None:
         return _Verdict("Pending", c.REASON_CREATED, "creating the training job")
-    if (config_message := _config_error(job, pods)) is not None:
+    if (config_message := config_error(job, pods)) is not None:
         return _Verdict("Failed", c.REASON_CONFIG_ERROR, config_message)
-    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
-        result = _rank0_result(pods)
+    if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
+        result = rank0_result(pods)
         if result is None:
             return _Verdict(
                 "Running", c.REASON_TRAINING, "the job completed; waiting for rank 0's result"
@@ -173,7 +173,7 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
             c.REASON_SUCCEEDED,
             f"trained {result.steps} steps; artifact {result.artifact_uri}",
         )
-    if failed := _job_condition(job, "Failed"):
+    if failed := job_condition(job, "Failed"):
         why = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
         if observed.attempt < training.spec.max_restarts:
             status.restarts = observed.attempt + 1

@@ -19,9 +19,9 @@ from modelplane_operator.status.training import (
     Decision,
     Event,
     Manifest,
-    _config_error,
-    _job_condition,
-    _rank0_result,
+    config_error,
+    job_condition,
+    rank0_result,
 )
 from modelplane_operator.tuning import TrialRecord, should_stop
 
@@ -42,10 +42,10 @@ def observe_trial(
     """The trial's phase from its Job (one attempt: a failed trial is not retried)."""
     if trial.phase in FINAL_TRIAL_PHASES or job is None:
         return trial
-    if (message := _config_error(job, pods)) is not None:
+    if (message := config_error(job, pods)) is not None:
         return trial.model_copy(update={"phase": "Failed", "reason": message})
-    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
-        result = _rank0_result(pods)
+    if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
+        result = rank0_result(pods)
         if result is None:
             return trial.model_copy(update={"phase": "Running"})
         return trial.model_copy(
@@ -55,7 +55,7 @@ def observe_trial(
                 "artifact": ArtifactRef(uri=result.artifact_uri, digest=result.digest),
             }
         )
-    if failed := _job_condition(job, "Failed"):
+    if failed := job_condition(job, "Failed"):
         return trial.model_copy(
             update={
                 "phase": "Failed",

@@ -63,29 +63,25 @@ def resolve_params(architecture: str, params: dict[str, Any]) -> dict[str, int |
     return {**defaults, **params}
 
 
+def _encoder_args(p: dict[str, Any], shape: DataShape) -> dict[str, Any]:
+    """What the transformer classifier and BERT both take."""
+    return {
+        "vocab_size": shape.vocab_size,
+        "max_length": int(p["max_length"]),
+        "num_classes": shape.num_classes,
+        "hidden": int(p["hidden"]),
+        "layers": int(p["layers"]),
+        "heads": int(p["heads"]),
+        "dropout": float(p["dropout"]),
+    }
+
+
 def _transformer(task: str, p: dict[str, Any], shape: DataShape) -> nn.Module:
-    return TransformerClassifier(
-        vocab_size=shape.vocab_size,
-        max_length=int(p["max_length"]),
-        num_classes=shape.num_classes,
-        hidden=int(p["hidden"]),
-        layers=int(p["layers"]),
-        heads=int(p["heads"]),
-        dropout=float(p["dropout"]),
-    )
+    return TransformerClassifier(**_encoder_args(p, shape))
 
 
 def _bert(task: str, p: dict[str, Any], shape: DataShape) -> nn.Module:
-    return Bert(
-        vocab_size=shape.vocab_size,
-        max_length=int(p["max_length"]),
-        num_classes=shape.num_classes,
-        hidden=int(p["hidden"]),
-        layers=int(p["layers"]),
-        heads=int(p["heads"]),
-        dropout=float(p["dropout"]),
-        masked_lm=task == "masked-lm",
-    )
+    return Bert(**_encoder_args(p, shape), masked_lm=task == "masked-lm")
 
 
 def _resnet(task: str, p: dict[str, Any], shape: DataShape) -> nn.Module:
