@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.crdgen import stale_crds, write_crds
 from modelplane_operator.validation import check_file
 
@@ -64,9 +65,19 @@ def validate(
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="A ModelTraining or ModelDeployment YAML file.")],
+    predict: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--predict",
+            help="ModelDeployment: answer this input (text, or a JSON list of numbers), "
+            "print the answers and stop instead of serving until Ctrl-C. Repeatable.",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="ModelDeployment: local HTTP port.")] = 8000,
 ) -> None:
     """Run a ModelTraining or ModelDeployment on this machine, without a cluster.
 
+    Documents run in order, so one file can train a model and then serve it.
     pvc://<claim>/<path> maps to ./runs/<claim>/<path> (set MODELPLANE_PVC_ROOT to move it).
     """
     results = list(check_file(file))
@@ -78,30 +89,51 @@ def run(
     if bad:
         raise typer.Exit(1)
     from modelplane.local import (  # noqa: PLC0415
+        best_trial,
         print_summary,
         print_tuning_summary,
         run_training,
         run_tuning,
     )
+    from modelplane.serving import record_training, serve  # noqa: PLC0415
 
     for checked in results:
         resource = checked.resource
+        if isinstance(resource, ModelDeployment):
+            code = serve(resource, console=out, port=port, inputs=_inputs(predict or []))
+            if code != 0:
+                raise typer.Exit(code)
+            continue
         if not isinstance(resource, ModelTraining):
-            err.print(
-                f"[yellow]not yet available:[/yellow] {checked.name}: local serving "
-                "arrives with the serving runtime (issue 6)"
-            )
-            raise typer.Exit(3)
+            raise TypeError(f"unexpected resource {type(resource).__name__}")
+        name = resource.metadata.name or "training"
         if resource.spec.tuning is not None:
             trials = run_tuning(resource, console=out)
             code = print_tuning_summary(resource, trials, out)
             if code != 0:
                 raise typer.Exit(code)
+            best = best_trial(resource, trials)
+            if best is not None and best.run.result is not None:
+                record_training(name, best.run.result)
             continue
         outcome = run_training(resource, console=out)
         print_summary(outcome, out)
         if outcome.exit_code != 0:
             raise typer.Exit(outcome.exit_code)
+        if outcome.result is not None:
+            record_training(name, outcome.result)
+
+
+def _inputs(values: list[str]) -> list[Any]:
+    """--predict values: a JSON list stays a list of numbers, anything else is text."""
+    parsed: list[Any] = []
+    for value in values:
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = value
+        parsed.append(decoded if isinstance(decoded, list) else value)
+    return parsed
 
 
 dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)

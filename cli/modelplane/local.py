@@ -297,6 +297,17 @@ def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]
     return trials
 
 
+def best_trial(training: ModelTraining, trials: list[LocalTrial]) -> LocalTrial | None:
+    """The trial with the best objective value, or None when none reported it."""
+    tuning = training.spec.tuning
+    if tuning is None:
+        raise ValueError("best_trial needs spec.tuning")
+    metric = tuning.objective.metric
+    scored = [t for t in trials if metric in t.metrics]
+    sign = 1.0 if tuning.objective.goal == "maximize" else -1.0
+    return max(scored, key=lambda t: sign * t.metrics[metric]) if scored else None
+
+
 def print_tuning_summary(
     training: ModelTraining, trials: list[LocalTrial], console: Console
 ) -> int:
@@ -311,9 +322,7 @@ def print_tuning_summary(
     )
     for column in ("trial", "parameters", metric, "result"):
         table.add_column(column)
-    scored = [t for t in trials if metric in t.metrics]
-    sign = 1.0 if tuning.objective.goal == "maximize" else -1.0
-    best = max(scored, key=lambda t: sign * t.metrics[metric]) if scored else None
+    best = best_trial(training, trials)
     for trial in trials:
         value = trial.metrics.get(metric)
         table.add_row(

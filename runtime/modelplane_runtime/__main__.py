@@ -1,4 +1,6 @@
-"""`python -m modelplane_runtime train --config run.json` — what training pods run.
+"""`python -m modelplane_runtime train --config run.json` — what training pods run;
+`python -m modelplane_runtime serve --config serve-config.json` — serve a Serve config
+(see modelplane_runtime.serve.runner).
 
 Exit codes (contract.ExitCode): 0 done; 42 bad configuration or data (never retried);
 1 anything else (the operator replaces the job and it resumes from its checkpoint).
@@ -67,10 +69,22 @@ def train(config_path: Path) -> TrainingResult:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from modelplane_runtime.serve.runner import main as serve_main  # noqa: PLC0415
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        try:
+            return serve_main(argv[1:])
+        except Exception as exc:
+            code = exit_code_for(exc)
+            log.error("serve: %s", exc, exc_info=code != ExitCode.CONFIG_ERROR)
+            return int(code)
     parser = argparse.ArgumentParser(prog="python -m modelplane_runtime")
     commands = parser.add_subparsers(dest="command", required=True)
     train_cmd = commands.add_parser("train", help="train one run config")
     train_cmd.add_argument("--config", type=Path, required=True, help="RunConfig JSON file")
+    commands.add_parser("serve", help="serve a Serve config (serve --help)")
     args = parser.parse_args(argv)
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelplane_runtime.contract import (
+    BatchingConfig,
     DataConfig,
     ExitCode,
     RunConfig,
@@ -64,8 +65,15 @@ def test_an_oversized_training_result_is_refused() -> None:
 
 
 def test_serve_args_round_trip() -> None:
-    args = ServeArgs(model_name="demo", model_uri="pvc://m/demo", max_batch_size=8)
+    args = ServeArgs(model_name="demo", model_uri="pvc://m/demo", dtype="bf16", threads=2)
     assert ServeArgs.model_validate_json(args.model_dump_json()) == args
+
+
+def test_batching_config_round_trips_and_refuses_an_empty_batch() -> None:
+    batching = BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.01)
+    assert BatchingConfig.model_validate(batching.model_dump()) == batching
+    with pytest.raises(ValueError, match="max_batch_size"):
+        BatchingConfig(max_batch_size=0)
 
 
 def test_config_errors_have_a_code_apart_from_infrastructure_failures() -> None:

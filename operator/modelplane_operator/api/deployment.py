@@ -166,7 +166,10 @@ class ModelDeploymentSpec(ApiModel):
     optimization: Optimization = Field(default_factory=Optimization)
     """Inference optimisations."""
     max_ongoing_requests: int = Field(default=64, ge=1, le=100000)
-    """Requests one replica holds at once; beyond that callers get 503 with Retry-After."""
+    """Requests one replica works on at once (a batch is drawn from them)."""
+    max_queued_requests: int = Field(default=64, ge=0, le=100000)
+    """Requests one replica lets wait beyond maxOngoingRequests; beyond that callers get
+    503 with Retry-After at once instead of waiting ever longer."""
     rollout: Rollout = Field(default_factory=Rollout)
     """How new model versions roll out."""
 

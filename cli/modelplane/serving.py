@@ -1,0 +1,284 @@
+"""Local mode for a ModelDeployment: resolve the model, apply the gate, run the runtime's
+Serve app on this machine, print the endpoint, answer a few inputs if asked.
+
+The Serve config is the operator's rendering (`render_serve_config`), so what runs here is
+what the Ray pods run. A local training leaves a record (`<pvc root>/.local/trainings/
+<name>.json`, the same facts a ModelTraining's status holds), which is how `fromTraining`
+finds its artifact without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from modelplane.local import ENV_PVC_ROOT, pvc_root
+from modelplane_operator.api.resources import ModelDeployment
+from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
+
+READY_TIMEOUT_S = 300.0
+EXIT_REJECTED = 4
+EXIT_FAILED = 3
+
+
+class LocalServeError(Exception):
+    """The deployment cannot start locally; the message says why and what to do."""
+
+
+class RejectedError(LocalServeError):
+    """The model does not meet requireMetrics (one sentence per unmet entry)."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("; ".join(failures))
+        self.failures = failures
+
+
+def _record_path(name: str) -> Path:
+    return pvc_root() / ".local" / "trainings" / f"{name}.json"
+
+
+def record_training(name: str, result: dict[str, Any]) -> Path:
+    """Remember a Succeeded local training (its TrainingResult) for `fromTraining`."""
+    path = _record_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
+def local_artifact(uri: str) -> Path:
+    if uri.startswith("pvc://"):
+        return pvc_root() / uri.removeprefix("pvc://")
+    if uri.startswith("file://"):
+        return Path("/" + uri.removeprefix("file://").lstrip("/"))
+    raise LocalServeError(f"model.uri: {uri!r} is neither pvc:// nor file://")
+
+
+def resolve_model(deployment: ModelDeployment) -> ResolvedModel:
+    source = deployment.spec.model
+    if source.from_training is not None:
+        path = _record_path(source.from_training)
+        if not path.is_file():
+            raise LocalServeError(
+                f"model.fromTraining: no local training named {source.from_training!r} has "
+                f"succeeded under {pvc_root()}; run `modelplane run` on its file first"
+            )
+        result = json.loads(path.read_text())
+        return ResolvedModel(
+            uri=result["artifact_uri"], digest=result["digest"], metrics=result["metrics"]
+        )
+    uri = source.uri or ""
+    card_path = local_artifact(uri) / "model_card.json"
+    if not card_path.is_file():
+        raise LocalServeError(f"model.uri: {uri} is not a modelplane artifact (no {card_path})")
+    card = json.loads(card_path.read_text())
+    return ResolvedModel(uri=uri, digest=card["digest"], metrics=card.get("metrics", {}))
+
+
+def _for_this_machine(deployment: ModelDeployment, console: Console) -> ModelDeployment:
+    """The deployment as this machine can run it: CPU serving when it has no GPU."""
+    spec = deployment.spec
+    has_gpu = Path("/dev/nvidia0").exists()
+    if spec.resources.gpus_per_replica > 0 and not has_gpu:
+        console.print(
+            f"[yellow]note:[/yellow] {spec.resources.gpus_per_replica} GPU(s) per replica "
+            "asked for, this machine has none: serving on the CPU"
+        )
+        dtype = "bf16" if spec.optimization.dtype == "fp16" else spec.optimization.dtype
+        spec = spec.model_copy(
+            update={
+                "resources": spec.resources.model_copy(update={"gpus_per_replica": 0.0}),
+                "optimization": spec.optimization.model_copy(update={"dtype": dtype}),
+            }
+        )
+    return deployment.model_copy(update={"spec": spec})
+
+
+@dataclass
+class LocalServer:
+    """A running local Serve process."""
+
+    process: subprocess.Popen[str]
+    endpoint: str
+    config_path: Path
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # SIGINT, not SIGTERM: Ray's fatal-signal handler logs a stack trace for
+            # SIGTERM; both reach the runner's handler, which shuts Ray down.
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _read_event(stream: IO[str], process: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            if process.poll() is not None:
+                return {"event": "exited", "code": process.returncode}
+            time.sleep(0.1)
+            continue
+        try:
+            event: dict[str, Any] = json.loads(line)
+        except ValueError:
+            continue
+        if "event" in event:
+            return event
+    return {"event": "timeout"}
+
+
+def start_server(
+    config: dict[str, Any],
+    *,
+    workdir: Path,
+    num_cpus: int | None = None,
+    metrics_port: int | None = None,
+    dashboard_port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> LocalServer:
+    """Start `python -m modelplane_runtime serve` on `config`; return once it serves.
+
+    Raises LocalServeError with Serve's own message when the application fails."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "serve-config.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = workdir / "serve.log"
+    command = [sys.executable, "-m", "modelplane_runtime", "serve", "--config", str(config_path)]
+    if num_cpus:
+        command += ["--num-cpus", str(num_cpus)]
+    if metrics_port:
+        command += ["--metrics-port", str(metrics_port)]
+    if dashboard_port:
+        command += ["--dashboard-port", str(dashboard_port)]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, ENV_PVC_ROOT: str(pvc_root()), **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+    if process.stdout is None:  # Popen(stdout=PIPE) always has one; for the type checker
+        raise RuntimeError("the serve process has no stdout")
+    event = _read_event(process.stdout, process, time.monotonic() + READY_TIMEOUT_S)
+    if event["event"] != "ready":
+        server = LocalServer(process, "", config_path, log_path)
+        server.stop()
+        message = event.get("message") or f"{event['event']}; see {log_path}"
+        raise LocalServeError(summarize_serve_error(message))
+    return LocalServer(process, str(event["endpoint"]), config_path, log_path)
+
+
+def summarize_serve_error(message: str) -> str:
+    """Serve's failure message with its traceback cut to the exception's own line."""
+    head = message.split("\n", 1)[0]
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return head if last == head else f"{head.split(' Error:')[0]} ... {last}"
+
+
+def predict(endpoint: str, inputs: list[Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{endpoint}/predict",
+        data=json.dumps({"inputs": inputs}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    except urllib.error.HTTPError as error:
+        raise LocalServeError(f"/predict answered {error.code}: {error.read().decode()}") from error
+
+
+def prepare(deployment: ModelDeployment, *, console: Console, port: int) -> dict[str, Any]:
+    """The Serve config for `deployment` on this machine; LocalServeError when the model
+    cannot be found, RejectedError when it does not meet requireMetrics."""
+    model = resolve_model(deployment)
+    failures = gate_failures(deployment, model)
+    if failures:
+        raise RejectedError(failures)
+    deployment = _for_this_machine(deployment, console)
+    cpus = os.cpu_count() or 1
+    if deployment.spec.replicas.max > cpus:
+        console.print(
+            f"[yellow]note:[/yellow] replicas.max is {deployment.spec.replicas.max}; one "
+            f"replica per CPU fits here, so at most {cpus}"
+        )
+    console.print(
+        f"[bold]{deployment.metadata.name}[/bold]: serving {model.uri} "
+        f"({model.digest[:19]}...) with Ray Serve"
+    )
+    return render_serve_config(deployment, model, http_host="127.0.0.1", http_port=port)
+
+
+def _print_answers(name: str, inputs: list[Any], answer: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"{name}: predictions")
+    table.add_column("input")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for value, item in zip(inputs, answer["predictions"], strict=True):
+        text = value if isinstance(value, str) else json.dumps(value)[:60]
+        table.add_row(text, item["label"], f"{item['probabilities'][item['label']]:.3f}")
+    console.print(table)
+
+
+def serve(deployment: ModelDeployment, *, console: Console, port: int, inputs: list[Any]) -> int:
+    """Serve `deployment` locally. With `inputs`, answer them and stop; otherwise serve
+    until interrupted. Returns the exit code."""
+    name = deployment.metadata.name or "deployment"
+    try:
+        config = prepare(deployment, console=console, port=port)
+        server = start_server(
+            config, workdir=pvc_root() / ".local" / f"serve-{name}", num_cpus=os.cpu_count()
+        )
+    except RejectedError as rejected:
+        console.print(f"[red]Rejected[/red] {name}: the model does not meet requireMetrics:")
+        for failure in rejected.failures:
+            console.print(f"  - {failure}")
+        return EXIT_REJECTED
+    except LocalServeError as error:
+        console.print(f"[red]{name} cannot serve:[/red] {error}")
+        return EXIT_FAILED
+    try:
+        console.print(f"ready: {server.endpoint}  (Open Inference Protocol v2 and /predict)")
+        console.print(
+            f"  curl -s {server.endpoint}/v2/models/{name}\n"
+            f"  curl -s -X POST {server.endpoint}/predict -d '{{\"inputs\": [...]}}'\n"
+            f"  logs: {server.log_path}"
+        )
+        if inputs:
+            _print_answers(name, inputs, predict(server.endpoint, inputs), console)
+            return 0
+        console.print("serving until interrupted (Ctrl-C)")
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        console.print(
+            f"[red]the server exited ({server.process.returncode}); see {server.log_path}"
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 0
+    except LocalServeError as error:
+        console.print(f"[red]{error}[/red]")
+        return EXIT_FAILED
+    finally:
+        server.stop()

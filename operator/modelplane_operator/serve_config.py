@@ -1,0 +1,134 @@
+"""ModelDeployment spec -> Ray Serve config: the one rendering shared by the operator and
+local mode, plus the model gate (`requireMetrics`).
+
+The config is what `serve deploy` reads (Ray's `ServeDeploySchema`): one application
+running the runtime's app builder with `ServeArgs`, one deployment whose `user_config` is
+the batching (applied live) and whose autoscaling comes from the spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelplane_operator.api.resources import ModelDeployment
+from modelplane_runtime.contract import (
+    SERVE_DEPLOYMENT,
+    SERVE_HTTP_PORT,
+    SERVE_IMPORT_PATH,
+    BatchingConfig,
+    ServeArgs,
+)
+
+# Seconds a client told "503, overloaded" waits before trying again.
+RETRY_AFTER_S = 1.0
+# Autoscaling reacts on the last 2 s of load (Ray's default looks back 30 s); with the
+# 0.5 s metric push of RAY_SERVE_ENVIRONMENT a load step is seen within about a second,
+# and upscaleDelaySeconds (default 2) decides when replicas are added.
+LOOK_BACK_PERIOD_S = 2.0
+METRICS_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The artifact a deployment serves, as its model card or training reported it."""
+
+    uri: str
+    digest: str
+    metrics: dict[str, float]
+
+
+def gate_failures(deployment: ModelDeployment, model: ResolvedModel) -> list[str]:
+    """What keeps the model from being rolled out: one sentence per unmet requireMetrics
+    entry, naming the metric, its value and the threshold. Empty means accepted."""
+    failures = []
+    for name, minimum in sorted(deployment.spec.require_metrics.items()):
+        value = model.metrics.get(name)
+        if value is None:
+            known = ", ".join(sorted(model.metrics)) or "none"
+            failures.append(
+                f"{name} is required to be at least {minimum}, but the model "
+                f"reports no {name} (it reports: {known})"
+            )
+        elif value < minimum:
+            failures.append(f"{name} is {value:.4g}, below the required {minimum}")
+    return failures
+
+
+def autoscaling_config(deployment: ModelDeployment) -> dict[str, Any]:
+    spec = deployment.spec
+    return {
+        "min_replicas": spec.replicas.min,
+        "max_replicas": spec.replicas.max,
+        "initial_replicas": max(spec.replicas.min, 1),
+        "target_ongoing_requests": spec.autoscaling.target_ongoing_requests,
+        "upscale_delay_s": spec.autoscaling.upscale_delay_seconds,
+        "downscale_delay_s": spec.autoscaling.downscale_delay_seconds,
+        "look_back_period_s": LOOK_BACK_PERIOD_S,
+        # Deprecated in Ray in favour of the push-interval variables, but still checked
+        # against look_back_period_s; it matches RAY_SERVE_ENVIRONMENT's push interval.
+        "metrics_interval_s": METRICS_INTERVAL_S,
+    }
+
+
+def render_serve_args(deployment: ModelDeployment, model: ResolvedModel) -> ServeArgs:
+    spec = deployment.spec
+    name = deployment.metadata.name
+    if not name:
+        raise ValueError("a ModelDeployment needs metadata.name to render its Serve config")
+    return ServeArgs(
+        model_name=name,
+        model_uri=model.uri,
+        expected_digest=model.digest or None,
+        device="cuda" if spec.resources.gpus_per_replica > 0 else "cpu",
+        dtype=spec.optimization.dtype,
+        quantization=spec.optimization.quantization,
+        compile=spec.optimization.compile,
+    )
+
+
+def render_serve_config(
+    deployment: ModelDeployment,
+    model: ResolvedModel,
+    *,
+    replica_cpus: float = 1.0,
+    http_host: str = "0.0.0.0",
+    http_port: int = SERVE_HTTP_PORT,
+) -> dict[str, Any]:
+    """The Serve config (`serve deploy` format) that serves `model` as `deployment` says.
+
+    `replica_cpus` is what Ray reserves for each replica (and the torch threads it
+    gets): the worker pod's CPUs on a cluster, a share of the machine in local mode.
+    """
+    spec = deployment.spec
+    options: dict[str, Any] = {
+        "name": SERVE_DEPLOYMENT,
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_queued_requests": spec.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
+        "user_config": BatchingConfig(
+            max_batch_size=spec.batching.max_batch_size,
+            batch_wait_timeout_s=spec.batching.batch_wait_timeout_ms / 1000,
+        ).model_dump(mode="json"),
+        "ray_actor_options": {
+            "num_cpus": replica_cpus,
+            "num_gpus": spec.resources.gpus_per_replica,
+        },
+    }
+    if spec.replicas.min == spec.replicas.max:
+        options["num_replicas"] = spec.replicas.min
+    else:
+        options["autoscaling_config"] = autoscaling_config(deployment)
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": http_host, "port": http_port},
+        "applications": [
+            {
+                "name": deployment.metadata.name,
+                "route_prefix": "/",
+                "import_path": SERVE_IMPORT_PATH,
+                "args": render_serve_args(deployment, model).model_dump(mode="json"),
+                "deployments": [options],
+            }
+        ],
+    }

@@ -1,0 +1,61 @@
+"""The serving app's own Prometheus metrics, exported next to Ray Serve's.
+
+They go through `ray.serve.metrics`, so Ray adds the deployment, replica and application
+tags and exports them on each node's metrics port with the `ray_` prefix, beside Serve's
+own (`ray_serve_num_http_requests`, `ray_serve_actual_batch_size`, ...). One scrape
+config covers both.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]
+
+
+class ServeMetrics:
+    """Requests, latency, batch size and queue depth of one replica."""
+
+    def __init__(self, *, model: str) -> None:
+        self.requests = Counter(
+            "modelplane_requests",
+            description="Requests answered, by endpoint and HTTP status code.",
+            tag_keys=("model", "endpoint", "code"),  # type: ignore[arg-type]  # Ray annotates tuple[str]
+        )
+        self.requests.set_default_tags({"model": model})
+        self.latency = Histogram(
+            "modelplane_request_latency_seconds",
+            description="Time from a request's arrival in the replica to its answer.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("model", "endpoint"),  # type: ignore[arg-type]
+        )
+        self.latency.set_default_tags({"model": model})
+        self.batch_requests = Histogram(
+            "modelplane_batch_requests",
+            description="Requests answered by one forward pass (dynamic batching).",
+            boundaries=BATCH_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.batch_requests.set_default_tags({"model": model})
+        self.batch_items = Histogram(
+            "modelplane_batch_items",
+            description="Inputs in one forward pass (a request may carry several).",
+            boundaries=BATCH_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.batch_items.set_default_tags({"model": model})
+        self.queue_depth = Gauge(
+            "modelplane_queue_depth",
+            description="Requests in this replica waiting for a batch to start.",
+            tag_keys=("model",),
+        )
+        self.queue_depth.set_default_tags({"model": model})
+
+    def answered(self, *, endpoint: str, code: int, seconds: float) -> None:
+        self.requests.inc(tags={"endpoint": endpoint, "code": str(code)})
+        self.latency.observe(seconds, tags={"endpoint": endpoint})
+
+    def batch(self, *, requests: int, items: int) -> None:
+        self.batch_requests.observe(requests)
+        self.batch_items.observe(items)
