@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -105,14 +106,36 @@ def _for_this_machine(deployment: ModelDeployment, console: Console) -> ModelDep
     return deployment.model_copy(update={"spec": spec})
 
 
-@dataclass
 class LocalServer:
-    """A running local Serve process."""
+    """A running local Serve process and the events it prints."""
 
-    process: subprocess.Popen[str]
-    endpoint: str
-    config_path: Path
-    log_path: Path
+    def __init__(self, process: subprocess.Popen[str], config_path: Path, log_path: Path) -> None:
+        self.process = process
+        self.config_path = config_path
+        self.log_path = log_path
+        self.endpoint = ""
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stream = self.process.stdout
+        for line in stream if stream is not None else ():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and "event" in event:
+                self._events.put(event)
+        self.process.wait()
+        self._events.put({"event": "exited", "code": self.process.returncode})
+
+    def next_event(self, timeout_s: float) -> dict[str, Any]:
+        """The runner's next event line (ready, redeploying, failed, exited, ...)."""
+        try:
+            return self._events.get(timeout=timeout_s)
+        except queue.Empty:
+            return {"event": "timeout", "message": f"no event within {timeout_s:.0f} s"}
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -124,23 +147,9 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def _read_event(stream: IO[str], process: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            if process.poll() is not None:
-                return {"event": "exited", "code": process.returncode}
-            time.sleep(0.1)
-            continue
-        try:
-            event: dict[str, Any] = json.loads(line)
-        except ValueError:
-            continue
-        if "event" in event:
-            return event
-    return {"event": "timeout"}
+        self._reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def start_server(
@@ -176,15 +185,14 @@ def start_server(
             text=True,
             start_new_session=True,
         )
-    if process.stdout is None:  # Popen(stdout=PIPE) always has one; for the type checker
-        raise RuntimeError("the serve process has no stdout")
-    event = _read_event(process.stdout, process, time.monotonic() + READY_TIMEOUT_S)
+    server = LocalServer(process, config_path, log_path)
+    event = server.next_event(READY_TIMEOUT_S)
     if event["event"] != "ready":
-        server = LocalServer(process, "", config_path, log_path)
         server.stop()
         message = event.get("message") or f"{event['event']}; see {log_path}"
         raise LocalServeError(summarize_serve_error(message))
-    return LocalServer(process, str(event["endpoint"]), config_path, log_path)
+    server.endpoint = str(event["endpoint"])
+    return server
 
 
 def summarize_serve_error(message: str) -> str:

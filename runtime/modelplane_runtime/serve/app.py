@@ -104,6 +104,7 @@ class ModelServer:
         )
         self.metrics = ServeMetrics(model=args.model_name)
         self.waiting = 0
+        self.batching = BatchingConfig()
         log.info(
             "serving %s (%s, digest %s) on %s with %d threads; ready in %.1fs",
             args.model_name,
@@ -116,6 +117,7 @@ class ModelServer:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         batching = BatchingConfig.model_validate(config)
+        self.batching = batching
         batcher: Any = self._batched  # serve.batch's wrapper; its setters are untyped
         batcher.set_max_batch_size(batching.max_batch_size)
         batcher.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
@@ -216,7 +218,10 @@ class ModelServer:
             self._check_model(name)
         except RequestError as error:
             return JSONResponse(error.body(), status_code=error.status)
-        return JSONResponse(self.signature.metadata())
+        metadata = self.signature.metadata()
+        metadata["parameters"]["batching"] = self.batching.model_dump()
+        metadata["parameters"]["digest"] = self.predictor.digest
+        return JSONResponse(metadata)
 
     @api.get("/v2/models/{name}/ready")
     async def model_ready(self, name: str) -> JSONResponse:
