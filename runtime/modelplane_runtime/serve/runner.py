@@ -105,7 +105,7 @@ def _private_haproxy(base: Path) -> None:
 def _stop_haproxy(base: Path) -> None:
     """HAProxy outlives ray.shutdown(): the proxy actor that started it is killed without
     a chance to stop it, and it is re-parented to init. Stop the ones using `base`."""
-    import psutil  # type: ignore[import-untyped]  # noqa: PLC0415 - a Ray dependency
+    import psutil  # noqa: PLC0415 - a Ray dependency
 
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info.get("cmdline") or []
