@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from modelplane.cluster import free_port
 from modelplane.serving import LocalServer, start_server
@@ -28,6 +29,15 @@ from tests.factories import make_deployment
 from tests.runtime.conftest import make_config
 
 TEXT_PARAMS = {"layers": 1, "hidden": 32, "heads": 2, "max_length": 32, "vocab_size": 500}
+
+
+@pytest.fixture(autouse=True)
+def _restore_fused_attention() -> Iterator[None]:
+    """Serving int8 turns torch's fused attention path off for the process (a replica
+    serves one model); later tests in this process get it back."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    yield
+    torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,17 @@ def _quantize_int8(model: nn.Module) -> nn.Module:
     # 1.15 ms vs 0.35 ms for a 128-512-128 MLP at batch 256) while this one uses fbgemm
     # kernels and is faster than fp32. Revisit when torch removes it.
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated", category=UserWarning)
         quantized: nn.Module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
             model, {nn.Linear}, dtype=torch.qint8
         )
+    if any(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules()):
+        # The encoder layer's fused inference path reads `linear1.weight` as a tensor; a
+        # dynamically quantised Linear has a `weight()` method instead, and the fused path
+        # fails on it. Off for this process (a replica serves one model): the layers then
+        # run their plain path, which calls the quantised Linears.
+        torch.backends.mha.set_fastpath_enabled(False)
     return quantized
 
 
