@@ -127,6 +127,9 @@ def render_serve_config(
                 "name": deployment.metadata.name,
                 "route_prefix": "/",
                 "import_path": SERVE_IMPORT_PATH,
+                # One log line per request costs a replica ~5% of its CPU at 1,000
+                # requests/s; request counts and latency are in the metrics instead.
+                "logging_config": {"enable_access_log": False},
                 "args": render_serve_args(deployment, model).model_dump(mode="json"),
                 "deployments": [options],
             }
