@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -68,8 +69,9 @@ async def _client(
     deadline: float,
     result: LoadResult,
     counter: list[int],
+    stop: threading.Event,
 ) -> None:
-    while time.perf_counter() < deadline:
+    while time.perf_counter() < deadline and not stop.is_set():
         counter[0] += 1
         data, items = body(counter[0])
         started = time.perf_counter()
@@ -91,9 +93,16 @@ async def _client(
 
 
 async def run_load(
-    url: str, body: Body, *, clients: int, seconds: float, timeout_s: float = 30.0
+    url: str,
+    body: Body,
+    *,
+    clients: int,
+    seconds: float,
+    timeout_s: float = 30.0,
+    stop: threading.Event | None = None,
 ) -> LoadResult:
-    """`clients` concurrent clients POST to `url` for `seconds`."""
+    """`clients` concurrent clients POST to `url` for `seconds` (or until `stop` is set)."""
+    stop = stop or threading.Event()
     result = LoadResult(seconds=seconds)
     connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -103,7 +112,15 @@ async def run_load(
         started = time.perf_counter()
         await asyncio.gather(
             *(
-                _client(session, url, body=body, deadline=deadline, result=result, counter=counter)
+                _client(
+                    session,
+                    url,
+                    body=body,
+                    deadline=deadline,
+                    result=result,
+                    counter=counter,
+                    stop=stop,
+                )
                 for _ in range(clients)
             )
         )
@@ -120,6 +137,8 @@ def json_body(payload_for: Callable[[int], Any], items: int = 1) -> Body:
     return body
 
 
-def load(url: str, body: Body, *, clients: int, seconds: float) -> LoadResult:
+def load(
+    url: str, body: Body, *, clients: int, seconds: float, stop: threading.Event | None = None
+) -> LoadResult:
     """Blocking `run_load`."""
-    return asyncio.run(run_load(url, body, clients=clients, seconds=seconds))
+    return asyncio.run(run_load(url, body, clients=clients, seconds=seconds, stop=stop))

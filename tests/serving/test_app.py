@@ -260,13 +260,15 @@ def test_replicas_follow_a_load_step_up_to_max_and_back(serving: RunningServe) -
         return seen["max"] == 2
 
     results: list[Any] = []
+    stop = threading.Event()
     loader = threading.Thread(
         target=lambda: results.append(
             load(
                 f"{serving.endpoint}/predict",
                 json_body(lambda n: {"inputs": [texts[n % len(texts)]]}),
                 clients=16,
-                seconds=45,
+                seconds=60,
+                stop=stop,
             )
         )
     )
@@ -274,9 +276,11 @@ def test_replicas_follow_a_load_step_up_to_max_and_back(serving: RunningServe) -
     try:
         # A new replica is a new Ray worker process: importing torch and loading the model
         # on 2 cores that the load already saturates takes most of this time.
-        wait_for(scaled_up, timeout=45, what="a second replica under load")
+        wait_for(scaled_up, timeout=50, what="a second replica under load")
         took = time.monotonic() - started
+        time.sleep(3)  # requests keep succeeding while both replicas serve
     finally:
+        stop.set()
         loader.join()
     (result,) = results
     assert result.failed == 0, dict(result.statuses)
