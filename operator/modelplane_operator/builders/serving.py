@@ -1,0 +1,340 @@
+"""A ModelDeployment's children: a small Ray cluster per deployment.
+
+- `<name>-ray-token` Secret: the Ray cluster's auth token (Ray's token authentication
+  stays on); the Ray pods read it from the environment, the operator uses it for the
+  head's dashboard API.
+- `<name>-serve` ConfigMap: the Serve config (`render_serve_config`), mounted in the head.
+- `<name>-ray-head` Deployment (one pod): Ray head with no CPUs for replicas, the Serve
+  controller and an HAProxy ingress; it deploys the mounted Serve config on start, so a
+  restarted head heals itself.
+- `<name>-ray-worker` Deployment: Ray workers that hold the model replicas, one replica
+  per worker pod (each pod offers the CPUs and GPUs of one replica); the operator sets
+  its `replicas`.
+- `<name>-ray-head` Service (GCS, dashboard, metrics) and `<name>` Service (HTTP, port
+  8000, every pod whose Serve ingress is ready): the endpoint.
+
+The Secret's token comes in as an argument: builders never draw random numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from modelplane_operator import constants as c
+from modelplane_operator.api.resources import ModelDeployment
+from modelplane_operator.builders.common import (
+    Manifest,
+    child_meta,
+    owner_reference,
+    pvc_claims,
+    pvc_volumes,
+)
+from modelplane_operator.naming import child_name
+from modelplane_operator.settings import Settings
+from modelplane_runtime.contract import RAY_SERVE_ENVIRONMENT, SERVE_HTTP_PORT
+
+CONFIG_DIR = "/etc/modelplane"
+CONFIG_FILE = "serve-config.json"
+TOKEN_KEY = "token"
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+METRICS_PORT = 8080
+AGENT_PORT = 52365
+"""Ray's dashboard agent on every node: `/api/local_raylet_healthz`."""
+
+
+@dataclass(frozen=True)
+class ServingNames:
+    """Deterministic names of one deployment's children."""
+
+    head: str
+    worker: str
+    head_service: str
+    http_service: str
+    config_map: str
+    secret: str
+
+
+def names_for(name: str) -> ServingNames:
+    head = child_name(name, "ray-head")
+    return ServingNames(
+        head=head,
+        worker=child_name(name, "ray-worker"),
+        head_service=head,
+        http_service=name,
+        config_map=child_name(name, "serve"),
+        secret=child_name(name, "ray-token"),
+    )
+
+
+def endpoint(deployment: ModelDeployment) -> str:
+    names = names_for(deployment.metadata.name or "")
+    return f"http://{names.http_service}.{deployment.metadata.namespace}.svc:{SERVE_HTTP_PORT}"
+
+
+_CPU = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<unit>m?)$")
+
+
+def cpu_cores(quantity: int | str | None, *, default: float = 1.0) -> float:
+    """A CPU quantity ("4", "500m", 2) in cores."""
+    if quantity is None:
+        return default
+    match = _CPU.match(str(quantity))
+    if match is None:
+        raise ValueError(f"resources.cpu: {quantity!r} is not a CPU quantity like 4 or 500m")
+    cores = float(match.group("number"))
+    return cores / 1000 if match.group("unit") == "m" else cores
+
+
+def replica_cpus(deployment: ModelDeployment) -> float:
+    """What Ray reserves for one replica: the worker pod's CPUs (one replica per pod)."""
+    return cpu_cores(deployment.spec.resources.cpu)
+
+
+def _labels(deployment: ModelDeployment, role: str) -> dict[str, str]:
+    return {
+        c.LABEL_NAME: "modelplane",
+        c.LABEL_COMPONENT: "serving",
+        c.LABEL_DEPLOYMENT: deployment.metadata.name or "",
+        c.LABEL_ROLE: role,
+    }
+
+
+def _meta(deployment: ModelDeployment, name: str, role: str) -> Manifest:
+    return child_meta(
+        name=name,
+        namespace=deployment.metadata.namespace,
+        labels=_labels(deployment, role),
+        owner=owner_reference(c.KIND_DEPLOYMENT, deployment.metadata),
+    )
+
+
+def build_token_secret(deployment: ModelDeployment, token: str) -> Manifest:
+    names = names_for(deployment.metadata.name or "")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(deployment, names.secret, "auth"),
+        "type": "Opaque",
+        "stringData": {TOKEN_KEY: token},
+    }
+
+
+def build_config_map(deployment: ModelDeployment, serve_config: dict[str, Any]) -> Manifest:
+    names = names_for(deployment.metadata.name or "")
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(deployment, names.config_map, "config"),
+        "data": {CONFIG_FILE: json.dumps(serve_config, indent=2, sort_keys=True)},
+    }
+
+
+def _env(deployment: ModelDeployment, settings: Settings) -> list[Manifest]:
+    names = names_for(deployment.metadata.name or "")
+    env: list[Manifest] = [{"name": k, "value": v} for k, v in RAY_SERVE_ENVIRONMENT.items()]
+    env += [
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {
+            "name": "RAY_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": names.secret, "key": TOKEN_KEY}},
+        },
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        {"name": "MODELPLANE_PVC_ROOT", "value": settings.pvc_root},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # Ray writes its session files and token under $HOME and /tmp: both are
+        # emptyDirs, so the root filesystem can stay read-only.
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    return env
+
+
+def _pod_spec(
+    deployment: ModelDeployment,
+    settings: Settings,
+    *,
+    container: Manifest,
+    config: bool,
+) -> Manifest:
+    spec = deployment.spec
+    model_uri = spec.model.uri
+    claims = pvc_claims([model_uri] if model_uri else [])
+    volumes, mounts = pvc_volumes(claims, root=settings.pvc_root)
+    for mount in mounts:
+        mount["readOnly"] = True  # serving never writes the model store
+    volumes += [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # Ray's object store
+    ]
+    mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    if config:
+        names = names_for(deployment.metadata.name or "")
+        volumes.append({"name": "serve-config", "configMap": {"name": names.config_map}})
+        mounts.append({"name": "serve-config", "mountPath": CONFIG_DIR, "readOnly": True})
+    pod: Manifest = {
+        "automountServiceAccountToken": False,  # Ray needs no Kubernetes credentials
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                **container,
+                "image": settings.runtime_image,
+                "env": _env(deployment, settings),
+                "volumeMounts": mounts,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+    scheduling = spec.resources
+    if scheduling.node_selector:
+        pod["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in scheduling.tolerations]
+    if scheduling.priority_class_name:
+        pod["priorityClassName"] = scheduling.priority_class_name
+    return pod
+
+
+def _http_get(path: str, port: int, *, period: int = 5, failures: int = 3) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _deployment(
+    deployment: ModelDeployment, *, name: str, role: str, replicas: int, pod: Manifest
+) -> Manifest:
+    labels = _labels(deployment, role)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(deployment, name, role),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+
+
+def build_head(deployment: ModelDeployment, *, settings: Settings) -> Manifest:
+    """The Ray head: GCS, dashboard, Serve controller and an HAProxy ingress; no CPUs for
+    replicas. It deploys the mounted Serve config and redeploys it when it changes."""
+    names = names_for(deployment.metadata.name or "")
+    start = (
+        f"ray start --head --port={GCS_PORT} --num-cpus=0 --num-gpus=0 "
+        f"--dashboard-host=0.0.0.0 --dashboard-port={DASHBOARD_PORT} "
+        f"--metrics-export-port={METRICS_PORT} --disable-usage-stats && "
+        f"exec python -m modelplane_runtime serve --config {CONFIG_DIR}/{CONFIG_FILE} "
+        "--address auto"
+    )
+    container: Manifest = {
+        "name": "ray-head",
+        "command": ["/bin/sh", "-c", start],
+        "ports": [
+            {"name": "gcs", "containerPort": GCS_PORT},
+            {"name": "dashboard", "containerPort": DASHBOARD_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+            {"name": "http", "containerPort": SERVE_HTTP_PORT},
+        ],
+        "resources": {
+            "requests": {"cpu": "1", "memory": "2Gi"},
+            "limits": {"memory": "4Gi"},
+        },
+        "startupProbe": _http_get("/api/gcs_healthz", DASHBOARD_PORT, period=2, failures=90),
+        "livenessProbe": _http_get("/api/gcs_healthz", DASHBOARD_PORT, period=10),
+        "readinessProbe": _http_get("/-/healthz", SERVE_HTTP_PORT),
+    }
+    pod = _pod_spec(deployment, settings, container=container, config=True)
+    return _deployment(deployment, name=names.head, role="head", replicas=1, pod=pod)
+
+
+def _worker_resources(deployment: ModelDeployment) -> Manifest:
+    spec = deployment.spec.resources
+    requests: dict[str, str | int] = {"cpu": spec.cpu if spec.cpu is not None else "1"}
+    if spec.memory is not None:
+        requests["memory"] = spec.memory
+    limits: dict[str, str | int] = dict(requests)
+    if spec.gpus_per_replica:
+        # A fractional GPU per replica still needs a whole device in the pod.
+        limits["nvidia.com/gpu"] = math.ceil(spec.gpus_per_replica)
+    return {"requests": requests, "limits": limits}
+
+
+def build_workers(deployment: ModelDeployment, *, settings: Settings, replicas: int) -> Manifest:
+    """Ray workers, one model replica each; `replicas` is the operator's decision."""
+    names = names_for(deployment.metadata.name or "")
+    spec = deployment.spec.resources
+    start = (
+        f"exec ray start --address={names.head_service}:{GCS_PORT} "
+        f"--num-cpus={replica_cpus(deployment):g} --num-gpus={spec.gpus_per_replica:g} "
+        f"--metrics-export-port={METRICS_PORT} --disable-usage-stats --block"
+    )
+    container: Manifest = {
+        "name": "ray-worker",
+        "command": ["/bin/sh", "-c", start],
+        "ports": [
+            {"name": "metrics", "containerPort": METRICS_PORT},
+            {"name": "http", "containerPort": SERVE_HTTP_PORT},
+        ],
+        "resources": _worker_resources(deployment),
+        "livenessProbe": _http_get("/api/local_raylet_healthz", AGENT_PORT, period=10),
+        "readinessProbe": _http_get("/-/healthz", SERVE_HTTP_PORT),
+    }
+    pod = _pod_spec(deployment, settings, container=container, config=False)
+    # Replicas drain before the pod goes: Serve's graceful shutdown is 20 s by default.
+    pod["terminationGracePeriodSeconds"] = 30
+    return _deployment(deployment, name=names.worker, role="worker", replicas=replicas, pod=pod)
+
+
+def build_head_service(deployment: ModelDeployment) -> Manifest:
+    names = names_for(deployment.metadata.name or "")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(deployment, names.head_service, "head"),
+        "spec": {
+            "selector": _labels(deployment, "head"),
+            "ports": [
+                {"name": "gcs", "port": GCS_PORT, "targetPort": GCS_PORT},
+                {"name": "dashboard", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT},
+            ],
+        },
+    }
+
+
+def build_http_service(deployment: ModelDeployment) -> Manifest:
+    """The endpoint: every Ray pod runs an HAProxy ingress (proxy_location EveryNode),
+    and only pods whose ingress answers /-/healthz are ready, so only they get traffic."""
+    names = names_for(deployment.metadata.name or "")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(deployment, names.http_service, "http"),
+        "spec": {
+            "selector": {
+                c.LABEL_COMPONENT: "serving",
+                c.LABEL_DEPLOYMENT: deployment.metadata.name or "",
+            },
+            "ports": [{"name": "http", "port": SERVE_HTTP_PORT, "targetPort": SERVE_HTTP_PORT}],
+        },
+    }
