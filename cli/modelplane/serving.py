@@ -28,6 +28,7 @@ from rich.table import Table
 from modelplane.local import ENV_PVC_ROOT, pvc_root
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
+from modelplane_operator.status.serving import summarize_serve_message
 
 READY_TIMEOUT_S = 300.0
 EXIT_REJECTED = 4
@@ -190,17 +191,9 @@ def start_server(
     if event["event"] != "ready":
         server.stop()
         message = event.get("message") or f"{event['event']}; see {log_path}"
-        raise LocalServeError(summarize_serve_error(message))
+        raise LocalServeError(summarize_serve_message(message))
     server.endpoint = str(event["endpoint"])
     return server
-
-
-def summarize_serve_error(message: str) -> str:
-    """Serve's failure message with its traceback cut to the exception's own line."""
-    head = message.split("\n", 1)[0]
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
-    return head if last == head else f"{head.split(' Error:')[0]} ... {last}"
 
 
 def predict(endpoint: str, inputs: list[Any]) -> dict[str, Any]:

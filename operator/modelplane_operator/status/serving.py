@@ -1,0 +1,244 @@
+"""ModelDeployment status from the model, the Ray pods and Serve's application state: a
+pure phase machine.
+
+    Pending ──model resolved, gate passed──► Progressing ──Serve RUNNING──► Ready
+       │ (waiting for the training)            │     ▲                        │
+       └─ model below requireMetrics ─► Rejected   └── config change ◄────────┘
+                                           Progressing/Ready ──Serve failed──► Degraded
+
+Every phase drives a decision: Pending and Rejected roll nothing out; Progressing and
+Ready keep the Ray cluster applied; Degraded keeps it too (Serve retries, and a fixed
+spec is pushed in place) while the condition carries Serve's own message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from modelplane_operator import constants as c
+from modelplane_operator.api.deployment import (
+    Counts,
+    DeploymentPhase,
+    Load,
+    ModelDeploymentStatus,
+    ModelInfo,
+)
+from modelplane_operator.api.resources import ModelDeployment, ModelTraining
+from modelplane_operator.conditions import set_condition
+from modelplane_operator.serve_config import ResolvedModel
+
+Manifest = dict[str, Any]
+MESSAGE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ModelWaiting:
+    """The model cannot be resolved yet (a temporary state): the message says why."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ServeState:
+    """The Serve application as the head's dashboard reports it."""
+
+    status: str
+    """NOT_STARTED, DEPLOYING, RUNNING, DEPLOY_FAILED, UNHEALTHY, DELETING."""
+    message: str = ""
+    target_replicas: int = 0
+    running_replicas: int = 0
+    ongoing_requests: float = 0.0
+    requests_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class ObservedDeployment:
+    """What one pass saw."""
+
+    model: ResolvedModel | ModelWaiting
+    endpoint: str
+    head: Manifest | None = None
+    workers: Manifest | None = None
+    serve: ServeState | None = None
+    """None when the head's dashboard did not answer (not started yet, or down)."""
+    gate_failures: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class DeploymentDecision:
+    status: ModelDeploymentStatus
+    roll_out: bool
+    """Apply (or keep) the Ray cluster: false while the model is missing or refused."""
+    events: tuple[Event, ...] = ()
+
+
+def summarize_serve_message(message: str) -> str:
+    """Serve's failure message with a replica's traceback cut to the exception's own
+    line: `Failed to update the deployments ['model']. ... ConfigError: <why>`."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, last = lines[0], lines[-1]
+    text = head if last == head else f"{head.split(' Error:')[0]} ... {last}"
+    return text[:MESSAGE_LIMIT]
+
+
+def resolve_from_training(
+    name: str, training: ModelTraining | None
+) -> ResolvedModel | ModelWaiting:
+    """The model `fromTraining: name` refers to, or why there is none yet. Waiting is
+    temporary: the pass runs again when the training changes."""
+    if training is None:
+        return ModelWaiting(
+            c.REASON_WAITING_FOR_TRAINING,
+            f"waiting for ModelTraining {name!r}: it does not exist in this namespace",
+        )
+    status = training.status
+    phase = status.phase if status else None
+    artifact = status.artifact if status else None
+    if status is None or phase != "Succeeded" or artifact is None or not artifact.uri:
+        hint = (
+            "; it failed, so fix and re-run it or point model.uri at another artifact"
+            if phase == "Failed"
+            else ""
+        )
+        return ModelWaiting(
+            c.REASON_WAITING_FOR_TRAINING,
+            f"waiting for ModelTraining {name!r} to succeed (it is {phase or 'new'}){hint}",
+        )
+    return ResolvedModel(uri=artifact.uri, digest=artifact.digest, metrics=dict(status.metrics))
+
+
+def _ready_replicas(manifest: Manifest | None) -> int:
+    return int(((manifest or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def _desired_replicas(manifest: Manifest | None) -> int:
+    return int(((manifest or {}).get("spec") or {}).get("replicas") or 0)
+
+
+def _phase(observed: ObservedDeployment) -> tuple[DeploymentPhase, str, str]:
+    """(phase, reason, message) of the Ready/Progressing conditions."""
+    if isinstance(observed.model, ModelWaiting):
+        return "Pending", observed.model.reason, observed.model.message
+    if observed.gate_failures:
+        return (
+            "Rejected",
+            c.REASON_METRICS_BELOW_THRESHOLD,
+            "the model does not meet requireMetrics: " + "; ".join(observed.gate_failures),
+        )
+    serve = observed.serve
+    if serve is None:
+        return (
+            "Progressing",
+            c.REASON_ROLLING_OUT,
+            "waiting for the Ray head to start and deploy the Serve application",
+        )
+    if serve.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+        return (
+            "Degraded",
+            c.REASON_APPLICATION_ERROR,
+            f"Serve reports {serve.status}: {summarize_serve_message(serve.message)}",
+        )
+    if serve.status == "RUNNING" and serve.running_replicas > 0:
+        return (
+            "Ready",
+            c.REASON_SERVING,
+            f"serving with {serve.running_replicas} replica(s)",
+        )
+    return (
+        "Progressing",
+        c.REASON_ROLLING_OUT,
+        f"Serve application {serve.status.lower().replace('_', ' ')}"
+        + (f": {summarize_serve_message(serve.message)}" if serve.message else ""),
+    )
+
+
+def derive_deployment_status(
+    deployment: ModelDeployment, observed: ObservedDeployment, *, now: datetime
+) -> DeploymentDecision:
+    """The status one pass writes, whether to roll out, and the Events of a change."""
+    previous = deployment.status or ModelDeploymentStatus()
+    generation = deployment.metadata.generation or 0
+    phase, reason, message = _phase(observed)
+    conditions = list(previous.conditions)
+
+    def condition(
+        type_: str, status: Literal["True", "False", "Unknown"], why: str, text: str
+    ) -> None:
+        nonlocal conditions
+        conditions = set_condition(
+            conditions,
+            type_=type_,
+            status=status,
+            reason=why,
+            message=text,
+            observed_generation=generation,
+            now=now,
+        )
+
+    condition(c.COND_READY, "True" if phase == "Ready" else "False", reason, message)
+    condition(
+        c.COND_PROGRESSING,
+        "True" if phase in ("Pending", "Progressing") else "False",
+        reason,
+        message,
+    )
+    model_info = None
+    if isinstance(observed.model, ResolvedModel):
+        model_info = ModelInfo(
+            uri=observed.model.uri, digest=observed.model.digest, metrics=observed.model.metrics
+        )
+        accepted = not observed.gate_failures
+        condition(
+            c.COND_MODEL_ACCEPTED,
+            "True" if accepted else "False",
+            c.REASON_MODEL_ACCEPTED if accepted else c.REASON_METRICS_BELOW_THRESHOLD,
+            "the model meets requireMetrics" if accepted else message,
+        )
+    else:
+        condition(c.COND_MODEL_ACCEPTED, "Unknown", observed.model.reason, observed.model.message)
+    roll_out = phase not in ("Pending", "Rejected")
+    serve = observed.serve
+    status = ModelDeploymentStatus(
+        observed_generation=generation,
+        phase=phase,
+        conditions=conditions,
+        endpoint=observed.endpoint if roll_out else None,
+        model=model_info,
+        replicas=Counts(
+            desired=serve.target_replicas if serve else 0,
+            ready=serve.running_replicas if serve else 0,
+        )
+        if roll_out
+        else None,
+        workers=Counts(
+            desired=_desired_replicas(observed.workers), ready=_ready_replicas(observed.workers)
+        )
+        if roll_out
+        else None,
+        load=Load(
+            ongoing_requests=serve.ongoing_requests,
+            requests_per_second=serve.requests_per_second,
+        )
+        if roll_out and serve
+        else None,
+        last_scale_time=previous.last_scale_time,
+    )
+    events: tuple[Event, ...] = ()
+    if phase != previous.phase:
+        kind: Literal["Normal", "Warning"] = (
+            "Warning" if phase in ("Rejected", "Degraded") else "Normal"
+        )
+        events = (Event(kind, reason, message[:MESSAGE_LIMIT]),)
+    return DeploymentDecision(status=status, roll_out=roll_out, events=events)
