@@ -7,6 +7,7 @@ lists. Nothing here decides anything.
 
 from __future__ import annotations
 
+import base64
 import logging
 from datetime import datetime
 from typing import Any
@@ -15,8 +16,9 @@ import aiohttp
 from lightkube import AsyncClient, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Event, Pod
+from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.types import CascadeType, PatchType
 
 from modelplane_operator import constants as c
@@ -59,6 +61,39 @@ class Client:
                 return None
             raise
         return _dict(obj)
+
+    async def get_model_deployment(self, namespace: str, name: str) -> Manifest | None:
+        return await self._get(ModelDeploymentResource, namespace, name)
+
+    async def get_deployment(self, namespace: str, name: str) -> Manifest | None:
+        """An apps/v1 Deployment (a Ray head or workers)."""
+        return await self._get(Deployment, namespace, name)
+
+    async def get_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        secret = await self._get(Secret, namespace, name)
+        if secret is None:
+            return None
+        value = (secret.get("data") or {}).get(key)
+        return base64.b64decode(value).decode() if value else None
+
+    async def _get(self, resource: Any, namespace: str, name: str) -> Manifest | None:
+        try:
+            obj = await self.api.get(resource, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return _dict(obj)
+
+    async def patch_deployment_status(self, namespace: str, name: str, status: Manifest) -> None:
+        self.writes += 1
+        await self.api.patch(
+            ModelDeploymentResource.Status,
+            name,
+            {"status": status},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
 
     async def list_jobs(self, namespace: str, labels: dict[str, Any]) -> list[Manifest]:
         return [_dict(j) async for j in self.api.list(Job, namespace=namespace, labels=labels)]

@@ -14,10 +14,13 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import kopf
 
 from modelplane_operator import constants as c
 from modelplane_operator.client import Client
+from modelplane_operator.dashboard import Dashboard
+from modelplane_operator.reconcile.serving import reconcile_deployment
 from modelplane_operator.reconcile.training import reconcile_training
 from modelplane_operator.settings import Settings
 
@@ -34,6 +37,14 @@ class State:
         self.settings = Settings.from_environ()
         self.locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self.unfinished: set[tuple[str, str]] = set()
+        self.deployments: set[tuple[str, str]] = set()
+        """Every ModelDeployment: each resync reads its Serve state (serving never ends)."""
+        self.http: aiohttp.ClientSession | None = None
+
+    def dashboard(self, url: str, token: str) -> Dashboard:
+        if self.http is None:
+            self.http = aiohttp.ClientSession()
+        return Dashboard(url, token, self.http)
 
 
 STATE: dict[str, State] = {}
@@ -76,17 +87,48 @@ async def run_training(
             state.unfinished.add(key)
 
 
+async def run_deployment(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+    """Reconcile one deployment, one pass at a time per resource."""
+    state = _state()
+    key = (namespace, name)
+    async with state.locks[(namespace, f"{c.KIND_DEPLOYMENT}/{name}")]:
+        body = body if body is not None else await state.client.get_model_deployment(*key)
+        if body is None:
+            state.deployments.discard(key)
+            return
+        state.deployments.add(key)
+        try:
+            await reconcile_deployment(
+                state.client,
+                body,
+                settings=state.settings,
+                now=datetime.now(UTC),
+                dashboard_for=state.dashboard,
+            )
+        except Exception:
+            log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
+
+
 async def _resync() -> None:
-    """Re-run every unfinished training, a bounded number at a time, polling progress."""
+    """Re-run every unfinished training (polling progress) and every deployment, a
+    bounded number at a time. A deployment waiting for its training proceeds here."""
     limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
 
     async def one(namespace: str, name: str) -> None:
         async with limit:
             await run_training(namespace, name, poll_progress=True)
 
+    async def one_deployment(namespace: str, name: str) -> None:
+        async with limit:
+            await run_deployment(namespace, name)
+
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        await asyncio.gather(*(one(ns, n) for ns, n in list(_state().unfinished)))
+        state = _state()
+        await asyncio.gather(
+            *(one(ns, n) for ns, n in list(state.unfinished)),
+            *(one_deployment(ns, n) for ns, n in list(state.deployments)),
+        )
 
 
 @kopf.on.startup()
@@ -109,7 +151,10 @@ async def cleanup(**_: Any) -> None:
     task = STATE.pop("resync", None)
     if isinstance(task, asyncio.Task):
         task.cancel()
-    await _state().client.close()
+    state = _state()
+    if state.http is not None:
+        await state.http.close()
+    await state.client.close()
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_TRAINING)
@@ -135,3 +180,19 @@ async def _child_event(body: kopf.Body) -> None:
     owner = body["metadata"].get("labels", {}).get(c.LABEL_TRAINING)
     if owner:
         await run_training(body["metadata"]["namespace"], owner)
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_DEPLOYMENT)
+async def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
+    meta = body["metadata"]
+    if kwargs.get("type") == "DELETED":
+        _state().deployments.discard((meta["namespace"], meta["name"]))
+        return
+    await run_deployment(meta["namespace"], meta["name"], dict(body))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_COMPONENT: "serving"})
+async def ray_pods_event(body: kopf.Body, **_: Any) -> None:
+    owner = body["metadata"].get("labels", {}).get(c.LABEL_DEPLOYMENT)
+    if owner:
+        await run_deployment(body["metadata"]["namespace"], owner)

@@ -20,6 +20,9 @@ class Settings:
     """Port of rank 0's /progress and /metrics."""
     run_as_user: int = 1000
     """UID of every container (pods run as non-root)."""
+    dashboard_url: str = "http://{head}.{namespace}.svc:8265"
+    """How to reach a deployment's Ray dashboard: a template over the head Service's name
+    and the namespace. Tests point it at a local Ray."""
 
     @classmethod
     def from_environ(cls) -> Settings:
@@ -29,4 +32,5 @@ class Settings:
             runtime_image=env.get("MODELPLANE_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
             pvc_root=env.get("MODELPLANE_PVC_ROOT", defaults.pvc_root),
             progress_port=int(env.get("MODELPLANE_PROGRESS_PORT", defaults.progress_port)),
+            dashboard_url=env.get("MODELPLANE_DASHBOARD_URL", defaults.dashboard_url),
         )

@@ -1,0 +1,134 @@
+"""reconcile_deployment: one level-based pass that converges a ModelDeployment.
+
+Resolve the model (a Succeeded ModelTraining's artifact, or `model.uri`), apply the
+gate, read the Ray head's Serve state through its dashboard, let the pure phase machine
+decide, apply the Ray cluster when it says so, and patch status once when it changed.
+Killed at any point and run again, it finds the same deterministic children.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelplane_operator.api.resources import ModelDeployment, ModelTraining
+from modelplane_operator.builders.serving import (
+    TOKEN_KEY,
+    build_config_map,
+    build_head,
+    build_head_service,
+    build_http_service,
+    build_token_secret,
+    build_workers,
+    endpoint,
+    names_for,
+    replica_cpus,
+)
+from modelplane_operator.client import Client
+from modelplane_operator.dashboard import Dashboard
+from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
+from modelplane_operator.settings import Settings
+from modelplane_operator.status.serving import (
+    ModelWaiting,
+    ObservedDeployment,
+    derive_deployment_status,
+    resolve_from_training,
+)
+
+log = logging.getLogger("modelplane.deployment")
+Manifest = dict[str, Any]
+DashboardFor = Callable[[str, str], Dashboard]
+"""(base URL, token) -> the head's dashboard."""
+
+
+async def _resolve(client: Client, deployment: ModelDeployment) -> ResolvedModel | ModelWaiting:
+    source = deployment.spec.model
+    if source.from_training is not None:
+        body = await client.get_training(deployment.metadata.namespace or "", source.from_training)
+        try:
+            training = ModelTraining.model_validate(body) if body is not None else None
+        except ValidationError:
+            training = None
+        return resolve_from_training(source.from_training, training)
+    # The artifact's own card is read by the serving app (digest checked there); the
+    # operator cannot mount the claim, so a uri model carries no metrics to gate on.
+    return ResolvedModel(uri=source.uri or "", digest="", metrics={})
+
+
+def _initial_workers(deployment: ModelDeployment, current: Manifest | None) -> int:
+    """Keep what the scaling loop decided; start with room for the first replicas."""
+    if current is not None:
+        return int((current.get("spec") or {}).get("replicas") or 0)
+    return max(deployment.spec.replicas.min, 1)
+
+
+async def _token(client: Client, deployment: ModelDeployment) -> tuple[str, bool]:
+    """The cluster's token and whether it already existed (a new one is drawn once)."""
+    names = names_for(deployment.metadata.name or "")
+    existing = await client.get_secret_value(
+        deployment.metadata.namespace or "", names.secret, TOKEN_KEY
+    )
+    return (existing, True) if existing else (secrets.token_urlsafe(32), False)
+
+
+async def reconcile_deployment(
+    client: Client,
+    body: Manifest,
+    *,
+    settings: Settings,
+    now: datetime,
+    dashboard_for: DashboardFor,
+) -> str | None:
+    """Converge one ModelDeployment; return its phase after this pass."""
+    deployment = ModelDeployment.model_validate(body)
+    namespace = deployment.metadata.namespace or ""
+    name = deployment.metadata.name or ""
+    names = names_for(name)
+    model = await _resolve(client, deployment)
+    failures = tuple(gate_failures(deployment, model)) if isinstance(model, ResolvedModel) else ()
+    head = await client.get_deployment(namespace, names.head)
+    workers = await client.get_deployment(namespace, names.worker)
+    token, token_exists = await _token(client, deployment)
+    serve = None
+    if head is not None and token_exists:
+        url = settings.dashboard_url.format(head=names.head_service, namespace=namespace)
+        serve = await dashboard_for(url, token).application(name)
+    observed = ObservedDeployment(
+        model=model,
+        endpoint=endpoint(deployment),
+        head=head,
+        workers=workers,
+        serve=serve,
+        gate_failures=failures,
+    )
+    decision = derive_deployment_status(deployment, observed, now=now)
+    if decision.roll_out and isinstance(model, ResolvedModel):
+        config = render_serve_config(deployment, model, replica_cpus=replica_cpus(deployment))
+        if not token_exists:
+            await client.apply(build_token_secret(deployment, token))
+        await client.apply(build_config_map(deployment, config))
+        await client.apply(build_head_service(deployment))
+        await client.apply(build_http_service(deployment))
+        await client.apply(build_head(deployment, settings=settings))
+        await client.apply(
+            build_workers(
+                deployment, settings=settings, replicas=_initial_workers(deployment, workers)
+            )
+        )
+    new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    old_status = body.get("status") or {}
+    if new_status != old_status:
+        # A merge patch keeps fields it does not mention: null the ones that went away
+        # (a deployment Rejected after serving has no endpoint any more).
+        gone = {key: None for key in old_status if key not in new_status}
+        await client.patch_deployment_status(namespace, name, {**new_status, **gone})
+    for event in decision.events:
+        await client.event(
+            owner=body, type_=event.type, reason=event.reason, message=event.message, now=now
+        )
+    return decision.status.phase
