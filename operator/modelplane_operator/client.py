@@ -85,6 +85,16 @@ class Client:
             raise
         return _dict(obj)
 
+    async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        self.writes += 1
+        await self.api.patch(
+            Pod,
+            name,
+            {"metadata": {"annotations": annotations}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+
     async def patch_deployment_status(self, namespace: str, name: str, status: Manifest) -> None:
         self.writes += 1
         await self.api.patch(

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from modelplane_operator import constants as c
+from modelplane_operator.api.deployment import Counts
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.builders.serving import (
     TOKEN_KEY,
@@ -30,10 +33,13 @@ from modelplane_operator.builders.serving import (
     replica_cpus,
 )
 from modelplane_operator.client import Client
+from modelplane_operator.conditions import format_time
 from modelplane_operator.dashboard import Dashboard
+from modelplane_operator.scaling import DELETION_COST_ANNOTATION, decide_workers, deletion_costs
 from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.serving import (
+    Event,
     ModelWaiting,
     ObservedDeployment,
     derive_deployment_status,
@@ -76,6 +82,20 @@ async def _token(client: Client, deployment: ModelDeployment) -> tuple[str, bool
     return (existing, True) if existing else (secrets.token_urlsafe(32), False)
 
 
+async def _mark_idle_workers(
+    client: Client, deployment: ModelDeployment, replica_ips: frozenset[str]
+) -> None:
+    """Give worker pods without a replica the lowest deletion cost before shrinking."""
+    namespace = deployment.metadata.namespace or ""
+    pods = await client.list_pods(
+        namespace,
+        {c.LABEL_DEPLOYMENT: deployment.metadata.name or "", c.LABEL_ROLE: "worker"},
+    )
+    ips = {p["metadata"]["name"]: (p.get("status") or {}).get("podIP") or "" for p in pods}
+    for pod, cost in deletion_costs(ips, set(replica_ips)).items():
+        await client.annotate_pod(namespace, pod, {DELETION_COST_ANNOTATION: cost})
+
+
 async def reconcile_deployment(
     client: Client,
     body: Manifest,
@@ -115,11 +135,29 @@ async def reconcile_deployment(
         await client.apply(build_head_service(deployment))
         await client.apply(build_http_service(deployment))
         await client.apply(build_head(deployment, settings=settings))
-        await client.apply(
-            build_workers(
-                deployment, settings=settings, replicas=_initial_workers(deployment, workers)
-            )
+        current = _initial_workers(deployment, workers)
+        scale = decide_workers(
+            deployment,
+            target_replicas=serve.target_replicas if serve is not None else None,
+            current_workers=current,
         )
+        if scale.changed and scale.workers < current and serve is not None:
+            await _mark_idle_workers(client, deployment, serve.replica_ips)
+        await client.apply(build_workers(deployment, settings=settings, replicas=scale.workers))
+        if scale.changed and workers is not None:
+            decision = replace(
+                decision,
+                status=decision.status.model_copy(
+                    update={
+                        "last_scale_time": format_time(now),
+                        "workers": Counts(
+                            desired=scale.workers,
+                            ready=decision.status.workers.ready if decision.status.workers else 0,
+                        ),
+                    }
+                ),
+                events=(*decision.events, Event("Normal", c.REASON_SCALED, scale.message)),
+            )
     new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     old_status = body.get("status") or {}
     if new_status != old_status:

@@ -59,6 +59,8 @@ class ServeState:
     running_replicas: int = 0
     ongoing_requests: float = 0.0
     requests_per_second: float = 0.0
+    replica_ips: frozenset[str] = frozenset()
+    """Node IPs of the running replicas (a worker pod's IP when it hosts one)."""
 
 
 @dataclass(frozen=True)
