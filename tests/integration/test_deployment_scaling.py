@@ -1,0 +1,198 @@
+"""The scaling loop against a real Ray: the operator's reconcile reads a real Serve
+application's state through the dashboard seam (`Settings.dashboard_url` pointed at a
+local Ray started with the runtime's runner and the deployment's token) and sizes the
+worker Deployment on the test control plane, while real load drives Serve's autoscaler.
+
+The session operator is stopped for this test, so the passes here are the only ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from lightkube import AsyncClient, KubeConfig
+
+from modelplane.cluster import LocalCluster, free_port
+from modelplane.loadgen import json_body, load
+from modelplane.serving import start_server
+from modelplane_operator import constants as c
+from modelplane_operator.api.resources import ModelDeployment
+from modelplane_operator.client import Client
+from modelplane_operator.dashboard import Dashboard
+from modelplane_operator.reconcile.serving import reconcile_deployment
+from modelplane_operator.serve_config import render_serve_config
+from modelplane_operator.settings import Settings
+from modelplane_runtime.contract import DataConfig, OptimConfig
+from modelplane_runtime.data.builtin import sentiment
+from tests.factories import make_deployment
+from tests.integration.conftest import OperatorProcess, wait_for
+from tests.serving.conftest import TEXT_PARAMS, Artifact, _train
+
+NAME = "sentiment"
+SPEC = {
+    "spec.replicas": {"min": 1, "max": 2},
+    "spec.autoscaling": {
+        "targetOngoingRequests": 2,
+        "upscaleDelaySeconds": 1,
+        "downscaleDelaySeconds": 4,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    return _train(
+        tmp_path_factory.mktemp("model"),
+        NAME,
+        architecture="transformer",
+        task="text-classification",
+        params=TEXT_PARAMS,
+        optim=OptimConfig(epochs=1, batch_size=32, learning_rate=2e-3),
+        data=DataConfig(train_uri="builtin://sentiment", validation_split=0.2),
+    )
+
+
+@pytest.fixture
+def paused_operator(operator: OperatorProcess) -> Iterator[None]:
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()
+
+
+class Passes:
+    """Reconcile passes every `interval` s in a background thread, as the resync does."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str, dashboard_url: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.settings = Settings(dashboard_url=dashboard_url)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        api = AsyncClient(
+            config=KubeConfig.from_file(str(self.cluster.kubeconfig)),
+            field_manager=c.FIELD_MANAGER,
+        )
+        client = Client(api)
+        async with aiohttp.ClientSession() as http:
+            while not self.stop.is_set():
+                try:
+                    body = await client.get_model_deployment(self.namespace, NAME)
+                    if body is not None:
+                        await reconcile_deployment(
+                            client,
+                            body,
+                            settings=self.settings,
+                            now=datetime.now(UTC),
+                            dashboard_for=lambda url, token: Dashboard(url, token, http),
+                        )
+                except Exception as error:  # reported by the test's last assertion
+                    self.errors.append(error)
+                await asyncio.sleep(1)
+        await client.close()
+
+
+def workers(cluster: LocalCluster, namespace: str) -> int:
+    manifest = cluster.get_json("deployment", f"{NAME}-ray-worker", "-n", namespace)
+    return int(manifest["spec"]["replicas"])
+
+
+def test_worker_pods_follow_serves_replicas_up_under_load_and_down_after(
+    crds: LocalCluster,
+    namespace: str,
+    paused_operator: None,
+    model: Artifact,
+    tmp_path: Path,
+) -> None:
+    obj = make_deployment({"spec.model": {"uri": model.uri}, **SPEC}, name=NAME)
+    crds.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(obj))
+    token = secrets.token_hex(16)
+    crds.kubectl(
+        "create",
+        "secret",
+        "generic",
+        f"{NAME}-ray-token",
+        "-n",
+        namespace,
+        f"--from-literal=token={token}",
+    )
+    deployment = ModelDeployment.model_validate(obj)
+    config = render_serve_config(
+        deployment, model.resolved(), replica_cpus=0.5, http_host="127.0.0.1", http_port=free_port()
+    )
+    config["applications"][0]["args"]["threads"] = 1
+    dashboard_port = free_port()
+    server = start_server(
+        config,
+        workdir=tmp_path / "serve",
+        num_cpus=2,
+        dashboard_port=dashboard_port,
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+    )
+    passes = Passes(crds, namespace, f"http://127.0.0.1:{dashboard_port}")
+    passes.thread.start()
+    try:
+
+        def phase() -> str:
+            status: dict[str, Any] = crds.get_json("md", NAME, "-n", namespace).get("status") or {}
+            return str(status.get("phase"))
+
+        wait_for(lambda: phase() == "Ready", timeout=60, what="the deployment to be Ready")
+        assert workers(crds, namespace) == 1
+        texts = sentiment(count=100).texts
+        stop = threading.Event()
+        results: list[Any] = []
+        loader = threading.Thread(
+            target=lambda: results.append(
+                load(
+                    f"{server.endpoint}/predict",
+                    json_body(lambda n: {"inputs": [texts[n % len(texts)]]}),
+                    clients=16,
+                    seconds=60,
+                    stop=stop,
+                )
+            )
+        )
+        started = time.monotonic()
+        loader.start()
+        try:
+            wait_for(lambda: workers(crds, namespace) == 2, timeout=50, what="a second worker")
+            took = time.monotonic() - started
+            print(f"worker Deployment at 2 replicas {took:.1f} s after the load step")
+        finally:
+            stop.set()
+            loader.join()
+        (result,) = results
+        assert result.failed == 0, dict(result.statuses)
+        wait_for(
+            lambda: workers(crds, namespace) == 1,
+            timeout=60,
+            what="the worker Deployment to shrink back after the load",
+        )
+        status = crds.get_json("md", NAME, "-n", namespace)["status"]
+        assert status["lastScaleTime"]
+        events = crds.get_json(
+            "events", "-n", namespace, "--field-selector", f"involvedObject.name={NAME}"
+        )["items"]
+        scaled = [e["message"] for e in events if e["reason"] == "Scaled"]
+        assert any("up from 1 to 2" in m for m in scaled), scaled
+        assert any("down from 2 to 1" in m for m in scaled), scaled
+        assert passes.errors == []
+    finally:
+        passes.stop.set()
+        passes.thread.join(timeout=30)
+        server.stop()
