@@ -9,9 +9,11 @@ The session operator is stopped for this test, so the passes here are the only o
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +64,20 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     )
 
 
+@pytest.fixture(scope="module")
+def model_v2(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    """Another version of the model: more training, other weights and digest."""
+    return _train(
+        tmp_path_factory.mktemp("model-v2"),
+        NAME,
+        architecture="transformer",
+        task="text-classification",
+        params=TEXT_PARAMS,
+        optim=OptimConfig(epochs=2, batch_size=32, learning_rate=2e-3, seed=7),
+        data=DataConfig(train_uri="builtin://sentiment", validation_split=0.2),
+    )
+
+
 @pytest.fixture
 def paused_operator(operator: OperatorProcess) -> Iterator[None]:
     operator.stop()
@@ -106,6 +122,49 @@ class Passes:
         await client.close()
 
 
+def start_ray_for(
+    cluster: LocalCluster, namespace: str, obj: dict[str, Any], model: Artifact, workdir: Path
+) -> tuple[Any, Passes]:
+    """Apply the deployment and its token Secret, start a local Ray serving it as its head
+    would, and start reconcile passes that reach that Ray through the seam."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(obj))
+    token = secrets.token_hex(16)
+    cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        f"{NAME}-ray-token",
+        "-n",
+        namespace,
+        f"--from-literal=token={token}",
+    )
+    deployment = ModelDeployment.model_validate(obj)
+    config = render_serve_config(
+        deployment,
+        model.resolved(),
+        replica_cpus=0.5,
+        http_host="127.0.0.1",
+        http_port=free_port(),
+    )
+    config["applications"][0]["args"]["threads"] = 1
+    dashboard_port = free_port()
+    server = start_server(
+        config,
+        workdir=workdir,
+        num_cpus=2,
+        dashboard_port=dashboard_port,
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+    )
+    passes = Passes(cluster, namespace, f"http://127.0.0.1:{dashboard_port}")
+    passes.thread.start()
+    return server, passes
+
+
+def phase(cluster: LocalCluster, namespace: str) -> str:
+    status: dict[str, Any] = cluster.get_json("md", NAME, "-n", namespace).get("status") or {}
+    return str(status.get("phase"))
+
+
 def workers(cluster: LocalCluster, namespace: str) -> int:
     manifest = cluster.get_json("deployment", f"{NAME}-ray-worker", "-n", namespace)
     return int(manifest["spec"]["replicas"])
@@ -119,39 +178,9 @@ def test_worker_pods_follow_serves_replicas_up_under_load_and_down_after(
     tmp_path: Path,
 ) -> None:
     obj = make_deployment({"spec.model": {"uri": model.uri}, **SPEC}, name=NAME)
-    crds.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(obj))
-    token = secrets.token_hex(16)
-    crds.kubectl(
-        "create",
-        "secret",
-        "generic",
-        f"{NAME}-ray-token",
-        "-n",
-        namespace,
-        f"--from-literal=token={token}",
-    )
-    deployment = ModelDeployment.model_validate(obj)
-    config = render_serve_config(
-        deployment, model.resolved(), replica_cpus=0.5, http_host="127.0.0.1", http_port=free_port()
-    )
-    config["applications"][0]["args"]["threads"] = 1
-    dashboard_port = free_port()
-    server = start_server(
-        config,
-        workdir=tmp_path / "serve",
-        num_cpus=2,
-        dashboard_port=dashboard_port,
-        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
-    )
-    passes = Passes(crds, namespace, f"http://127.0.0.1:{dashboard_port}")
-    passes.thread.start()
+    server, passes = start_ray_for(crds, namespace, obj, model, tmp_path / "serve")
     try:
-
-        def phase() -> str:
-            status: dict[str, Any] = crds.get_json("md", NAME, "-n", namespace).get("status") or {}
-            return str(status.get("phase"))
-
-        wait_for(lambda: phase() == "Ready", timeout=60, what="the deployment to be Ready")
+        wait_for(lambda: phase(crds, namespace) == "Ready", timeout=60, what="Ready")
         assert workers(crds, namespace) == 1
         texts = sentiment(count=100).texts
         stop = threading.Event()
@@ -191,6 +220,76 @@ def test_worker_pods_follow_serves_replicas_up_under_load_and_down_after(
         scaled = [e["message"] for e in events if e["reason"] == "Scaled"]
         assert any("up from 1 to 2" in m for m in scaled), scaled
         assert any("down from 2 to 1" in m for m in scaled), scaled
+        assert passes.errors == []
+    finally:
+        passes.stop.set()
+        passes.thread.join(timeout=30)
+        server.stop()
+
+
+def test_a_new_model_is_pushed_in_place_and_served_without_failed_requests(
+    crds: LocalCluster,
+    namespace: str,
+    paused_operator: None,
+    model: Artifact,
+    model_v2: Artifact,
+    tmp_path: Path,
+) -> None:
+    obj = make_deployment(
+        {"spec.model": {"uri": model.uri}, "spec.replicas": {"min": 1, "max": 1}}, name=NAME
+    )
+    server, passes = start_ray_for(crds, namespace, obj, model, tmp_path / "serve")
+    try:
+        wait_for(lambda: phase(crds, namespace) == "Ready", timeout=60, what="Ready")
+
+        def served_digest() -> str:
+            with urllib.request.urlopen(f"{server.endpoint}/v2/models/{NAME}", timeout=10) as r:
+                return str(json.loads(r.read())["parameters"]["digest"])
+
+        assert served_digest() == model.digest
+        stop = threading.Event()
+        results: list[Any] = []
+        loader = threading.Thread(
+            target=lambda: results.append(
+                load(
+                    f"{server.endpoint}/predict",
+                    json_body(lambda n: {"inputs": ["what a wonderful film"]}),
+                    clients=8,
+                    seconds=120,
+                    stop=stop,
+                )
+            )
+        )
+        loader.start()
+        try:
+            time.sleep(2)
+            crds.kubectl(
+                "patch",
+                "md",
+                NAME,
+                "-n",
+                namespace,
+                "--type=merge",
+                "-p",
+                json.dumps({"spec": {"model": {"uri": model_v2.uri}}}),
+            )
+            started = time.monotonic()
+            wait_for(
+                lambda: served_digest() == model_v2.digest,
+                timeout=90,
+                what="the new model to be served",
+            )
+            took = time.monotonic() - started
+            time.sleep(2)
+        finally:
+            stop.set()
+            loader.join()
+        (result,) = results
+        print(f"new model served {took:.1f} s after the spec change; {dict(result.statuses)}")
+        assert result.ok > 50
+        assert result.failed == 0, dict(result.statuses)
+        status = crds.get_json("md", NAME, "-n", namespace)["status"]
+        assert status["model"]["uri"] == model_v2.uri
         assert passes.errors == []
     finally:
         passes.stop.set()

@@ -21,6 +21,7 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.deployment import Counts
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.builders.serving import (
+    CONFIG_FILE,
     TOKEN_KEY,
     build_config_map,
     build_head,
@@ -131,7 +132,16 @@ async def reconcile_deployment(
         config = render_serve_config(deployment, model, replica_cpus=replica_cpus(deployment))
         if not token_exists:
             await client.apply(build_token_secret(deployment, token))
-        await client.apply(build_config_map(deployment, config))
+        config_map = build_config_map(deployment, config)
+        deployed = await client.get_config_map_value(namespace, names.config_map, CONFIG_FILE)
+        await client.apply(config_map)
+        if head is not None and token_exists and deployed != config_map["data"][CONFIG_FILE]:
+            # A new model or new settings: pushed to the running head in place, so Serve
+            # rolls its replicas without a second cluster. If the head does not take it
+            # now, it deploys the mounted ConfigMap when the kubelet refreshes it.
+            url = settings.dashboard_url.format(head=names.head_service, namespace=namespace)
+            pushed = await dashboard_for(url, token).deploy(config)
+            log.info("%s/%s: Serve config pushed in place: %s", namespace, name, pushed)
         await client.apply(build_head_service(deployment))
         await client.apply(build_http_service(deployment))
         await client.apply(build_head(deployment, settings=settings))
