@@ -106,6 +106,10 @@ def render_serve_config(
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": spec.max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
+        # New replicas start before old ones stop: a new model rolls out without a gap,
+        # and one that cannot start leaves the old version serving (Serve then stops
+        # the failed rollout and reports DEPLOY_FAILED with the replica's error).
+        "max_surge_percent": 100,
         "user_config": BatchingConfig(
             max_batch_size=spec.batching.max_batch_size,
             batch_wait_timeout_s=spec.batching.batch_wait_timeout_ms / 1000,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 import threading
 import time
 import urllib.request
@@ -291,6 +292,55 @@ def test_a_new_model_is_pushed_in_place_and_served_without_failed_requests(
         status = crds.get_json("md", NAME, "-n", namespace)["status"]
         assert status["model"]["uri"] == model_v2.uri
         assert passes.errors == []
+    finally:
+        passes.stop.set()
+        passes.thread.join(timeout=30)
+        server.stop()
+
+
+def test_a_serve_deployment_error_shows_in_the_condition_with_serves_reason(
+    crds: LocalCluster,
+    namespace: str,
+    paused_operator: None,
+    model: Artifact,
+    tmp_path: Path,
+) -> None:
+    obj = make_deployment(
+        {"spec.model": {"uri": model.uri}, "spec.replicas": {"min": 1, "max": 1}}, name=NAME
+    )
+    server, passes = start_ray_for(crds, namespace, obj, model, tmp_path / "serve")
+    try:
+        wait_for(lambda: phase(crds, namespace) == "Ready", timeout=60, what="Ready")
+        corrupt = tmp_path / "corrupt"
+        shutil.copytree(model.path, corrupt)
+        weights = corrupt / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF  # one flipped byte: the card's digest no longer matches
+        weights.write_bytes(bytes(data))
+        crds.kubectl(
+            "patch",
+            "md",
+            NAME,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"model": {"uri": f"file://{corrupt}"}}}),
+        )
+
+        def degraded() -> dict[str, Any] | None:
+            status = crds.get_json("md", NAME, "-n", namespace).get("status") or {}
+            return status if status.get("phase") == "Degraded" else None
+
+        status = wait_for(degraded, timeout=120, what="the deployment to be Degraded")
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "ApplicationError"
+        assert "Serve reports DEPLOY_FAILED" in ready["message"]
+        assert "does not match" in ready["message"]
+        assert "Traceback" not in ready["message"]
+        # The old replicas keep answering while the new version cannot start.
+        with urllib.request.urlopen(f"{server.endpoint}/v2/models/{NAME}", timeout=10) as r:
+            assert json.loads(r.read())["parameters"]["digest"] == model.digest
     finally:
         passes.stop.set()
         passes.thread.join(timeout=30)

@@ -62,6 +62,10 @@ def test_backpressure_bounds_the_queue_and_answers_503_with_retry_after() -> Non
     assert options["backpressure_config"] == {"status_code": 503, "retry_after_s": 1.0}
 
 
+def test_a_rollout_starts_new_replicas_before_stopping_old_ones() -> None:
+    assert only_deployment(render())["max_surge_percent"] == 100
+
+
 def test_a_replica_range_maps_to_ray_autoscaling_with_fast_defaults() -> None:
     options = only_deployment(
         render(
