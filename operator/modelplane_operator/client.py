@@ -18,7 +18,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Secret
+from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.types import CascadeType, PatchType
 
 from modelplane_operator import constants as c
@@ -68,11 +68,6 @@ class Client:
     async def get_deployment(self, namespace: str, name: str) -> Manifest | None:
         """An apps/v1 Deployment (a Ray head or workers)."""
         return await self._get(Deployment, namespace, name)
-
-    async def get_config_map_value(self, namespace: str, name: str, key: str) -> str | None:
-        config_map = await self._get(ConfigMap, namespace, name)
-        value = ((config_map or {}).get("data") or {}).get(key)
-        return str(value) if value is not None else None
 
     async def get_secret_value(self, namespace: str, name: str, key: str) -> str | None:
         secret = await self._get(Secret, namespace, name)

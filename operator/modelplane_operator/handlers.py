@@ -3,7 +3,8 @@
 Only watch-event handlers are used, so kopf persists nothing on the resources (no
 annotations, no finalizers, nothing in status): the reconcile is level-based and needs
 no memory of what it did. A resync loop re-runs every unfinished training every few
-seconds; that is also when rank 0's /progress is polled.
+seconds; that is also when rank 0's /progress is polled. A second loop re-runs every
+ModelDeployment each second: the scaling loop (read Serve's target, size the workers).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from modelplane_operator.settings import Settings
 
 log = logging.getLogger("modelplane.operator")
 RESYNC_SECONDS = 5.0
+SCALING_SECONDS = 1.0
 RESYNC_CONCURRENCY = 16
 
 
@@ -110,25 +112,31 @@ async def run_deployment(namespace: str, name: str, body: dict[str, Any] | None 
 
 
 async def _resync() -> None:
-    """Re-run every unfinished training (polling progress) and every deployment, a
-    bounded number at a time. A deployment waiting for its training proceeds here."""
+    """Re-run every unfinished training every few seconds, polling progress."""
     limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
 
     async def one(namespace: str, name: str) -> None:
         async with limit:
             await run_training(namespace, name, poll_progress=True)
 
-    async def one_deployment(namespace: str, name: str) -> None:
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        await asyncio.gather(*(one(ns, n) for ns, n in list(_state().unfinished)))
+
+
+async def _scaling_loop() -> None:
+    """Re-run every deployment each second: its pass reads Serve's replica target from
+    the head (one GET) and resizes the workers, so the decision follows Serve within
+    about a second; a deployment waiting for its training proceeds here too."""
+    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+    async def one(namespace: str, name: str) -> None:
         async with limit:
             await run_deployment(namespace, name)
 
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
-        state = _state()
-        await asyncio.gather(
-            *(one(ns, n) for ns, n in list(state.unfinished)),
-            *(one_deployment(ns, n) for ns, n in list(state.deployments)),
-        )
+        await asyncio.sleep(SCALING_SECONDS)
+        await asyncio.gather(*(one(ns, n) for ns, n in list(_state().deployments)))
 
 
 @kopf.on.startup()
@@ -143,14 +151,17 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.watching.server_timeout = 300
     STATE["state"] = State()
-    STATE["resync"] = asyncio.get_running_loop().create_task(_resync())  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    STATE["resync"] = loop.create_task(_resync())  # type: ignore[assignment]
+    STATE["scaling"] = loop.create_task(_scaling_loop())  # type: ignore[assignment]
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    task = STATE.pop("resync", None)
-    if isinstance(task, asyncio.Task):
-        task.cancel()
+    for key in ("resync", "scaling"):
+        task = STATE.pop(key, None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
     state = _state()
     if state.http is not None:
         await state.http.close()

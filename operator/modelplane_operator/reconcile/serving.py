@@ -8,6 +8,8 @@ Killed at any point and run again, it finds the same deterministic children.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -21,7 +23,6 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.deployment import Counts
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.builders.serving import (
-    CONFIG_FILE,
     TOKEN_KEY,
     build_config_map,
     build_head,
@@ -83,6 +84,37 @@ async def _token(client: Client, deployment: ModelDeployment) -> tuple[str, bool
     return (existing, True) if existing else (secrets.token_urlsafe(32), False)
 
 
+def _children_hash(deployment: ModelDeployment, config: dict[str, Any], settings: Settings) -> str:
+    """What the Ray cluster is built from: the spec, the Serve config and the image."""
+    material = {
+        "spec": deployment.spec.model_dump(mode="json"),
+        "config": config,
+        "image": settings.runtime_image,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+async def _apply_cluster(
+    client: Client,
+    deployment: ModelDeployment,
+    *,
+    config: dict[str, Any],
+    settings: Settings,
+    token: str | None,
+    spec_hash: str,
+) -> None:
+    """Apply everything but the workers' size; the head carries the hash it was built
+    from (on its metadata, not its pods, so a new hash restarts nothing)."""
+    if token is not None:
+        await client.apply(build_token_secret(deployment, token))
+    await client.apply(build_config_map(deployment, config))
+    await client.apply(build_head_service(deployment))
+    await client.apply(build_http_service(deployment))
+    head = build_head(deployment, settings=settings)
+    head["metadata"].setdefault("annotations", {})[c.ANNOTATION_SPEC_HASH] = spec_hash
+    await client.apply(head)
+
+
 async def _mark_idle_workers(
     client: Client, deployment: ModelDeployment, replica_ips: frozenset[str]
 ) -> None:
@@ -130,21 +162,32 @@ async def reconcile_deployment(
     decision = derive_deployment_status(deployment, observed, now=now)
     if decision.roll_out and isinstance(model, ResolvedModel):
         config = render_serve_config(deployment, model, replica_cpus=replica_cpus(deployment))
-        if not token_exists:
-            await client.apply(build_token_secret(deployment, token))
-        config_map = build_config_map(deployment, config)
-        deployed = await client.get_config_map_value(namespace, names.config_map, CONFIG_FILE)
-        await client.apply(config_map)
-        if head is not None and token_exists and deployed != config_map["data"][CONFIG_FILE]:
-            # A new model or new settings: pushed to the running head in place, so Serve
-            # rolls its replicas without a second cluster. If the head does not take it
-            # now, it deploys the mounted ConfigMap when the kubelet refreshes it.
-            url = settings.dashboard_url.format(head=names.head_service, namespace=namespace)
-            pushed = await dashboard_for(url, token).deploy(config)
-            log.info("%s/%s: Serve config pushed in place: %s", namespace, name, pushed)
-        await client.apply(build_head_service(deployment))
-        await client.apply(build_http_service(deployment))
-        await client.apply(build_head(deployment, settings=settings))
+        wanted = _children_hash(deployment, config, settings)
+        # The scaling loop runs every second: apply the cluster only when what it was
+        # built from changed, not on every pass.
+        current_hash = ((head or {}).get("metadata") or {}).get("annotations", {})
+        up_to_date = (
+            token_exists
+            and workers is not None
+            and current_hash.get(c.ANNOTATION_SPEC_HASH) == wanted
+        )
+        if not up_to_date:
+            await _apply_cluster(
+                client,
+                deployment,
+                config=config,
+                settings=settings,
+                token=None if token_exists else token,
+                spec_hash=wanted,
+            )
+            if head is not None and token_exists:
+                # A new model or new settings: pushed to the running head in place, so
+                # Serve rolls its replicas without a second cluster. If the head does not
+                # take it now, it deploys the mounted ConfigMap when the kubelet
+                # refreshes it.
+                url = settings.dashboard_url.format(head=names.head_service, namespace=namespace)
+                pushed = await dashboard_for(url, token).deploy(config)
+                log.info("%s/%s: Serve config pushed in place: %s", namespace, name, pushed)
         current = _initial_workers(deployment, workers)
         scale = decide_workers(
             deployment,
@@ -153,7 +196,8 @@ async def reconcile_deployment(
         )
         if scale.changed and scale.workers < current and serve is not None:
             await _mark_idle_workers(client, deployment, serve.replica_ips)
-        await client.apply(build_workers(deployment, settings=settings, replicas=scale.workers))
+        if scale.changed or not up_to_date:
+            await client.apply(build_workers(deployment, settings=settings, replicas=scale.workers))
         if scale.changed and workers is not None:
             decision = replace(
                 decision,
