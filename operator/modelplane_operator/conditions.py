@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from modelplane_operator.api.common import Condition
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event a status derivation asks the reconcile to record."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
 
 
 def format_time(moment: datetime) -> str:

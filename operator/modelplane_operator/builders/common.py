@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelplane_operator import constants as c
+from modelplane_operator.api.common import Scheduling
 from modelplane_operator.api.resources import ObjectMeta
 
 Manifest = dict[str, Any]
@@ -56,3 +57,24 @@ def pvc_volumes(claims: list[str], *, root: str) -> tuple[list[Manifest], list[M
         {"name": f"pvc-{i}", "mountPath": f"{root}/{claim}"} for i, claim in enumerate(claims)
     ]
     return volumes, mounts
+
+
+def pod_security_context(run_as_user: int) -> Manifest:
+    """Every pod the operator creates runs as this non-root user, default seccomp."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": run_as_user,
+        "runAsGroup": run_as_user,
+        "fsGroup": run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def apply_scheduling(pod: Manifest, scheduling: Scheduling) -> None:
+    """Copy the spec's placement (node selector, tolerations, priority) into `pod`."""
+    if scheduling.node_selector:
+        pod["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in scheduling.tolerations]
+    if scheduling.priority_class_name:
+        pod["priorityClassName"] = scheduling.priority_class_name

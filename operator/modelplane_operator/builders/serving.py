@@ -28,8 +28,10 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.builders.common import (
     Manifest,
+    apply_scheduling,
     child_meta,
     owner_reference,
+    pod_security_context,
     pvc_claims,
     pvc_volumes,
 )
@@ -178,13 +180,7 @@ def _pod_spec(
     pod: Manifest = {
         "automountServiceAccountToken": False,  # Ray needs no Kubernetes credentials
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_user,
-            "fsGroup": settings.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(settings.run_as_user),
         "containers": [
             {
                 **container,
@@ -200,13 +196,7 @@ def _pod_spec(
         ],
         "volumes": volumes,
     }
-    scheduling = spec.resources
-    if scheduling.node_selector:
-        pod["nodeSelector"] = dict(scheduling.node_selector)
-    if scheduling.tolerations:
-        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in scheduling.tolerations]
-    if scheduling.priority_class_name:
-        pod["priorityClassName"] = scheduling.priority_class_name
+    apply_scheduling(pod, spec.resources)
     return pod
 
 

@@ -15,8 +15,10 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.builders.common import (
     Manifest,
+    apply_scheduling,
     child_meta,
     owner_reference,
+    pod_security_context,
     pvc_claims,
     pvc_volumes,
 )
@@ -173,13 +175,7 @@ def build_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # training needs no Kubernetes credentials
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_user,
-            "fsGroup": settings.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(settings.run_as_user),
         "containers": [
             {
                 "name": CONTAINER,
@@ -205,13 +201,7 @@ def build_job(
     }
     if nodes > 1:
         pod_spec["subdomain"] = names.service
-    scheduling = spec.resources
-    if scheduling.node_selector:
-        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
-    if scheduling.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in scheduling.tolerations]
-    if scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = scheduling.priority_class_name
+    apply_scheduling(pod_spec, spec.resources)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -35,13 +35,12 @@ from modelplane_operator.builders.serving import (
     replica_cpus,
 )
 from modelplane_operator.client import Client
-from modelplane_operator.conditions import format_time
+from modelplane_operator.conditions import Event, format_time
 from modelplane_operator.dashboard import Dashboard
 from modelplane_operator.scaling import DELETION_COST_ANNOTATION, decide_workers, deletion_costs
 from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.serving import (
-    Event,
     ModelWaiting,
     ObservedDeployment,
     derive_deployment_status,

@@ -26,18 +26,11 @@ from modelplane_operator.api.deployment import (
     ModelInfo,
 )
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
-from modelplane_operator.conditions import set_condition
+from modelplane_operator.conditions import Event, set_condition
 from modelplane_operator.serve_config import ResolvedModel
 
 Manifest = dict[str, Any]
 MESSAGE_LIMIT = 1024
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -24,19 +24,12 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.common import ArtifactRef
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, Progress, TrainingPhase
-from modelplane_operator.conditions import format_time, set_condition
+from modelplane_operator.conditions import Event, format_time, set_condition
 from modelplane_runtime.contract import ExitCode, TrainingResult
 
 Manifest = dict[str, Any]
 FINAL_PHASES = ("Succeeded", "Failed")
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

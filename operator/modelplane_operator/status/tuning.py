@@ -13,11 +13,10 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.common import ArtifactRef
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, TrialStatus, Tuning
-from modelplane_operator.conditions import format_time, set_condition
+from modelplane_operator.conditions import Event, format_time, set_condition
 from modelplane_operator.naming import child_name
 from modelplane_operator.status.training import (
     Decision,
-    Event,
     Manifest,
     config_error,
     job_condition,
