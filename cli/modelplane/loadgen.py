@@ -142,3 +142,31 @@ def load(
 ) -> LoadResult:
     """Blocking `run_load`."""
     return asyncio.run(run_load(url, body, clients=clients, seconds=seconds, stop=stop))
+
+
+class BackgroundLoad:
+    """`load` in a thread for as long as a `with` block lasts; `result` afterwards.
+
+    `seconds` is only a ceiling: leaving the block stops the clients."""
+
+    def __init__(self, url: str, body: Body, *, clients: int, seconds: float = 300) -> None:
+        self._stop = threading.Event()
+        self._results: list[LoadResult] = []
+        self._thread = threading.Thread(
+            target=lambda: self._results.append(
+                load(url, body, clients=clients, seconds=seconds, stop=self._stop)
+            )
+        )
+
+    def __enter__(self) -> BackgroundLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def result(self) -> LoadResult:
+        (result,) = self._results
+        return result

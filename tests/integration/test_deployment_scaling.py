@@ -26,7 +26,7 @@ import yaml
 from lightkube import AsyncClient, KubeConfig
 
 from modelplane.cluster import LocalCluster, free_port
-from modelplane.loadgen import json_body, load
+from modelplane.loadgen import BackgroundLoad, json_body
 from modelplane.serving import start_server
 from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelDeployment
@@ -184,29 +184,18 @@ def test_worker_pods_follow_serves_replicas_up_under_load_and_down_after(
         wait_for(lambda: phase(crds, namespace) == "Ready", timeout=60, what="Ready")
         assert workers(crds, namespace) == 1
         texts = sentiment(count=100).texts
-        stop = threading.Event()
-        results: list[Any] = []
-        loader = threading.Thread(
-            target=lambda: results.append(
-                load(
-                    f"{server.endpoint}/predict",
-                    json_body(lambda n: {"inputs": [texts[n % len(texts)]]}),
-                    clients=16,
-                    seconds=60,
-                    stop=stop,
-                )
-            )
+        background = BackgroundLoad(
+            f"{server.endpoint}/predict",
+            json_body(lambda n: {"inputs": [texts[n % len(texts)]]}),
+            clients=16,
+            seconds=60,
         )
         started = time.monotonic()
-        loader.start()
-        try:
+        with background:
             wait_for(lambda: workers(crds, namespace) == 2, timeout=50, what="a second worker")
             took = time.monotonic() - started
             print(f"worker Deployment at 2 replicas {took:.1f} s after the load step")
-        finally:
-            stop.set()
-            loader.join()
-        (result,) = results
+        result = background.result
         assert result.failed == 0, dict(result.statuses)
         wait_for(
             lambda: workers(crds, namespace) == 1,
@@ -248,21 +237,13 @@ def test_a_new_model_is_pushed_in_place_and_served_without_failed_requests(
                 return str(json.loads(r.read())["parameters"]["digest"])
 
         assert served_digest() == model.digest
-        stop = threading.Event()
-        results: list[Any] = []
-        loader = threading.Thread(
-            target=lambda: results.append(
-                load(
-                    f"{server.endpoint}/predict",
-                    json_body(lambda n: {"inputs": ["what a wonderful film"]}),
-                    clients=8,
-                    seconds=120,
-                    stop=stop,
-                )
-            )
+        background = BackgroundLoad(
+            f"{server.endpoint}/predict",
+            json_body(lambda n: {"inputs": ["what a wonderful film"]}),
+            clients=8,
+            seconds=120,
         )
-        loader.start()
-        try:
+        with background:
             time.sleep(2)
             crds.kubectl(
                 "patch",
@@ -282,10 +263,7 @@ def test_a_new_model_is_pushed_in_place_and_served_without_failed_requests(
             )
             took = time.monotonic() - started
             time.sleep(2)
-        finally:
-            stop.set()
-            loader.join()
-        (result,) = results
+        result = background.result
         print(f"new model served {took:.1f} s after the spec change; {dict(result.statuses)}")
         assert result.ok > 50
         assert result.failed == 0, dict(result.statuses)

@@ -6,7 +6,6 @@ and batching changes live."""
 from __future__ import annotations
 
 import re
-import threading
 import time
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from modelplane.loadgen import json_body, load
+from modelplane.loadgen import BackgroundLoad, json_body, load
 from modelplane_runtime.artifacts import load_artifact
 from modelplane_runtime.data.builtin import breast_cancer, sentiment
 from modelplane_runtime.data.raw import RawData
@@ -259,30 +258,19 @@ def test_replicas_follow_a_load_step_up_to_max_and_back(serving: RunningServe) -
         seen["max"] = max(seen["max"], serving.running_replicas("sentiment"))
         return seen["max"] == 2
 
-    results: list[Any] = []
-    stop = threading.Event()
-    loader = threading.Thread(
-        target=lambda: results.append(
-            load(
-                f"{serving.endpoint}/predict",
-                json_body(lambda n: {"inputs": [texts[n % len(texts)]]}),
-                clients=16,
-                seconds=60,
-                stop=stop,
-            )
-        )
+    background = BackgroundLoad(
+        f"{serving.endpoint}/predict",
+        json_body(lambda n: {"inputs": [texts[n % len(texts)]]}),
+        clients=16,
+        seconds=60,
     )
-    loader.start()
-    try:
+    with background:
         # A new replica is a new Ray worker process: importing torch and loading the model
         # on 2 cores that the load already saturates takes most of this time.
         wait_for(scaled_up, timeout=50, what="a second replica under load")
         took = time.monotonic() - started
         time.sleep(3)  # requests keep succeeding while both replicas serve
-    finally:
-        stop.set()
-        loader.join()
-    (result,) = results
+    result = background.result
     assert result.failed == 0, dict(result.statuses)
     print(f"scaled to 2 replicas {took:.1f} s after the load step")
     # downscaleDelaySeconds is 4: back to min soon after the load stops.
