@@ -26,6 +26,8 @@ class LoadResult:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     """Seconds per successful request."""
+    finished: list[float] = field(default_factory=list)
+    """`time.monotonic()` at which each successful request was answered (as `latencies`)."""
     statuses: Counter[int] = field(default_factory=Counter)
     """HTTP status (0 for a connection error) -> count."""
     retry_after: set[str] = field(default_factory=set)
@@ -83,6 +85,7 @@ async def _client(
                 result.statuses[response.status] += 1
                 if response.status == 200:
                     result.latencies.append(time.perf_counter() - started)
+                    result.finished.append(time.monotonic())
                     result.items += items
                 elif response.status == 503 and "Retry-After" in response.headers:
                     result.retry_after.add(response.headers["Retry-After"])
