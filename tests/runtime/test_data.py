@@ -154,3 +154,39 @@ def test_progress_is_served_as_json_and_prometheus() -> None:
     assert progress["eta_seconds"] is not None
     assert "modelplane_training_step 25.0" in metrics
     assert "modelplane_training_loss 0.5" in metrics
+
+
+def text_config(root: Path) -> Any:
+    from modelplane_runtime.contract import DataConfig  # noqa: PLC0415
+    from tests.runtime.conftest import make_config  # noqa: PLC0415
+
+    return make_config(
+        root,
+        architecture="transformer",
+        task="text-classification",
+        params={"layers": 1, "hidden": 32, "heads": 2, "max_length": 16, "vocab_size": 300},
+        data=DataConfig(train_uri="builtin://sentiment", validation_split=0.2),
+    )
+
+
+def test_a_run_trains_its_tokenizer_once_and_reads_it_back_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    from modelplane_runtime.data.prepare import prepare  # noqa: PLC0415
+    from modelplane_runtime.data.preprocessing import TOKENIZER_FILE, train_tokenizer  # noqa: PLC0415
+
+    config = text_config(tmp_path)
+    store = tmp_path / "checkpoints"
+    first = prepare(config, tokenizer_store=store)
+    assert first.tokenizer is not None
+    assert json.loads((store / TOKENIZER_FILE).read_text())["model"]["vocab"] == (
+        first.tokenizer.get_vocab()
+    )
+    # What the store holds wins over training again: WordPiece training is not
+    # deterministic between processes, so a restarted run must not retrain.
+    earlier = train_tokenizer(("an earlier attempt's words",), vocab_size=40, max_length=16)
+    (store / TOKENIZER_FILE).write_text(earlier.to_str())
+    again = prepare(config, tokenizer_store=store)
+    assert again.tokenizer is not None
+    assert again.tokenizer.get_vocab() == earlier.get_vocab()
+    assert again.vocab_size == earlier.get_vocab_size()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from modelplane_runtime.contract import OptimConfig
+from modelplane_runtime.contract import DataConfig, OptimConfig
 from tests.runtime.conftest import make_config, run_processes
 
 # Two ranks average two half-batch gradients where one process averages one full batch:
@@ -40,3 +41,23 @@ def test_a_batch_that_does_not_split_over_the_processes_is_a_config_error(
     results = run_processes(config, tmp_path, world_size=2)
     assert [p.returncode for p in results] == [42, 42]
     assert "must be divisible by the 2 training processes" in results[0].stderr
+
+
+def test_two_ranks_train_one_tokenizer_and_keep_it_beside_the_checkpoints(
+    tmp_path: Path,
+) -> None:
+    config = make_config(
+        tmp_path,
+        name="txt",
+        architecture="transformer",
+        task="text-classification",
+        params={"layers": 1, "hidden": 32, "heads": 2, "max_length": 16, "vocab_size": 300},
+        data=DataConfig(train_uri="builtin://sentiment", validation_split=0.2),
+        optim=OptimConfig(epochs=1, batch_size=32, learning_rate=1e-3),
+    )
+    results = run_processes(config, tmp_path, world_size=2)
+    assert [p.returncode for p in results] == [0, 0], [p.stderr[-2000:] for p in results]
+    out = tmp_path / "out" / "txt"
+    kept = json.loads((out / "checkpoints" / "tokenizer.json").read_text())["model"]["vocab"]
+    served = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert kept == served

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from modelplane_runtime.contract import OptimConfig
-from modelplane_runtime.train.checkpoint import checkpoint_paths
+from modelplane_runtime.train.checkpoint import checkpoint_paths, save_checkpoint
 from tests.runtime.conftest import make_config, run_processes
 
 
@@ -75,3 +75,17 @@ def test_a_finished_run_started_again_reports_its_result_without_training(
     assert first.returncode == again.returncode == 0
     assert "already finished" in again.stderr
     assert first.stdout.strip() == again.stdout.strip()
+
+
+def test_a_checkpoint_of_another_model_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    config = make_config(tmp_path, name="r", optim=OptimConfig(epochs=1, batch_size=32))
+    save_checkpoint(
+        tmp_path / "out" / "r" / "checkpoints",
+        step=5,
+        state={"model": {"unrelated.weight": torch.zeros(2)}},
+        keep=2,
+    )
+    (run,) = run_processes(config, tmp_path)
+    assert run.returncode == 42, run.stderr[-2000:]
+    assert "does not fit this run's model" in run.stderr
+    assert "delete" in run.stderr

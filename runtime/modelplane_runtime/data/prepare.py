@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from torch.utils.data import TensorDataset
 
 from modelplane_runtime.contract import RunConfig
 from modelplane_runtime.data.preprocessing import (
+    TOKENIZER_FILE,
     Preprocessing,
+    configure_tokenizer,
     fit_preprocessing,
     load_tokenizer,
     train_tokenizer,
@@ -53,11 +56,55 @@ def split(raw: RawData, fraction: float, seed: int) -> tuple[RawData, RawData]:
     return raw.subset(order[held_out:]), raw.subset(order[:held_out])
 
 
-def prepare(config: RunConfig, *, init_dir: Path | None = None) -> Prepared:
+def _from_here(make: Callable[[], str]) -> str:
+    return make()
+
+
+def _run_tokenizer(
+    texts: tuple[str, ...],
+    *,
+    vocab_size: int,
+    max_length: int,
+    store: Path | None,
+    from_main: Callable[[Callable[[], str]], str],
+) -> Tokenizer:
+    """The run's tokenizer: the same on every rank and after every restart.
+
+    tokenizers' WordPiece trainer is not deterministic between processes (ties between
+    equal pair counts are broken in hash order: the built-in reviews give 284 or 285
+    tokens from one run to the next), so one tokenizer per rank or per restart would
+    give embeddings that mean different words. Rank 0 trains it once, keeps it in
+    `store` (beside the checkpoints, so a resumed run reads it back) and sends it to the
+    other ranks."""
+    saved = store / TOKENIZER_FILE if store is not None else None
+
+    def on_rank_0() -> str:
+        if saved is not None and saved.is_file():
+            return saved.read_text()
+        text = train_tokenizer(texts, vocab_size=vocab_size, max_length=max_length).to_str()
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            partial = saved.with_suffix(".partial")
+            partial.write_text(text)
+            partial.replace(saved)
+        return text
+
+    return configure_tokenizer(Tokenizer.from_str(from_main(on_rank_0)), max_length=max_length)
+
+
+def prepare(
+    config: RunConfig,
+    *,
+    init_dir: Path | None = None,
+    tokenizer_store: Path | None = None,
+    from_main: Callable[[Callable[[], str]], str] = _from_here,
+) -> Prepared:
     """Read, split, fit preprocessing on the training part, and encode both parts.
 
     With `init_dir` (an artifact to start from), a text model keeps that artifact's
-    tokenizer: its embeddings only mean something with the same vocabulary.
+    tokenizer: its embeddings only mean something with the same vocabulary. Otherwise
+    the tokenizer is trained once per run (`_run_tokenizer`): kept in `tokenizer_store`
+    and shared from rank 0 through `from_main`.
     """
     kind = KIND_BY_TASK[config.task]
     labelled = config.task != "masked-lm"
@@ -82,8 +129,12 @@ def prepare(config: RunConfig, *, init_dir: Path | None = None) -> Prepared:
             tokenizer = load_tokenizer(init_dir, max_length=max_length)
         else:
             vocab_size = int(config.params.get("vocab_size", DEFAULT_VOCAB_SIZE))
-            tokenizer = train_tokenizer(
-                train_raw.texts, vocab_size=vocab_size, max_length=max_length
+            tokenizer = _run_tokenizer(
+                train_raw.texts,
+                vocab_size=vocab_size,
+                max_length=max_length,
+                store=tokenizer_store,
+                from_main=from_main,
             )
     train_x = preprocessing.encode_inputs(train_raw, tokenizer)
     val_x = preprocessing.encode_inputs(val_raw, tokenizer)

@@ -7,12 +7,15 @@ same variables itself. NCCL on GPUs, Gloo on CPUs.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
 ENV_TIMEOUT = "MODELPLANE_DIST_TIMEOUT_S"
 """Seconds a collective may wait for the other ranks before the run fails."""
 
@@ -64,6 +67,14 @@ class DistEnv:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+    def from_main(self, make: Callable[[], T]) -> T:
+        """`make()` run on rank 0 only; every rank gets its result (pickled)."""
+        if not dist.is_initialized():
+            return make()
+        box = [make() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]  # type: ignore[return-value]
 
     def barrier(self) -> None:
         if dist.is_initialized():

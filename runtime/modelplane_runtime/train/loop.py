@@ -103,7 +103,9 @@ class Trainer:
 
         init_dir = local_path(config.init_uri, field="model.init.uri") if config.init_uri else None
         torch.manual_seed(config.optim.seed)
-        self.data: Prepared = prepare(config, init_dir=init_dir)
+        self.data: Prepared = prepare(
+            config, init_dir=init_dir, tokenizer_store=self.checkpoints, from_main=env.from_main
+        )
         self.params = resolve_params(config.architecture, config.params)
         self.shape = DataShape(
             num_classes=self.data.num_classes,
@@ -324,7 +326,17 @@ class Trainer:
         if found is None:
             return
         path, state = found
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            # A checkpoint of another model under the same output (a changed spec, or a
+            # run written by an older version): resuming it would be wrong, and starting
+            # over silently would discard it.
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise ConfigError(
+                f"checkpoint {path} does not fit this run's model ({first}); use another "
+                f"output or delete {self.checkpoints} to start over"
+            ) from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
