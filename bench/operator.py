@@ -110,10 +110,14 @@ def main() -> None:
     cluster.start(log=eprint)
     operator = None
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(root / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
         sys.path.insert(0, str(root))
-        from tests.integration.conftest import service_account_kubeconfig  # noqa: PLC0415
+        from tests.integration.conftest import (  # noqa: PLC0415
+            install_chart,
+            service_account_kubeconfig,
+        )
+
+        install_chart(cluster)
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
 
         kubeconfig = service_account_kubeconfig(cluster, work / "operator.kubeconfig")
         cluster.kubectl("create", "namespace", NAMESPACE)

@@ -19,7 +19,8 @@ step "mypy"
 .venv/bin/mypy
 step "import-linter"
 .venv/bin/lint-imports
-step "generated CRDs are current"
+step "generated CRDs and API reference are current"
 .venv/bin/modelplane crds --check
+.venv/bin/modelplane docs --check
 step "pytest"
 .venv/bin/pytest "$@"

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
+from modelplane_operator.apidocs import api_reference_is_stale, write_api_reference
 from modelplane_operator.crdgen import stale_crds, write_crds
 from modelplane_operator.validation import check_file
 
@@ -20,27 +21,58 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Problems quote CEL rules full of [brackets]: print them verbatim, never as markup.
+# Relative to the repository root: the CRDs to apply by hand, and the chart's copy
+# (Helm installs a chart's crds/ before its templates and never deletes them).
+CRD_DIRECTORIES = (Path("crds"), Path("helm/modelplane/crds"))
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def crds(
-    directory: Annotated[Path, typer.Option("--dir", help="Where the CRDs live.")] = Path("crds"),
+    directories: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--dir", help="Where the CRDs live (repeatable); default: crds/ and the chart's."
+        ),
+    ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Fail if the files differ instead of writing.")
     ] = False,
 ) -> None:
     """Write the CustomResourceDefinitions generated from the API models."""
+    for directory in directories or list(CRD_DIRECTORIES):
+        if check:
+            stale = stale_crds(directory)
+            if stale:
+                err.print(
+                    f"[red]stale:[/red] {', '.join(stale)} in {directory}; run `modelplane crds`"
+                )
+                raise typer.Exit(1)
+            out.print(f"{directory}: up to date")
+            continue
+        for path in write_crds(directory):
+            out.print(f"wrote {path}")
+
+
+@app.command()
+def docs(
+    path: Annotated[Path, typer.Option("--out", help="Where the API reference goes.")] = Path(
+        "docs/api-reference.md"
+    ),
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail if the file differs instead of writing.")
+    ] = False,
+) -> None:
+    """Write the API reference generated from the API models."""
     if check:
-        stale = stale_crds(directory)
-        if stale:
-            err.print(f"[red]stale:[/red] {', '.join(stale)} in {directory}; run `modelplane crds`")
+        if api_reference_is_stale(path):
+            err.print(f"[red]stale:[/red] {path}; run `modelplane docs`")
             raise typer.Exit(1)
-        out.print(f"{directory}: up to date")
+        out.print(f"{path}: up to date")
         return
-    for path in write_crds(directory):
-        out.print(f"wrote {path}")
+    write_api_reference(path)
+    out.print(f"wrote {path}")
 
 
 @app.command()

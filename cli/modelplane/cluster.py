@@ -323,6 +323,25 @@ class LocalCluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run helm against this cluster; raise with its stderr when `check` fails."""
+        result = subprocess.run(
+            [str(self.binaries.helm), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+            env={
+                **os.environ,
+                "HELM_CACHE_HOME": str(self.workdir / "helm" / "cache"),
+                "HELM_CONFIG_HOME": str(self.workdir / "helm" / "config"),
+                "HELM_DATA_HOME": str(self.workdir / "helm" / "data"),
+            },
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(f"helm {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
     def get_json(self, *args: str) -> dict[str, Any]:
         """`kubectl get ARGS -o json`, parsed."""
         result: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)

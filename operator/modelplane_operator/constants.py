@@ -51,6 +51,10 @@ COND_FAILED: Final = "Failed"
 COND_SUSPENDED: Final = "Suspended"
 COND_MODEL_ACCEPTED: Final = "ModelAccepted"
 COND_SPEC_CHANGE_IGNORED: Final = "SpecChangeIgnored"
+# kstatus (what Flux and kpt read, and Argo CD's health checks can): Reconciling True
+# while the operator works toward the spec, Stalled True when it cannot without a change.
+COND_RECONCILING: Final = "Reconciling"
+COND_STALLED: Final = "Stalled"
 
 # Condition reasons: one CamelCase word a program can switch on.
 REASON_CREATED: Final = "Created"

@@ -259,13 +259,55 @@ def crd_for(info: KindInfo) -> dict[str, Any]:
     }
 
 
-def render_crds() -> dict[str, str]:
-    """File name -> YAML text of every CRD."""
+def _peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
+    """kopf's peering resource (kopf's own peering.yaml): instances of a replicated
+    operator announce themselves in its status, and the highest priority reconciles."""
     return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kopf.dev"},
+        "spec": {
+            "scope": scope,
+            "group": "kopf.dev",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_crds() -> dict[str, str]:
+    """File name -> YAML text of every CRD: the two kinds, and kopf's peering kinds that
+    a replicated operator (Helm value peering.enabled) needs."""
+    files = {
         f"{c.GROUP}_{info.plural}.yaml": HEADER
         + yaml.safe_dump(crd_for(info), sort_keys=False, width=100)
         for info in KINDS
     }
+    peering = [
+        _peering_crd("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+        _peering_crd("KopfPeering", "kopfpeerings", "Namespaced"),
+    ]
+    files["kopf.dev_peerings.yaml"] = HEADER + yaml.safe_dump_all(
+        peering, sort_keys=False, width=100
+    )
+    return files
 
 
 def write_crds(directory: Path) -> list[Path]:

@@ -19,6 +19,7 @@ import aiohttp
 import kopf
 
 from modelplane_operator import constants as c
+from modelplane_operator import observability as obs
 from modelplane_operator.client import Client
 from modelplane_operator.dashboard import Dashboard
 from modelplane_operator.reconcile.serving import reconcile_deployment
@@ -70,19 +71,23 @@ async def run_training(
         body = body if body is not None else await state.client.get_training(namespace, name)
         if body is None:
             state.unfinished.discard(key)
+            obs.record_phase(c.KIND_TRAINING, namespace, name, None)
             return
-        try:
-            phase = await reconcile_training(
-                state.client,
-                body,
-                settings=state.settings,
-                now=datetime.now(UTC),
-                poll_progress=poll_progress,
-            )
-        except Exception:
-            log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
-            state.unfinished.add(key)
-            return
+        with obs.reconciling(c.KIND_TRAINING, namespace, name):
+            try:
+                phase = await reconcile_training(
+                    state.client,
+                    body,
+                    settings=state.settings,
+                    now=datetime.now(UTC),
+                    poll_progress=poll_progress,
+                )
+            except Exception:
+                obs.failed(c.KIND_TRAINING)
+                log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
+                state.unfinished.add(key)
+                return
+        obs.record_phase(c.KIND_TRAINING, namespace, name, phase)
         if phase in ("Succeeded", "Failed"):
             state.unfinished.discard(key)
         else:
@@ -97,18 +102,23 @@ async def run_deployment(namespace: str, name: str, body: dict[str, Any] | None 
         body = body if body is not None else await state.client.get_model_deployment(*key)
         if body is None:
             state.deployments.discard(key)
+            obs.record_phase(c.KIND_DEPLOYMENT, namespace, name, None)
             return
         state.deployments.add(key)
-        try:
-            await reconcile_deployment(
-                state.client,
-                body,
-                settings=state.settings,
-                now=datetime.now(UTC),
-                dashboard_for=state.dashboard,
-            )
-        except Exception:
-            log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
+        with obs.reconciling(c.KIND_DEPLOYMENT, namespace, name):
+            try:
+                phase = await reconcile_deployment(
+                    state.client,
+                    body,
+                    settings=state.settings,
+                    now=datetime.now(UTC),
+                    dashboard_for=state.dashboard,
+                )
+            except Exception:
+                obs.failed(c.KIND_DEPLOYMENT)
+                log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
+                return
+        obs.record_phase(c.KIND_DEPLOYMENT, namespace, name, phase)
 
 
 async def _resync() -> None:
@@ -141,7 +151,8 @@ async def _scaling_loop() -> None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.peering.standalone = True
+    # Peering (several replicas, one reconciling) is chosen by `kopf.run`'s arguments in
+    # __main__; its priority is random there so that two replicas never tie.
     settings.posting.enabled = False  # the reconcile records its own Events
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=c.ANNOTATION_PREFIX
@@ -173,6 +184,7 @@ async def training_event(body: kopf.Body, **kwargs: Any) -> None:
     meta = body["metadata"]
     if kwargs.get("type") == "DELETED":
         _state().unfinished.discard((meta["namespace"], meta["name"]))
+        obs.record_phase(c.KIND_TRAINING, meta["namespace"], meta["name"], None)
         return
     await run_training(meta["namespace"], meta["name"], dict(body))
 
@@ -198,6 +210,7 @@ async def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
     meta = body["metadata"]
     if kwargs.get("type") == "DELETED":
         _state().deployments.discard((meta["namespace"], meta["name"]))
+        obs.record_phase(c.KIND_DEPLOYMENT, meta["namespace"], meta["name"], None)
         return
     await run_deployment(meta["namespace"], meta["name"], dict(body))
 

@@ -24,6 +24,9 @@ from modelplane.cluster import ClusterError, LocalCluster, build_binaries, eprin
 from tests.factories import ROOT
 
 T = TypeVar("T")
+CHART = ROOT / "helm" / "modelplane"
+RELEASE = "modelplane"
+OPERATOR_NAMESPACE = "modelplane-system"
 
 
 def wait_for(probe: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition") -> T:
@@ -62,8 +65,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="session")
 def crds(cluster: LocalCluster) -> LocalCluster:
-    """The cluster with modelplane's CRDs installed and Established."""
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    """The cluster with the chart installed as users install it (`helm install`): the CRDs
+    Established, the operator's ServiceAccount and RBAC, its Deployment (whose pod kwok
+    only pretends to run; the tests run the operator themselves with that identity)."""
+    install_chart(cluster)
     cluster.kubectl(
         "wait",
         "--for=condition=Established",
@@ -108,11 +113,13 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
 class OperatorProcess:
     """`python -m modelplane_operator` against the test cluster; can be killed and restarted."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, *args: str) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
         self.progress_port = free_port()
+        self.metrics_port = free_port()
 
     def start(self) -> None:
         # The contract test runs the generated pods on this machine, where rank 0's
@@ -124,7 +131,14 @@ class OperatorProcess:
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "modelplane_operator"],
+                [
+                    sys.executable,
+                    "-m",
+                    "modelplane_operator",
+                    "--log-format=json",
+                    f"--metrics-port={self.metrics_port}",
+                    *self.args,
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -146,11 +160,30 @@ class OperatorProcess:
                 self.kill()
 
 
-def service_account_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
-    """A kubeconfig that acts as the operator's ServiceAccount from deploy/rbac.yaml."""
-    cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
+def install_chart(
+    cluster: LocalCluster,
+    *values: str,
+    release: str = RELEASE,
+    namespace: str = OPERATOR_NAMESPACE,
+) -> None:
+    """`helm upgrade --install` the chart; `values` are extra helm flags (--set, -f)."""
+    cluster.helm(
+        "upgrade", "--install", release, str(CHART), "-n", namespace, "--create-namespace",
+        *values,
+    )  # fmt: skip
+
+
+def service_account_kubeconfig(
+    cluster: LocalCluster,
+    path: Path,
+    *,
+    namespace: str = OPERATOR_NAMESPACE,
+    account: str = f"{RELEASE}-operator",
+) -> Path:
+    """A kubeconfig that acts as the chart's operator ServiceAccount (a token of its own,
+    so the API server checks exactly that account's permissions)."""
     token = cluster.kubectl(
-        "create", "token", "modelplane-operator", "-n", "modelplane-system", "--duration=24h"
+        "create", "token", account, "-n", namespace, "--duration=24h"
     ).stdout.strip()
     config = yaml.safe_load(cluster.kubeconfig.read_text())
     config["users"] = [{"name": "admin", "user": {"token": token}}]
@@ -160,13 +193,24 @@ def service_account_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def operator(crds: LocalCluster) -> Iterator[OperatorProcess]:
-    """The operator for the whole session, with only deploy/rbac.yaml's permissions, so a
-    verb missing there fails the tests. Its log is beside the cluster's logs."""
+    """The operator for the whole session, with only the chart's ServiceAccount's
+    permissions, so a verb missing from the chart's RBAC fails the tests. Its log is beside
+    the cluster's logs."""
     kubeconfig = service_account_kubeconfig(crds, crds.workdir / "operator.kubeconfig")
     process = OperatorProcess(kubeconfig, crds.logs / "operator.log")
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def paused_operator(operator: OperatorProcess) -> Iterator[None]:
+    """The session operator stopped for one test, which runs its own."""
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()
 
 
 @pytest.fixture

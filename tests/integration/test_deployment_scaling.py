@@ -15,7 +15,6 @@ import shutil
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import DataConfig, OptimConfig
 from modelplane_runtime.data.builtin import sentiment
 from tests.factories import make_deployment
-from tests.integration.conftest import OperatorProcess, wait_for
+from tests.integration.conftest import wait_for
 from tests.serving.conftest import TEXT_PARAMS, Artifact, _train
 
 NAME = "sentiment"
@@ -77,15 +76,6 @@ def model_v2(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
         optim=OptimConfig(epochs=2, batch_size=32, learning_rate=2e-3, seed=7),
         data=DataConfig(train_uri="builtin://sentiment", validation_split=0.2),
     )
-
-
-@pytest.fixture
-def paused_operator(operator: OperatorProcess) -> Iterator[None]:
-    operator.stop()
-    try:
-        yield
-    finally:
-        operator.start()
 
 
 class Passes:

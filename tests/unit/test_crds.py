@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from modelplane_operator.apidocs import api_reference_is_stale
 from modelplane_operator.crdgen import render_crds, stale_crds, write_crds
 from tests.factories import ROOT
 
@@ -34,6 +35,7 @@ def crd_schemas() -> list[tuple[str, dict[str, Any]]]:
     return [
         (name, yaml.safe_load(text)["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
         for name, text in render_crds().items()
+        if name.startswith("modelplane.io_")
     ]
 
 
@@ -45,11 +47,33 @@ def test_crds_folder_matches_the_models_run_modelplane_crds_if_this_fails() -> N
     assert stale_crds(CRDS_DIR) == []
 
 
-def test_there_are_exactly_two_crds() -> None:
+def test_there_are_the_two_kinds_and_kopfs_peering_kinds() -> None:
     assert sorted(p.name for p in CRDS_DIR.glob("*.yaml")) == [
+        "kopf.dev_peerings.yaml",
         "modelplane.io_modeldeployments.yaml",
         "modelplane.io_modeltrainings.yaml",
     ]
+    peering = list(yaml.safe_load_all((CRDS_DIR / "kopf.dev_peerings.yaml").read_text()))
+    assert [d["metadata"]["name"] for d in peering] == [
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    ]
+
+
+def test_the_charts_crds_are_the_same_files() -> None:
+    chart = ROOT / "helm" / "modelplane" / "crds"
+    assert stale_crds(chart) == []
+    assert {p.name: p.read_text() for p in chart.glob("*.yaml")} == {
+        p.name: p.read_text() for p in CRDS_DIR.glob("*.yaml")
+    }
+
+
+def test_the_api_reference_is_current_run_modelplane_docs_if_this_fails() -> None:
+    reference = ROOT / "docs" / "api-reference.md"
+    assert not api_reference_is_stale(reference)
+    text = reference.read_text()
+    for field in ("`requireMetrics`", "`downscaleDelaySeconds`", "`gpusPerNode`", "`image`"):
+        assert field in text
 
 
 def test_regenerating_changes_nothing(tmp_path: Path) -> None:
@@ -81,7 +105,7 @@ def test_schema_is_structural_and_documented(name: str, schema: dict[str, Any]) 
 
 
 def test_both_kinds_have_status_subresource_columns_and_short_names() -> None:
-    for name in render_crds():
+    for name in (n for n in render_crds() if n.startswith("modelplane.io_")):
         spec = load(name)["spec"]
         version = spec["versions"][0]
         assert version["subresources"] == {"status": {}}

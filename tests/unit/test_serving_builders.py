@@ -184,3 +184,14 @@ def test_cpu_quantities_become_cores(quantity: int | str | None, cores: float) -
 def test_a_cpu_quantity_ray_cannot_use_is_refused() -> None:
     with pytest.raises(ValueError, match="not a CPU quantity"):
         cpu_cores("2Gi")
+
+
+def test_ray_pods_run_the_operators_image_unless_the_deployment_names_its_own() -> None:
+    default = deployment()
+    assert container(build_head(default, settings=SETTINGS))["image"] == SETTINGS.runtime_image
+    own = deployment({"spec.resources.image": "registry.example/runtime:1-cpu"})
+    for manifest in (
+        build_head(own, settings=SETTINGS),
+        build_workers(own, settings=SETTINGS, replicas=1),
+    ):
+        assert container(manifest)["image"] == "registry.example/runtime:1-cpu"

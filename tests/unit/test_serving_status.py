@@ -108,6 +108,15 @@ def test_each_observation_has_one_phase_and_decision(
     assert ready.observed_generation == 3
     assert decision.status.observed_generation == 3
     assert (decision.status.endpoint == ENDPOINT) is roll_out
+    # kstatus: Reconciling while working toward the spec, Stalled when it cannot.
+    reconciling = find_condition(decision.status.conditions, c.COND_RECONCILING)
+    stalled = find_condition(decision.status.conditions, c.COND_STALLED)
+    assert reconciling is not None
+    assert stalled is not None
+    assert reconciling.status == ("True" if phase in ("Pending", "Progressing") else "False")
+    assert stalled.status == ("True" if phase in ("Rejected", "Degraded") else "False")
+    if stalled.status == "True":
+        assert stalled.reason == reason
 
 
 def test_a_rejection_names_metric_value_and_threshold_and_warns() -> None:

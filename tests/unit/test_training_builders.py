@@ -160,3 +160,12 @@ def test_settings_come_from_the_environment_with_defaults(
         for e in job_for(training())["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["MODELPLANE_PVC_ROOT"] == "/mnt/pvc"
+
+
+def test_pods_run_the_operators_image_unless_the_training_names_its_own() -> None:
+    pod = job_for(training())["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == SETTINGS.runtime_image
+    own = job_for(training({"spec.resources.image": "registry.example/runtime:1-cpu"}))
+    assert own["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/runtime:1-cpu"
+    )

@@ -180,6 +180,10 @@ def test_phase_machine(
     assert ready.reason == reason
     assert ready.observed_generation == 2
     assert decision.status.observed_generation == 2
+    # kstatus: Reconciling while working toward the spec, Stalled when it cannot.
+    states = {c.type: c.status for c in decision.status.conditions}
+    assert states["Reconciling"] == ("True" if phase in ("Pending", "Running") else "False")
+    assert states["Stalled"] == ("True" if phase == "Failed" else "False")
 
 
 def test_success_records_metrics_artifact_and_the_headline_metric() -> None:

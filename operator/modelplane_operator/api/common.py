@@ -85,7 +85,11 @@ class Toleration(ApiModel):
 
 
 class Scheduling(ApiModel):
-    """Where pods may run: shared by training and serving resources."""
+    """Where pods may run and what they run: shared by training and serving resources."""
+
+    image: str = Field(default="", max_length=1024, pattern=r"^(\S+)?$")
+    """Container image of the pods; empty uses the operator's runtime image (the chart's
+    runtime.image value). It must run the same modelplane runtime."""
 
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
     """Labels a node must carry for the pods to be placed on it."""

@@ -70,6 +70,11 @@ def pod_security_context(run_as_user: int) -> Manifest:
     }
 
 
+def pod_image(scheduling: Scheduling, default: str) -> str:
+    """The resource's own image, or the operator's runtime image."""
+    return scheduling.image or default
+
+
 def apply_scheduling(pod: Manifest, scheduling: Scheduling) -> None:
     """Copy the spec's placement (node selector, tolerations, priority) into `pod`."""
     if scheduling.node_selector:

@@ -31,6 +31,7 @@ from modelplane_operator.builders.common import (
     apply_scheduling,
     child_meta,
     owner_reference,
+    pod_image,
     pod_security_context,
     pvc_claims,
     pvc_volumes,
@@ -184,7 +185,7 @@ def _pod_spec(
         "containers": [
             {
                 **container,
-                "image": settings.runtime_image,
+                "image": pod_image(spec.resources, settings.runtime_image),
                 "env": _env(deployment, settings),
                 "volumeMounts": mounts,
                 "securityContext": {

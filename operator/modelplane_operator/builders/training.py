@@ -18,6 +18,7 @@ from modelplane_operator.builders.common import (
     apply_scheduling,
     child_meta,
     owner_reference,
+    pod_image,
     pod_security_context,
     pvc_claims,
     pvc_volumes,
@@ -179,7 +180,7 @@ def build_job(
         "containers": [
             {
                 "name": CONTAINER,
-                "image": settings.runtime_image,
+                "image": pod_image(spec.resources, settings.runtime_image),
                 "command": command,
                 "env": [
                     {"name": "MASTER_ADDR", "value": master},

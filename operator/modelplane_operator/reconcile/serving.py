@@ -20,8 +20,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelplane_operator import constants as c
+from modelplane_operator import observability as obs
 from modelplane_operator.api.deployment import Counts
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
+from modelplane_operator.builders.common import pod_image
 from modelplane_operator.builders.serving import (
     TOKEN_KEY,
     build_config_map,
@@ -88,7 +90,7 @@ def _children_hash(deployment: ModelDeployment, config: dict[str, Any], settings
     material = {
         "spec": deployment.spec.model_dump(mode="json"),
         "config": config,
-        "image": settings.runtime_image,
+        "image": pod_image(deployment.spec.resources, settings.runtime_image),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -198,6 +200,7 @@ async def reconcile_deployment(
         if scale.changed or not up_to_date:
             await client.apply(build_workers(deployment, settings=settings, replicas=scale.workers))
         if scale.changed and workers is not None:
+            obs.scaled("up" if scale.workers > current else "down")
             decision = replace(
                 decision,
                 status=decision.status.model_copy(

@@ -189,6 +189,20 @@ def derive_deployment_status(
         reason,
         message,
     )
+    reconciling = phase in ("Pending", "Progressing")
+    condition(
+        c.COND_RECONCILING,
+        "True" if reconciling else "False",
+        reason if reconciling else "NotReconciling",
+        message if reconciling else "",
+    )
+    stalled = phase in ("Rejected", "Degraded")
+    condition(
+        c.COND_STALLED,
+        "True" if stalled else "False",
+        reason if stalled else "NotStalled",
+        message if stalled else "",
+    )
     model_info = None
     if isinstance(observed.model, ResolvedModel):
         model_info = ModelInfo(

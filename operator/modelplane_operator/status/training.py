@@ -225,6 +225,8 @@ def derive_training_status(
         (c.COND_PROGRESSING, verdict.phase in ("Pending", "Running"), True),
         (c.COND_FAILED, verdict.phase == "Failed", False),
         (c.COND_SUSPENDED, verdict.phase == "Suspended", False),
+        (c.COND_RECONCILING, verdict.phase in ("Pending", "Running"), False),
+        (c.COND_STALLED, verdict.phase == "Failed", False),
     ):
         # Ready and Progressing always say where the run stands; Failed and Suspended
         # carry the detail only while they hold.

@@ -179,13 +179,16 @@ def derive_tuning_status(
         (c.COND_READY, phase == "Succeeded"),
         (c.COND_PROGRESSING, phase in ("Pending", "Running")),
         (c.COND_FAILED, phase == "Failed"),
+        (c.COND_RECONCILING, phase in ("Pending", "Running")),
+        (c.COND_STALLED, phase == "Failed"),
     ):
+        explain = holds or type_ in (c.COND_READY, c.COND_PROGRESSING)
         status.conditions = set_condition(
             status.conditions,
             type_=type_,
             status="True" if holds else "False",
-            reason=reason if holds or type_ != c.COND_FAILED else "NotFailed",
-            message=message if holds or type_ != c.COND_FAILED else "",
+            reason=reason if explain else f"Not{type_}",
+            message=message if explain else "",
             observed_generation=generation,
             now=now,
         )

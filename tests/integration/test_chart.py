@@ -1,0 +1,372 @@
+"""The Helm chart: lint, render, schema, install, least privilege, uninstall.
+
+The session's `crds` fixture installs the chart (release `modelplane` in
+`modelplane-system`) and the session operator runs with a token of the chart's
+ServiceAccount, so every integration test doubles as proof that the chart's RBAC is
+enough. The tests here show it is no broader than needed, that the namespaced variant
+works, and that uninstalling leaves nothing behind but the CRDs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelplane.cluster import LocalCluster
+from tests.factories import EXAMPLES, ROOT, make_training
+from tests.integration.conftest import (
+    CHART,
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    OperatorProcess,
+    install_chart,
+    service_account_kubeconfig,
+    wait_for,
+)
+
+NAMESPACED_VALUES = CHART / "values-namespaced.yaml"
+SA = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{RELEASE}-operator"
+
+
+def template(cluster: LocalCluster, *values: str) -> list[dict[str, Any]]:
+    rendered = cluster.helm("template", "mp", str(CHART), "-n", OPERATOR_NAMESPACE, *values)
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+@pytest.mark.parametrize(
+    "values", [[], ["-f", str(NAMESPACED_VALUES)]], ids=["default", "namespaced"]
+)
+def test_helm_lint_passes(cluster: LocalCluster, values: list[str]) -> None:
+    result = cluster.helm("lint", "--strict", str(CHART), *values, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "values", [[], ["-f", str(NAMESPACED_VALUES)]], ids=["default", "namespaced"]
+)
+def test_rendered_manifests_pass_the_api_servers_schema(
+    crds: LocalCluster, values: list[str]
+) -> None:
+    docs = template(crds, *values)
+    for namespace in {d["metadata"].get("namespace") for d in docs} - {None}:
+        crds.kubectl("create", "namespace", namespace, check=False)
+    # Strict field validation: an unknown or misplaced field is an error, not a warning.
+    result = crds.kubectl(
+        "apply",
+        "--dry-run=server",
+        "--validate=strict",
+        "-f",
+        "-",
+        input_text=yaml.safe_dump_all(docs),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = {d["kind"] for d in docs}
+    if values:
+        assert {"Role", "RoleBinding", "KopfPeering"} <= kinds
+    else:
+        assert {"ClusterRole", "ClusterRoleBinding", "Deployment", "Service"} <= kinds
+
+
+def test_the_namespaced_values_grant_roles_in_the_listed_namespaces_only(
+    cluster: LocalCluster,
+) -> None:
+    docs = template(cluster, "-f", str(NAMESPACED_VALUES))
+    roles = {(d["kind"], d["metadata"].get("namespace")) for d in docs if "Role" in d["kind"]}
+    assert ("Role", "ml-team-a") in roles
+    assert ("Role", "ml-team-b") in roles
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    # Only what cannot be namespaced: listing CRDs and the cluster-wide peering object.
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=ml-team-a" in args
+    assert "--namespace=ml-team-b" in args
+    assert any(a.startswith("--peering=") for a in args)
+    assert deployment["spec"]["replicas"] == 2
+
+
+def test_the_operator_pod_is_non_root_read_only_and_probed(cluster: LocalCluster) -> None:
+    (deployment,) = [d for d in template(cluster) if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["memory"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MODELPLANE_RUNTIME_IMAGE"] == "ghcr.io/modelplane/runtime:0.1.0-cuda"
+    cpu = template(cluster, "--set", "runtime.image.flavor=cpu")
+    (cpu_deployment,) = [d for d in cpu if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e["value"]
+        for e in cpu_deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MODELPLANE_RUNTIME_IMAGE"].endswith(":0.1.0-cpu")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "imagee.tag=1"], "imagee"),
+        (["--set", "runtime.image.flavor=rocm"], "flavor"),
+        (["--set", "replicaCount=2"], "needs peering.enabled=true"),
+        (["--set", "watchNamespaces[0]=Not_A_Namespace"], "watchNamespaces"),
+        (
+            ["--set", "metrics.serviceMonitor.enabled=true,metrics.service.enabled=false"],
+            "metrics.service.enabled",
+        ),
+    ],
+    ids=[
+        "misspelt-key",
+        "unknown-flavor",
+        "replicas-without-peering",
+        "bad-namespace",
+        "monitor-without-service",
+    ],
+)
+def test_bad_values_are_refused_with_the_reason(
+    cluster: LocalCluster, values: list[str], message: str
+) -> None:
+    result = cluster.helm("template", "mp", str(CHART), *values, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_the_service_monitor_renders_when_asked(cluster: LocalCluster) -> None:
+    docs = template(cluster, "--set", "metrics.serviceMonitor.enabled=true")
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_helm_install_created_the_operator_and_its_rbac(crds: LocalCluster) -> None:
+    deployment = crds.get_json("deployment", f"{RELEASE}-operator", "-n", OPERATOR_NAMESPACE)
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == f"{RELEASE}-operator"
+    role = crds.get_json("clusterrole", f"{RELEASE}-operator")
+    granted = {
+        (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    assert ("modelplane.io", "modeltrainings/status") in granted
+    release = crds.helm("status", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "json").stdout
+    assert json.loads(release)["info"]["status"] == "deployed"
+
+
+def can_i(cluster: LocalCluster, *args: str) -> bool:
+    result = cluster.kubectl("auth", "can-i", *args, f"--as={SA}", check=False)
+    return result.stdout.strip() == "yes"
+
+
+def test_the_operator_account_can_do_what_the_code_does_and_nothing_more(
+    crds: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    assert can_i(
+        crds, "patch", "modeltrainings.modelplane.io", "--subresource=status", "-n", namespace
+    )
+    assert can_i(crds, "create", "jobs.batch", "-n", namespace)
+    # The operator never writes spec (GitOps sees no drift), never reads ConfigMaps back,
+    # never deletes Secrets or Deployments, and has no business with nodes.
+    assert not can_i(crds, "update", "modeltrainings.modelplane.io", "-n", namespace)
+    assert not can_i(crds, "patch", "modeldeployments.modelplane.io", "-n", namespace)
+    assert not can_i(crds, "delete", "secrets", "-n", namespace)
+    assert not can_i(crds, "list", "secrets", "-n", namespace)
+    assert not can_i(crds, "delete", "deployments.apps", "-n", namespace)
+    assert not can_i(crds, "create", "pods", "-n", namespace)
+    assert not can_i(crds, "list", "nodes")
+    # And a real request with the account's own token is refused by the API server.
+    kubeconfig = service_account_kubeconfig(crds, tmp_path / "sa.kubeconfig")
+    crds.kubectl(
+        "apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(make_training(name="t"))
+    )
+    refused = crds.kubectl(
+        f"--kubeconfig={kubeconfig}",
+        "patch", "modeltraining", "t", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"resources": {"nodes": 2}}}),
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "forbidden" in refused.stderr.lower(), refused.stderr
+
+
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_the_session_operator_reconciles_every_example_with_the_charts_account(
+    crds: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    examples = sorted(EXAMPLES.glob("*.yaml"))
+    for path in examples:
+        crds.kubectl("apply", "-n", namespace, "-f", str(path))
+
+    def phases() -> dict[str, str] | None:
+        got = {}
+        for kind in ("modeltrainings", "modeldeployments"):
+            for item in crds.get_json(kind, "-n", namespace)["items"]:
+                status = item.get("status") or {}
+                if status.get("observedGeneration") != item["metadata"]["generation"]:
+                    return None
+                got[f"{item['kind']}/{item['metadata']['name']}"] = status["phase"]
+        return got if len(got) == len(examples) else None
+
+    seen = wait_for(phases, timeout=90, what="a status on every example")
+    assert set(seen.values()) <= {"Pending", "Running", "Progressing", "Rejected", "Failed"}, seen
+    text = metrics(operator.metrics_port)
+    assert 'modelplane_reconcile_duration_seconds_count{kind="ModelTraining"}' in text
+    assert 'modelplane_resources{kind="ModelDeployment"' in text
+    # Structured logs: JSON lines, and the ones written during a pass name the resource.
+    lines = [
+        json.loads(line)
+        for line in operator.log_path.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert lines, "the operator wrote no JSON log lines"
+
+
+@pytest.fixture
+def scoped_release(crds: LocalCluster, paused_operator: None) -> Iterator[tuple[str, str]]:
+    """A second release watching one namespace, in its own operator namespace."""
+    watched, other = "scoped-watched", "scoped-other"
+    for name in (watched, other):
+        crds.kubectl("create", "namespace", name, check=False)
+    install_chart(
+        crds, "--set", f"watchNamespaces[0]={watched}", release="scoped", namespace="scoped-system"
+    )
+    yield watched, other
+    crds.helm("uninstall", "scoped", "-n", "scoped-system", check=False)
+    for name in (watched, other):
+        crds.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_a_namespaced_release_reconciles_its_namespace_only_and_uninstalls_cleanly(
+    crds: LocalCluster, scoped_release: tuple[str, str], tmp_path: Path
+) -> None:
+    watched, other = scoped_release
+    account = "system:serviceaccount:scoped-system:scoped-operator"
+    assert (
+        crds.kubectl(
+            "auth", "can-i", "list", "jobs", "-n", watched, f"--as={account}", check=False
+        ).stdout.strip()
+        == "yes"
+    )
+    assert (
+        crds.kubectl(
+            "auth", "can-i", "list", "jobs", "-n", other, f"--as={account}", check=False
+        ).stdout.strip()
+        == "no"
+    )
+    kubeconfig = service_account_kubeconfig(
+        crds, tmp_path / "scoped.kubeconfig", namespace="scoped-system", account="scoped-operator"
+    )
+    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log", f"--namespace={watched}")
+    operator.start()
+    try:
+        for name in (watched, other):
+            crds.kubectl(
+                "apply", "-n", name, "-f", "-", input_text=yaml.safe_dump(make_training(name="t"))
+            )
+        wait_for(
+            lambda: (crds.get_json("mt", "t", "-n", watched).get("status") or {}).get("phase"),
+            timeout=60,
+            what="the watched namespace's training to get a phase",
+        )
+        assert crds.get_json("job", "-n", watched)["items"], "no Job in the watched namespace"
+        assert not crds.get_json("mt", "t", "-n", other).get("status")
+        assert not crds.get_json("job", "-n", other)["items"]
+    finally:
+        operator.stop()
+    crds.helm("uninstall", "scoped", "-n", "scoped-system")
+    selector = "app.kubernetes.io/instance=scoped"
+
+    def left() -> list[str]:
+        return crds.kubectl(
+            "get", "all,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings",
+            "-A", "-l", selector, "-o", "name",
+        ).stdout.split()  # fmt: skip
+
+    # The pods go last: the garbage collector removes them after their ReplicaSet.
+    wait_for(lambda: left() == [], timeout=60, what="nothing left of the scoped release")
+    # CRDs stay (Helm never deletes a chart's crds/), and so do the users' resources.
+    assert crds.get_json("mt", "t", "-n", watched)["metadata"]["name"] == "t"
+    assert crds.kubectl("get", "crd", "modeltrainings.modelplane.io", check=False).returncode == 0
+
+
+def test_the_gitops_example_builds_and_the_api_server_accepts_it(crds: LocalCluster) -> None:
+    rendered = crds.kubectl("kustomize", str(ROOT / "examples" / "gitops")).stdout
+    kinds = [d["kind"] for d in yaml.safe_load_all(rendered) if d]
+    assert sorted(kinds) == [
+        "ModelDeployment",
+        "ModelTraining",
+        "Namespace",
+        "PersistentVolumeClaim",
+    ]
+    crds.kubectl("create", "namespace", "ml-sentiment", check=False)
+    result = crds.kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "-f", "-",
+        input_text=rendered, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def active(operator: OperatorProcess) -> bool:
+    """Whether kopf's peering lets this operator reconcile: it logs "Resuming" when it
+    starts unopposed or takes over, "Pausing" when a higher priority appears; one that
+    meets a higher priority at start stays paused without a word."""
+    text = operator.log_path.read_text() if operator.log_path.exists() else ""
+    return text.rfind("Resuming operations") > text.rfind("Pausing operations in favour of")
+
+
+def one_active(replicas: list[OperatorProcess]) -> OperatorProcess | None:
+    running = [r for r in replicas if active(r)]
+    return running[0] if len(running) == 1 else None
+
+
+def test_two_peered_replicas_reconcile_once_and_the_standby_takes_over(
+    crds: LocalCluster, paused_operator: None, namespace: str, tmp_path: Path
+) -> None:
+    install_chart(crds, "--set", "peering.enabled=true", release="ha", namespace="ha-system")
+    try:
+        kubeconfig = service_account_kubeconfig(
+            crds, tmp_path / "ha.kubeconfig", namespace="ha-system", account="ha-operator"
+        )
+        replicas = [
+            OperatorProcess(kubeconfig, tmp_path / f"operator-{i}.log", "--peering=ha-operator")
+            for i in range(2)
+        ]
+        for replica in replicas:
+            replica.start()
+        try:
+            leader = wait_for(lambda: one_active(replicas), timeout=60, what="one active")
+            time.sleep(3)  # a replica may resume at start and pause when it sees its peer
+            assert one_active(replicas) is leader
+            (standby,) = [r for r in replicas if r is not leader]
+
+            def phase_of(name: str) -> str | None:
+                status = crds.get_json("mt", name, "-n", namespace).get("status") or {}
+                return status.get("phase")
+
+            crds.kubectl(
+                "apply", "-n", namespace, "-f", "-",
+                input_text=yaml.safe_dump(make_training(name="first")),
+            )  # fmt: skip
+            wait_for(lambda: phase_of("first"), timeout=60, what="the active replica")
+            leader.stop()  # graceful: kopf marks its peering record expired at once
+            crds.kubectl(
+                "apply", "-n", namespace, "-f", "-",
+                input_text=yaml.safe_dump(make_training(name="second")),
+            )  # fmt: skip
+            wait_for(lambda: phase_of("second"), timeout=60, what="the standby taking over")
+            assert active(standby)
+        finally:
+            for replica in replicas:
+                replica.stop()
+    finally:
+        crds.helm("uninstall", "ha", "-n", "ha-system", check=False)
