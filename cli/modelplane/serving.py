@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -187,7 +188,11 @@ def start_server(
             start_new_session=True,
         )
     server = LocalServer(process, config_path, log_path)
-    event = server.next_event(READY_TIMEOUT_S)
+    try:
+        event = server.next_event(READY_TIMEOUT_S)
+    except BaseException:  # interrupted while starting: do not leave the runner behind
+        server.stop()
+        raise
     if event["event"] != "ready":
         server.stop()
         message = event.get("message") or f"{event['event']}; see {log_path}"
@@ -242,13 +247,29 @@ def _print_answers(name: str, inputs: list[Any], answer: dict[str, Any], console
     console.print(table)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(deployment: ModelDeployment, *, console: Console, port: int, inputs: list[Any]) -> int:
     """Serve `deployment` locally. With `inputs`, answer them and stop; otherwise serve
-    until interrupted. Returns the exit code."""
+    until interrupted (Ctrl-C or `kill`). Returns the exit code."""
+    # SIGTERM stops the server as Ctrl-C does: the runner has its own session, so dying
+    # without stopping it would leave Ray and HAProxy running. (A background job of a
+    # script ignores SIGINT, so `kill` is how scripts stop it.)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _serve(deployment, console=console, port=port, inputs=inputs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _start(deployment: ModelDeployment, *, console: Console, port: int) -> LocalServer | int:
+    """The running server, or the exit code when it could not start."""
     name = deployment.metadata.name or "deployment"
     try:
         config = prepare(deployment, console=console, port=port)
-        server = start_server(
+        return start_server(
             config, workdir=pvc_root() / ".local" / f"serve-{name}", num_cpus=os.cpu_count()
         )
     except RejectedError as rejected:
@@ -259,6 +280,16 @@ def serve(deployment: ModelDeployment, *, console: Console, port: int, inputs: l
     except LocalServeError as error:
         console.print(f"[red]{name} cannot serve:[/red] {error}")
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        console.print(f"{name}: interrupted while starting")
+        return 0
+
+
+def _serve(deployment: ModelDeployment, *, console: Console, port: int, inputs: list[Any]) -> int:
+    name = deployment.metadata.name or "deployment"
+    server = _start(deployment, console=console, port=port)
+    if isinstance(server, int):
+        return server
     try:
         console.print(f"ready: {server.endpoint}  (Open Inference Protocol v2 and /predict)")
         console.print(

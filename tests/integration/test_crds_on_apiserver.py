@@ -53,7 +53,10 @@ def test_kubectl_explain_shows_the_field_descriptions(crds: LocalCluster) -> Non
     assert "Pods, GPUs and placement" in text
 
 
-def test_kubectl_get_shows_the_printer_columns(crds: LocalCluster, namespace: str) -> None:
+def test_kubectl_get_shows_the_printer_columns(
+    crds: LocalCluster, namespace: str, paused_operator: None
+) -> None:
+    # The status is written by hand here; a running operator would overwrite it.
     crds.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "text-training.yaml"))
     status = {
         "status": {

@@ -83,7 +83,8 @@ def test_every_directive_is_understood_and_every_skip_says_why() -> None:
     parsed = blocks(GUIDE.read_text())
     assert len(parsed) >= 8
     assert sum(1 for b in parsed if b.before) >= 2
-    assert sum(1 for b in parsed if b.skip) >= 2
+    # Only what needs pods that really run (kind) is skipped.
+    assert sum(1 for b in parsed if b.skip) == 1
     known = {"operator", "models-volume", "complete-training"}
     for block in parsed:
         assert all(action.split()[0] in known for action in block.before), block.before
@@ -168,6 +169,7 @@ class Kubelet:
             self.operator.stop()
 
 
+@pytest.mark.timeout(900)
 def test_the_getting_started_guide_runs_as_written(
     fresh_cluster: LocalCluster, tmp_path: Path
 ) -> None:
