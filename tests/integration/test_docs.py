@@ -150,11 +150,11 @@ class Kubelet:
         result = {
             "version": 1,
             "run": training,
-            "metrics": {"accuracy": 0.89, "f1": 0.88},
+            "metrics": {"accuracy": 0.985, "f1": 0.985},
             "artifact_uri": f"pvc://models/{training}/{training}",
             "digest": "sha256:" + "0" * 64,
-            "steps": 90,
-            "epochs": 3,
+            "steps": 200,
+            "epochs": 4,
         }
         self.cluster.kubectl(
             "annotate",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -190,3 +192,23 @@ def test_a_run_trains_its_tokenizer_once_and_reads_it_back_after_a_restart(
     assert again.tokenizer is not None
     assert again.tokenizer.get_vocab() == earlier.get_vocab()
     assert again.vocab_size == earlier.get_vocab_size()
+
+
+def test_the_same_texts_give_the_same_tokenizer_in_every_process() -> None:
+    # tokenizers' trainer alone numbers continuation tokens in hash order, which differs
+    # between processes (huggingface/tokenizers#1794); each process here is a new draw.
+    script = (
+        "from modelplane_runtime.data.builtin import sentiment\n"
+        "from modelplane_runtime.data.preprocessing import train_tokenizer\n"
+        "texts = tuple(sentiment().texts)\n"
+        "print(train_tokenizer(texts, vocab_size=1000, max_length=32).to_str())\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(6)
+    }
+    assert len(outputs) == 1
+    (only,) = outputs
+    assert json.loads(only)["model"]["vocab"]["[MASK]"] == 4
