@@ -89,3 +89,17 @@ def test_other_conditions_are_kept_in_order() -> None:
 def test_a_naive_clock_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         format_time(datetime(2026, 1, 1))
+
+
+def test_a_status_patch_nulls_what_went_away_and_is_none_when_nothing_changed() -> None:
+    from modelplane_operator.reconcile import status_patch  # noqa: PLC0415
+
+    old = {"phase": "Running", "progress": {"percent": 40}, "endpoint": "http://x"}
+    new = {"phase": "Succeeded", "metrics": {"f1": 0.9}}
+    assert status_patch(old, new) == {
+        "phase": "Succeeded",
+        "metrics": {"f1": 0.9},
+        "progress": None,
+        "endpoint": None,
+    }
+    assert status_patch(new, dict(new)) is None

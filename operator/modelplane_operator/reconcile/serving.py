@@ -39,6 +39,7 @@ from modelplane_operator.builders.serving import (
 from modelplane_operator.client import Client
 from modelplane_operator.conditions import Event, format_time
 from modelplane_operator.dashboard import Dashboard
+from modelplane_operator.reconcile import status_patch
 from modelplane_operator.scaling import DELETION_COST_ANNOTATION, decide_workers, deletion_costs
 from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
 from modelplane_operator.settings import Settings
@@ -215,12 +216,9 @@ async def reconcile_deployment(
                 events=(*decision.events, Event("Normal", c.REASON_SCALED, scale.message)),
             )
     new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    old_status = body.get("status") or {}
-    if new_status != old_status:
-        # A merge patch keeps fields it does not mention: null the ones that went away
-        # (a deployment Rejected after serving has no endpoint any more).
-        gone = {key: None for key in old_status if key not in new_status}
-        await client.patch_deployment_status(namespace, name, {**new_status, **gone})
+    patch = status_patch(body.get("status") or {}, new_status)
+    if patch is not None:
+        await client.patch_deployment_status(namespace, name, patch)
     for event in decision.events:
         await client.event(
             owner=body, type_=event.type, reason=event.reason, message=event.message, now=now

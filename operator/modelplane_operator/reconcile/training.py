@@ -27,6 +27,7 @@ from modelplane_operator.builders.training import (
 )
 from modelplane_operator.client import Client
 from modelplane_operator.conditions import set_condition
+from modelplane_operator.reconcile import status_patch
 from modelplane_operator.reconcile.tuning import reconcile_tuning
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
@@ -148,8 +149,9 @@ async def reconcile_training(
             await client.delete_job(namespace, job["metadata"]["name"])
         await create_attempt(client, training, attempt=attempt + 1, settings=settings)
     new_status = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if new_status != current_status:
-        await client.patch_training_status(namespace, name, new_status)
+    patch = status_patch(current_status, new_status)
+    if patch is not None:
+        await client.patch_training_status(namespace, name, patch)
     for event in decision.events:
         await client.event(
             owner=body, type_=event.type, reason=event.reason, message=event.message, now=now

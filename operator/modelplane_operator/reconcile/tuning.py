@@ -22,6 +22,7 @@ from modelplane_operator.builders.training import (
     needs_service,
 )
 from modelplane_operator.client import Client
+from modelplane_operator.reconcile import status_patch
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.training import rank0_ip
@@ -108,9 +109,10 @@ async def reconcile_tuning(
             trials.append(TrialStatus(name=trial_name(name, len(trials)), params=params))
     decision = derive_tuning_status(training, trials, exhausted=exhausted, now=now)
     new_status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if new_status != (body.get("status") or {}):
+    patch = status_patch(body.get("status") or {}, new_status)
+    if patch is not None:
         # New trials are recorded here; their Jobs are created by the next pass.
-        await client.patch_training_status(namespace, name, new_status)
+        await client.patch_training_status(namespace, name, patch)
     for event in decision.events:
         await client.event(
             owner=body, type_=event.type, reason=event.reason, message=event.message, now=now
