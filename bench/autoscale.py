@@ -53,7 +53,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from modelplane.cluster import LocalCluster, build_binaries, repo_root  # noqa: E402
-from modelplane.loadgen import BackgroundLoad, LoadResult, json_body  # noqa: E402
+from modelplane.loadgen import BackgroundLoad, LoadResult, json_body, percentile  # noqa: E402
 from modelplane.serving import LocalServer, start_server  # noqa: E402
 from modelplane_operator.api.resources import ModelDeployment  # noqa: E402
 from modelplane_operator.dashboard import serve_state  # noqa: E402
@@ -159,10 +159,7 @@ class Sampler:
 
 
 def p99(latencies: list[float]) -> float:
-    if not latencies:
-        return float("nan")
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return percentile(latencies, 99)
 
 
 def between(result: LoadResult, start: float, end: float) -> list[float]:
@@ -368,10 +365,7 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 
 def p95(values: list[float]) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return percentile(values, 95)
 
 
 def fmt(value: float | None) -> str:

@@ -311,35 +311,43 @@ class LocalCluster:
         self, *args: str, input_text: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster; raise with its stderr when `check` fails."""
+        return self._run(self.binaries.kubectl, args, input_text=input_text, check=check)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run helm against this cluster; raise with its stderr when `check` fails."""
+        return self._run(self.binaries.helm, args, check=check, timeout=300, env=self.helm_env())
+
+    def helm_env(self) -> dict[str, str]:
+        """The environment for helm: its cache and config inside the cluster's workdir."""
+        helm = self.workdir / "helm"
+        return {
+            **os.environ,
+            "HELM_CACHE_HOME": str(helm / "cache"),
+            "HELM_CONFIG_HOME": str(helm / "config"),
+            "HELM_DATA_HOME": str(helm / "data"),
+        }
+
+    def _run(
+        self,
+        binary: Path,
+        args: tuple[str, ...],
+        *,
+        input_text: str | None = None,
+        check: bool,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            [str(binary), f"--kubeconfig={self.kubeconfig}", *args],
             input=input_text,
             capture_output=True,
             text=True,
             check=False,
-            timeout=120,
+            timeout=timeout,
+            env=env,
         )
         if check and result.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
-
-    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run helm against this cluster; raise with its stderr when `check` fails."""
-        result = subprocess.run(
-            [str(self.binaries.helm), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-            env={
-                **os.environ,
-                "HELM_CACHE_HOME": str(self.workdir / "helm" / "cache"),
-                "HELM_CONFIG_HOME": str(self.workdir / "helm" / "config"),
-                "HELM_DATA_HOME": str(self.workdir / "helm" / "data"),
-            },
-        )
-        if check and result.returncode != 0:
-            raise ClusterError(f"helm {' '.join(args)} failed: {result.stderr.strip()}")
+            raise ClusterError(f"{binary.name} {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
     def get_json(self, *args: str) -> dict[str, Any]:

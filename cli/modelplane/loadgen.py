@@ -19,6 +19,14 @@ from typing import Any
 import aiohttp
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of `values`, nearest rank; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
 @dataclass
 class LoadResult:
     """What the clients saw."""
@@ -53,10 +61,7 @@ class LoadResult:
         return self.items / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+        return percentile(self.latencies, q)
 
 
 Body = Callable[[int], tuple[bytes, int]]

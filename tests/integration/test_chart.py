@@ -159,8 +159,8 @@ def test_helm_install_created_the_operator_and_its_rbac(crds: LocalCluster) -> N
     assert json.loads(release)["info"]["status"] == "deployed"
 
 
-def can_i(cluster: LocalCluster, *args: str) -> bool:
-    result = cluster.kubectl("auth", "can-i", *args, f"--as={SA}", check=False)
+def can_i(cluster: LocalCluster, *args: str, account: str = SA) -> bool:
+    result = cluster.kubectl("auth", "can-i", *args, f"--as={account}", check=False)
     return result.stdout.strip() == "yes"
 
 
@@ -251,18 +251,8 @@ def test_a_namespaced_release_reconciles_its_namespace_only_and_uninstalls_clean
 ) -> None:
     watched, other = scoped_release
     account = "system:serviceaccount:scoped-system:scoped-operator"
-    assert (
-        crds.kubectl(
-            "auth", "can-i", "list", "jobs", "-n", watched, f"--as={account}", check=False
-        ).stdout.strip()
-        == "yes"
-    )
-    assert (
-        crds.kubectl(
-            "auth", "can-i", "list", "jobs", "-n", other, f"--as={account}", check=False
-        ).stdout.strip()
-        == "no"
-    )
+    assert can_i(crds, "list", "jobs", "-n", watched, account=account)
+    assert not can_i(crds, "list", "jobs", "-n", other, account=account)
     kubeconfig = service_account_kubeconfig(
         crds, tmp_path / "scoped.kubeconfig", namespace="scoped-system", account="scoped-operator"
     )

@@ -15,6 +15,8 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,11 +115,13 @@ class Passes:
         await client.close()
 
 
-def start_ray_for(
+@contextmanager
+def ray_for(
     cluster: LocalCluster, namespace: str, obj: dict[str, Any], model: Artifact, workdir: Path
-) -> tuple[Any, Passes]:
+) -> Iterator[tuple[Any, Passes]]:
     """Apply the deployment and its token Secret, start a local Ray serving it as its head
-    would, and start reconcile passes that reach that Ray through the seam."""
+    would, and run reconcile passes that reach that Ray through the seam, for as long as
+    the `with` block lasts."""
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(obj))
     token = secrets.token_hex(16)
     cluster.kubectl(
@@ -148,7 +152,12 @@ def start_ray_for(
     )
     passes = Passes(cluster, namespace, f"http://127.0.0.1:{dashboard_port}")
     passes.thread.start()
-    return server, passes
+    try:
+        yield server, passes
+    finally:
+        passes.stop.set()
+        passes.thread.join(timeout=30)
+        server.stop()
 
 
 def phase(cluster: LocalCluster, namespace: str) -> str:
@@ -169,8 +178,7 @@ def test_worker_pods_follow_serves_replicas_up_under_load_and_down_after(
     tmp_path: Path,
 ) -> None:
     obj = make_deployment({"spec.model": {"uri": model.uri}, **SPEC}, name=NAME)
-    server, passes = start_ray_for(crds, namespace, obj, model, tmp_path / "serve")
-    try:
+    with ray_for(crds, namespace, obj, model, tmp_path / "serve") as (server, passes):
         wait_for(lambda: phase(crds, namespace) == "Ready", timeout=60, what="Ready")
         assert workers(crds, namespace) == 1
         texts = sentiment(count=100).texts
@@ -201,10 +209,6 @@ def test_worker_pods_follow_serves_replicas_up_under_load_and_down_after(
         assert any("up from 1 to 2" in m for m in scaled), scaled
         assert any("down from 2 to 1" in m for m in scaled), scaled
         assert passes.errors == []
-    finally:
-        passes.stop.set()
-        passes.thread.join(timeout=30)
-        server.stop()
 
 
 def test_a_new_model_is_pushed_in_place_and_served_without_failed_requests(
@@ -218,8 +222,7 @@ def test_a_new_model_is_pushed_in_place_and_served_without_failed_requests(
     obj = make_deployment(
         {"spec.model": {"uri": model.uri}, "spec.replicas": {"min": 1, "max": 1}}, name=NAME
     )
-    server, passes = start_ray_for(crds, namespace, obj, model, tmp_path / "serve")
-    try:
+    with ray_for(crds, namespace, obj, model, tmp_path / "serve") as (server, passes):
         wait_for(lambda: phase(crds, namespace) == "Ready", timeout=60, what="Ready")
 
         def served_digest() -> str:
@@ -260,10 +263,6 @@ def test_a_new_model_is_pushed_in_place_and_served_without_failed_requests(
         status = crds.get_json("md", NAME, "-n", namespace)["status"]
         assert status["model"]["uri"] == model_v2.uri
         assert passes.errors == []
-    finally:
-        passes.stop.set()
-        passes.thread.join(timeout=30)
-        server.stop()
 
 
 def test_a_serve_deployment_error_shows_in_the_condition_with_serves_reason(
@@ -276,8 +275,7 @@ def test_a_serve_deployment_error_shows_in_the_condition_with_serves_reason(
     obj = make_deployment(
         {"spec.model": {"uri": model.uri}, "spec.replicas": {"min": 1, "max": 1}}, name=NAME
     )
-    server, passes = start_ray_for(crds, namespace, obj, model, tmp_path / "serve")
-    try:
+    with ray_for(crds, namespace, obj, model, tmp_path / "serve") as (server, _passes):
         wait_for(lambda: phase(crds, namespace) == "Ready", timeout=60, what="Ready")
         corrupt = tmp_path / "corrupt"
         shutil.copytree(model.path, corrupt)
@@ -309,7 +307,3 @@ def test_a_serve_deployment_error_shows_in_the_condition_with_serves_reason(
         # The old replicas keep answering while the new version cannot start.
         with urllib.request.urlopen(f"{server.endpoint}/v2/models/{NAME}", timeout=10) as r:
             assert json.loads(r.read())["parameters"]["digest"] == model.digest
-    finally:
-        passes.stop.set()
-        passes.thread.join(timeout=30)
-        server.stop()

@@ -175,12 +175,9 @@ def test_the_getting_started_guide_runs_as_written(
 ) -> None:
     binaries = fresh_cluster.binaries
     env = {
-        **os.environ,
+        **fresh_cluster.helm_env(),
         "KUBECONFIG": str(fresh_cluster.kubeconfig),
         "PATH": f"{binaries.kubectl.parent}:{binaries.helm.parent}:{os.environ['PATH']}",
-        "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
-        "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
-        "HELM_DATA_HOME": str(tmp_path / "helm-data"),
     }
     kubelet = Kubelet(fresh_cluster, tmp_path)
     ran = 0
