@@ -250,11 +250,12 @@ def main() -> None:
 def report(results: dict[str, dict[str, Any]]) -> None:
     raw = results.get("raw", {}).get("throughput")
     plain = results.get("fastapi", {}).get("throughput")
+    kserve = results.get("kserve", {}).get("throughput")
     if "raw" in results:
         by_batch = ", ".join(f"{b}: {r:.0f}" for b, r in results["raw"]["by_batch"].items())
         print(f"raw samples/s by batch size: {by_batch}")
     print(
-        f"{'variant':<12} {'req/s @32':>10} {'/ raw':>7} {'/ fastapi':>10} "
+        f"{'variant':<12} {'req/s @32':>10} {'/ raw':>7} {'/ fastapi':>10} {'/ kserve':>9} "
         f"{'p50 ms @8':>10} {'p99 ms @8':>10} {'errors':>7}"
     )
     for name, result in results.items():
@@ -263,6 +264,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
             f"{name:<12} {throughput:>10.0f} "
             f"{throughput / raw if raw else float('nan'):>7.2f} "
             f"{throughput / plain if plain else float('nan'):>10.2f} "
+            f"{throughput / kserve if kserve else float('nan'):>9.2f} "
             f"{result.get('p50_ms', float('nan')):>10.1f} "
             f"{result.get('p99_ms', float('nan')):>10.1f} "
             f"{result.get('errors', 0):>7}"
