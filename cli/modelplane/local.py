@@ -289,9 +289,11 @@ def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]
                     "metrics": local.metrics,
                     "phase": phase,
                     "reason": run.stopped or "",
+                    # Every epoch's objective (the run reports them all), not only
+                    # those a progress poll caught.
                     "intermediate": {
                         **current.intermediate,
-                        **epoch_objectives(run, tuning.objective.metric),
+                        **(run.result or {}).get("objective_by_step", {}),
                     },
                 }
             )
@@ -299,28 +301,6 @@ def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]
         if run.exit_code == ExitCode.CONFIG_ERROR:
             break  # every other trial would fail the same way
     return trials
-
-
-def epoch_objectives(run: LocalRun, metric: str) -> dict[str, float]:
-    """A finished trial's objective at every epoch's end, keyed by the step the runtime
-    reported it at (`metrics_step`: epochs have equal step counts). Polling alone catches
-    only some epochs of a fast trial, and the median rule compares trials at equal steps
-    only, so a later trial could miss its comparison."""
-    if run.result is None:
-        return {}
-    card = run.artifact / "model_card.json"
-    if not card.is_file():
-        return {}
-    epochs: dict[str, dict[str, float]] = json.loads(card.read_text())["history"]["epochs"]
-    total_steps, total_epochs = int(run.result["steps"]), int(run.result["epochs"])
-    if not epochs or total_epochs <= 0 or total_steps % total_epochs:
-        return {}
-    per_epoch = total_steps // total_epochs
-    return {
-        str(int(epoch) * per_epoch): float(values[metric])
-        for epoch, values in epochs.items()
-        if metric in values
-    }
 
 
 def best_trial(training: ModelTraining, trials: list[LocalTrial]) -> LocalTrial | None:

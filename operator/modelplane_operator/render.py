@@ -50,6 +50,7 @@ def render_run_config(
         output_uri=spec.output.uri,
         metrics=tuple(spec.evaluation.metrics),
         progress_port=progress_port,
+        objective=spec.tuning.objective.metric if spec.tuning else None,
     )
 
 

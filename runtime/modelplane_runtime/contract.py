@@ -19,6 +19,8 @@ CONTRACT_VERSION = 1
 
 # The termination message Kubernetes keeps is at most 4096 bytes.
 TERMINATION_MESSAGE_LIMIT = 4096
+# The objective values a result carries (~30 bytes each), well within that limit.
+OBJECTIVE_EPOCHS = 64
 
 
 class ExitCode(IntEnum):
@@ -82,6 +84,10 @@ class RunConfig(_Contract):
     output_uri: str
     metrics: tuple[str, ...] = ()
     progress_port: int = 8080
+    objective: str | None = None
+    """A tuning trial's objective metric: the result reports its value at every epoch's
+    end (`TrainingResult.objective_by_step`), so early stopping sees every epoch of a
+    finished trial, not only those a progress poll caught."""
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -102,6 +108,9 @@ class TrainingResult(_Contract):
     """sha256 of the weights, as `sha256:<hex>`."""
     steps: int = 0
     epochs: int = 0
+    objective_by_step: dict[str, float] = Field(default_factory=dict)
+    """`RunConfig.objective` at each epoch's end, keyed by the step the progress endpoint
+    reported it at (`metrics_step`); the latest OBJECTIVE_EPOCHS epochs."""
 
     def to_termination_message(self) -> str:
         """Compact JSON, refused when it would not fit the termination message."""

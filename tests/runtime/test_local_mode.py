@@ -127,14 +127,17 @@ def test_local_tuning_stops_a_lagging_trial_by_the_median_rule(
     assert not (lagging / "model_card.json").exists()  # it never finished
 
 
-def test_a_finished_trials_objective_is_known_at_every_epochs_end(tmp_path: Path) -> None:
-    from modelplane.local import LocalRun, epoch_objectives  # noqa: PLC0415
+def test_a_finished_run_reports_its_objective_at_every_epochs_end() -> None:
+    from modelplane_runtime.train.loop import objective_by_step  # noqa: PLC0415
 
-    history = {"epochs": {"1": {"accuracy": 0.5}, "2": {"accuracy": 0.75}, "3": {"f1": 0.1}}}
-    (tmp_path / "model_card.json").write_text(json.dumps({"history": history}))
-    result = {"steps": 90, "epochs": 3, "metrics": {"accuracy": 0.75}}
-    run = LocalRun(exit_code=0, config=None, artifact=tmp_path, logs=tmp_path, result=result)  # type: ignore[arg-type]
+    epochs = {"1": {"accuracy": 0.5}, "2": {"accuracy": 0.75}, "3": {"f1": 0.1}}
     # the steps the runtime reports metrics at (metrics_step): each epoch's last step
-    assert epoch_objectives(run, "accuracy") == {"30": 0.5, "60": 0.75}
-    failed = LocalRun(exit_code=1, config=None, artifact=tmp_path, logs=tmp_path, result=None)  # type: ignore[arg-type]
-    assert epoch_objectives(failed, "accuracy") == {}
+    assert objective_by_step(epochs, "accuracy", steps=90, total_epochs=3) == {
+        "30": 0.5,
+        "60": 0.75,
+    }
+    # epochs of unequal length: no step can be named, so nothing is claimed
+    assert objective_by_step(epochs, "accuracy", steps=91, total_epochs=3) == {}
+    many = {str(e): {"f1": e / 100} for e in range(1, 101)}
+    latest = objective_by_step(many, "f1", steps=1000, total_epochs=100)
+    assert list(latest) == [str(e * 10) for e in range(37, 101)]  # the latest 64, in order

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from modelplane_runtime.contract import OptimConfig
+from modelplane_runtime.contract import OptimConfig, TrainingResult
 from modelplane_runtime.train.checkpoint import checkpoint_paths, save_checkpoint
 from tests.runtime.conftest import make_config, run_processes
 
@@ -28,6 +28,7 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_weights(tmp_path: 
         params=params,
         checkpoint_every_steps=25,
         checkpoint_keep=2,
+        objective="accuracy",
     )
     broken = make_config(
         tmp_path / "b",
@@ -36,6 +37,7 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_weights(tmp_path: 
         params=params,
         checkpoint_every_steps=25,
         checkpoint_keep=2,
+        objective="accuracy",
     )
     (done,) = run_processes(straight, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -64,6 +66,12 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_weights(tmp_path: 
     a = load_file(str(tmp_path / "a" / "out" / "r" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "out" / "r" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the objective at every epoch's end, those before the kill included
+    whole = TrainingResult.model_validate_json(done.stdout.strip().splitlines()[-1])
+    pieced = TrainingResult.model_validate_json(resumed.stdout.strip().splitlines()[-1])
+    per_epoch = whole.steps // 40
+    assert list(whole.objective_by_step) == [str(e * per_epoch) for e in range(1, 41)]
+    assert pieced.objective_by_step == whole.objective_by_step
 
 
 def test_a_finished_run_started_again_reports_its_result_without_training(

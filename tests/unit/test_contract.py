@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelplane_runtime.contract import (
+    OBJECTIVE_EPOCHS,
     BatchingConfig,
     DataConfig,
     ExitCode,
@@ -51,6 +52,20 @@ def test_training_result_fits_the_termination_message() -> None:
     )
     text = result.to_termination_message()
     assert TrainingResult.model_validate_json(text) == result
+
+
+def test_a_result_with_every_objective_it_may_carry_fits() -> None:
+    result = TrainingResult(
+        run="a-trial-name-of-forty-characters-long-xx",
+        metrics={name: 0.123456789 for name in ("accuracy", "f1", "precision", "recall")},
+        artifact_uri="pvc://a-claim-name/some/models/a-trial-name-of-forty-characters-long-xx",
+        digest="sha256:" + "ab" * 32,
+        steps=10**7,
+        epochs=OBJECTIVE_EPOCHS,
+        objective_by_step={str(10**7 - i * 99_999): 0.123456789012345 for i in range(64)},
+    )
+    assert len(result.objective_by_step) == OBJECTIVE_EPOCHS
+    assert TrainingResult.model_validate_json(result.to_termination_message()) == result
 
 
 def test_an_oversized_training_result_is_refused() -> None:

@@ -66,6 +66,30 @@ def test_a_complete_trial_job_records_rank_0s_metrics_and_artifact() -> None:
     assert observed.artifact.uri == "pvc://m/demo-t0"
 
 
+def test_a_finished_trial_knows_its_objective_at_every_epochs_end() -> None:
+    """Polls caught only step 60; the result brings the epochs they missed."""
+    message = json.dumps(
+        {
+            "version": 1,
+            "run": "demo-t0",
+            "metrics": {"f1": 0.8},
+            "artifact_uri": "pvc://m/demo-t0",
+            "digest": "sha256:1",
+            "objective_by_step": {"30": 0.5, "60": 0.7, "90": 0.8},
+        }
+    )
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    pod = {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+        "status": {
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message}}}]
+        },
+    }
+    polled = trial(0, "Running").model_copy(update={"intermediate": {"60": 0.7}})
+    observed = observe_trial(polled, job, (pod,))
+    assert observed.intermediate == {"30": 0.5, "60": 0.7, "90": 0.8}
+
+
 def test_the_search_succeeds_with_the_best_trial_when_all_have_ended() -> None:
     trials = [trial(0, "Succeeded", 0.7), trial(1, "Succeeded", 0.9), trial(2, "Failed")]
     status = derive_tuning_status(search(), trials, exhausted=False, now=NOW).status

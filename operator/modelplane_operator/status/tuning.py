@@ -51,6 +51,9 @@ def observe_trial(
             update={
                 "phase": "Succeeded",
                 "metrics": dict(result.metrics),
+                # Every epoch's objective, not only those the progress polls caught: the
+                # median rule compares trials at equal steps.
+                "intermediate": {**trial.intermediate, **result.objective_by_step},
                 "artifact": ArtifactRef(uri=result.artifact_uri, digest=result.digest),
             }
         )

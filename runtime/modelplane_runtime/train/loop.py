@@ -23,7 +23,7 @@ from modelplane_runtime.artifacts import (
     save_artifact,
     write_result,
 )
-from modelplane_runtime.contract import RunConfig, TrainingResult
+from modelplane_runtime.contract import OBJECTIVE_EPOCHS, RunConfig, TrainingResult
 from modelplane_runtime.data.prepare import Prepared, prepare
 from modelplane_runtime.errors import ConfigError
 from modelplane_runtime.evaluate import default_metrics, evaluate
@@ -352,6 +352,16 @@ class Trainer:
         if self.env.is_main:
             log.info("resumed from %s (step %d)", path.name, step)
 
+    def _objective_by_step(self) -> dict[str, float]:
+        if self.config.objective is None:
+            return {}
+        return objective_by_step(
+            self.history.epochs,
+            self.config.objective,
+            steps=self.position.step,
+            total_epochs=self.config.optim.epochs,
+        )
+
     def _finish(self, metrics: dict[str, float]) -> TrainingResult:
         result = TrainingResult(
             run=self.config.name,
@@ -360,6 +370,7 @@ class Trainer:
             digest="",
             steps=self.position.step,
             epochs=self.config.optim.epochs,
+            objective_by_step=self._objective_by_step(),
         )
         if self.env.is_main:
             self.reporter.update(phase="saving")
@@ -379,6 +390,18 @@ class Trainer:
             self.reporter.update(phase="done", metrics=metrics)
         self.env.barrier()
         return result
+
+
+def objective_by_step(
+    epochs: dict[str, dict[str, float]], metric: str, *, steps: int, total_epochs: int
+) -> dict[str, float]:
+    """`metric` at each epoch's end, keyed by the step it was reported at: every epoch has
+    the same number of steps, so epoch e ends at step e * steps / total_epochs."""
+    if total_epochs <= 0 or steps % total_epochs:
+        return {}
+    per_epoch = steps // total_epochs
+    ends = sorted((int(e), values[metric]) for e, values in epochs.items() if metric in values)
+    return {str(epoch * per_epoch): float(value) for epoch, value in ends[-OBJECTIVE_EPOCHS:]}
 
 
 def finished_result(config: RunConfig) -> TrainingResult | None:
