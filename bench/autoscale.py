@@ -1,18 +1,29 @@
 """Autoscaling under a load step, side by side, and the operator's scaling decisions.
 
-    .venv/bin/python bench/autoscale.py                  # both parts, ~7 minutes on 2 cores
+    .venv/bin/python bench/autoscale.py                  # both parts, ~12 minutes on 2 cores
     .venv/bin/python bench/autoscale.py --only serve     # part 1 only
     .venv/bin/python bench/autoscale.py --only operator --cycles 4
 
-Part 1, Serve replicas (the same trained model, the same app and ingress, one local Ray
-per variant in turn, replicas 1..2 of 1 CPU each on 2 CPUs):
+Part 1, Serve replicas, on a Ray cluster laid out like a ModelDeployment's pods
+(bench/raycluster.py: a head with no CPUs running the app's Serve config, and worker
+nodes of 1 CPU each, one replica per node; replicas 1..2), one variant after another:
 
-  modelplane   the Serve config the operator renders from a ModelDeployment with the
-               API's default autoscaling (target 2 ongoing requests per replica, upscale
-               delay 2 s) and its fixed look-back 2 s, metrics pushed every 0.5 s;
-  ray-default  the same config with Ray Serve's own autoscaling defaults instead
-               (target_ongoing_requests 2, upscale_delay_s 30, look_back_period_s 30,
-               metrics pushed every 10 s), which is what a bare `autoscaling_config` gets.
+  modelplane-spare  the Serve config the operator renders from a ModelDeployment with
+                    the API's default autoscaling (target 2 ongoing requests per
+                    replica, upscale delay 2 s) and its fixed look-back 2 s, metrics
+                    pushed every 0.5 s, and `spareWorkers: 1`: the operator keeps one
+                    worker node more than Serve's replicas need, started with the worker
+                    pods' environment (a prestarted Ray worker that imported the app);
+  modelplane        the same without a spare (`spareWorkers: 0`, the default; worker
+                    pods then start Ray's workers as Ray does);
+  ray-default       the same cluster and worker nodes with Ray Serve's own autoscaling
+                    defaults instead (target_ongoing_requests 2, upscale_delay_s 30,
+                    look_back_period_s 30, metrics pushed every 10 s) and Ray's own
+                    worker start, no spare.
+
+  The benchmark plays the operator and the kubelet: when Serve's replica target wants
+  more workers than there are nodes (`decide_workers`), it joins one more node with
+  `ray start` (a pod's start, minus scheduling and the image pull).
 
   Load: 1 closed-loop client for 10 s, then 16 for --step-seconds. Reported: seconds from
   the step until Serve's target reaches `max` (the decision), until Serve runs `max`
@@ -54,10 +65,13 @@ sys.path.insert(0, str(HERE.parent))
 
 from modelplane.cluster import LocalCluster, build_binaries, repo_root  # noqa: E402
 from modelplane.loadgen import BackgroundLoad, LoadResult, json_body, percentile  # noqa: E402
-from modelplane.serving import LocalServer, start_server  # noqa: E402
+from modelplane.serving import start_server  # noqa: E402
 from modelplane_operator.api.resources import ModelDeployment  # noqa: E402
 from modelplane_operator.dashboard import serve_state  # noqa: E402
+from modelplane_operator.scaling import decide_workers  # noqa: E402
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config  # noqa: E402
+from modelplane_runtime.contract import RAY_WARM_WORKER_ENVIRONMENT  # noqa: E402
+from raycluster import PodLikeCluster  # noqa: E402
 from serving import TEXTS, free_port, train  # noqa: E402
 
 NAME = "bench"
@@ -76,7 +90,7 @@ def say(message: str) -> None:
     print(f"[autoscale] {message}", file=sys.stderr, flush=True)
 
 
-def deployment_manifest(uri: str, downscale_s: float) -> dict[str, Any]:
+def deployment_manifest(uri: str, downscale_s: float, spare: int = 0) -> dict[str, Any]:
     return {
         "apiVersion": "modelplane.io/v1alpha1",
         "kind": "ModelDeployment",
@@ -84,7 +98,7 @@ def deployment_manifest(uri: str, downscale_s: float) -> dict[str, Any]:
         "spec": {
             "model": {"uri": uri},
             "replicas": {"min": 1, "max": 2},
-            "autoscaling": {"downscaleDelaySeconds": downscale_s},
+            "autoscaling": {"downscaleDelaySeconds": downscale_s, "spareWorkers": spare},
             "maxOngoingRequests": 64,
             "maxQueuedRequests": 256,
         },
@@ -185,33 +199,47 @@ def recovery_s(result: LoadResult, step: float, end: float, after: float) -> flo
     return None
 
 
+# variant -> (spare workers, Ray's own autoscaling defaults)
+VARIANTS: dict[str, tuple[int, bool]] = {
+    "modelplane-spare": (1, False),
+    "modelplane": (0, False),
+    "ray-default": (0, True),
+}
+
+
 def step_variant(
     variant: str, uri: str, digest: str, step_s: float, workdir: Path
 ) -> dict[str, Any]:
-    token = secrets.token_hex(16)
-    dashboard_port = free_port()
-    config = serve_config(deployment_manifest(uri, downscale_s=60), digest, free_port())
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    if variant == "ray-default":
-        deployment = config["applications"][0]["deployments"][0]
-        ours = deployment["autoscaling_config"]
-        deployment["autoscaling_config"] = {
+    spare, ray_defaults = VARIANTS[variant]
+    manifest = deployment_manifest(uri, downscale_s=60, spare=spare)
+    deployment = ModelDeployment.model_validate(manifest)
+    port = free_port()
+    config = serve_config(manifest, digest, port)
+    env: dict[str, str] = {}
+    if ray_defaults:
+        options = config["applications"][0]["deployments"][0]
+        ours = options["autoscaling_config"]
+        options["autoscaling_config"] = {
             "min_replicas": ours["min_replicas"],
             "max_replicas": ours["max_replicas"],
             "target_ongoing_requests": ours["target_ongoing_requests"],
         }
-        env |= {
+        env = {
             "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": RAY_DEFAULT_PUSH_S,
             "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": RAY_DEFAULT_PUSH_S,
         }
-    say(f"[{variant}] starting Ray Serve")
-    server: LocalServer = start_server(
-        config, workdir=workdir / variant, num_cpus=2, dashboard_port=dashboard_port, env=env
-    )
-    url = f"{server.endpoint}/predict"
-    try:
-        sampler = Sampler(f"http://127.0.0.1:{dashboard_port}", token, interval=0.25)
-        with sampler:
+    # As the worker pods get it: warm only when the deployment keeps spares.
+    node_env = RAY_WARM_WORKER_ENVIRONMENT if spare else {}
+    # What the operator starts with: room for the first replicas, plus the spares.
+    initial = decide_workers(deployment, target_replicas=1, current_workers=0).workers
+    say(f"[{variant}] head + {initial} worker node(s)")
+    with PodLikeCluster(env) as cluster:
+        for _ in range(initial):
+            cluster.add_node(node_env)
+        cluster.serve(config)
+        url = f"http://127.0.0.1:{port}/predict"
+        sampler = Sampler(cluster.dashboard_url, cluster.token, interval=0.1)
+        with sampler, Operator(sampler, deployment, cluster, node_env) as operator:
             with BackgroundLoad(url, body(), clients=1, seconds=BASELINE_S + 5) as baseline:
                 time.sleep(BASELINE_S)
             say(f"[{variant}] load step: {CLIENTS} clients for {step_s:.0f} s")
@@ -219,8 +247,9 @@ def step_variant(
             with BackgroundLoad(url, body(), clients=CLIENTS, seconds=step_s) as stepped:
                 time.sleep(step_s)
             end = time.monotonic()
-    finally:
-        server.stop()
+        (workdir / variant).mkdir(parents=True, exist_ok=True)
+        for log in (cluster.session / "logs" / "serve").glob("controller_[0-9]*.log"):
+            (workdir / variant / log.name).write_text(log.read_text())
     result = stepped.result
     maximum = config["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"]
     capacity = next(
@@ -234,6 +263,8 @@ def step_variant(
     at_capacity = step + capacity if capacity is not None else end
     return {
         "variant": variant,
+        "initial_nodes": initial,
+        "node_starts_s": operator.node_starts,
         "target_s": wanted,
         "capacity_s": capacity,
         "p99_recovered_s": recovery_s(result, step, end, at_capacity),
@@ -248,6 +279,38 @@ def step_variant(
         "requests": result.ok,
         "failed": result.failed + baseline.result.failed,
     }
+
+
+@dataclass
+class Operator:
+    """Plays the operator and the kubelet for part 1: when Serve's replica target wants
+    more workers than there are nodes (`decide_workers`, spares included), it joins one
+    more worker node — the pod's start, minus scheduling and the image pull."""
+
+    sampler: Sampler
+    deployment: ModelDeployment
+    cluster: PodLikeCluster
+    node_env: dict[str, str]
+    node_starts: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            target = self.sampler.samples[-1].target if self.sampler.samples else None
+            decision = decide_workers(
+                self.deployment, target_replicas=target, current_workers=self.cluster.nodes
+            )
+            if decision.workers > self.cluster.nodes:
+                self.node_starts.append(self.cluster.add_node(self.node_env))
+
+    def __enter__(self) -> Operator:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def first(samples: list[Sample], since: float, predicate: Any) -> Sample | None:
@@ -386,36 +449,40 @@ def main() -> None:
     report: dict[str, Any] = {}
     if args.only != "operator":
         report["serve"] = [
-            step_variant(variant, uri, digest, args.step_seconds, work)
-            for variant in ("modelplane", "ray-default")
+            step_variant(variant, uri, digest, args.step_seconds, work) for variant in VARIANTS
         ]
     if args.only != "serve":
         report["operator"] = operator_cycles(uri, digest, args.cycles, work)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if "serve" in report:
-        ours, default = report["serve"]
-        print(f"load step 1 -> {CLIENTS} clients, replicas 1..2 (1 CPU each), 2 cores")
+        rows = {row["variant"]: row for row in report["serve"]}
         print(
-            "variant       target s  capacity s  p99 recovered s  p99 ms: 1 client  before  after"
-            "  last 30 s   req/s before  after  failed"
+            f"load step 1 -> {CLIENTS} clients, replicas 1..2 (1 CPU each), "
+            "a head with no CPUs and 1-CPU worker nodes on 2 cores"
+        )
+        print(
+            "variant           nodes  target s  capacity s  p99 recovered s  p99 ms: 1 client"
+            "  before  after  last 30 s   req/s before  after  failed"
         )
         for row in report["serve"]:
             print(
-                f"{row['variant']:12s}  {fmt(row['target_s']):>8s}  {fmt(row['capacity_s']):>10s}  "
-                f"{fmt(row['p99_recovered_s']):>15s}  {row['baseline_p99_ms']:16.0f}  "
-                f"{row['p99_before_capacity_ms']:6.0f}  {row['p99_after_capacity_ms']:5.0f}  "
-                f"{row['steady_p99_ms']:9.0f}   {row['throughput_before_capacity']:12.0f}  "
+                f"{row['variant']:16s}  {row['initial_nodes']:5d}  {fmt(row['target_s']):>8s}  "
+                f"{fmt(row['capacity_s']):>10s}  {fmt(row['p99_recovered_s']):>15s}  "
+                f"{row['baseline_p99_ms']:16.0f}  {row['p99_before_capacity_ms']:6.0f}  "
+                f"{row['p99_after_capacity_ms']:5.0f}  {row['steady_p99_ms']:9.0f}   "
+                f"{row['throughput_before_capacity']:12.0f}  "
                 f"{row['throughput_after_capacity']:5.0f}  {row['failed']:6d}"
             )
-        if ours["capacity_s"] and default["capacity_s"]:
-            print(
-                f"capacity: modelplane {ours['capacity_s']:.1f} s vs ray-default "
-                f"{default['capacity_s']:.1f} s "
-                f"({default['capacity_s'] / ours['capacity_s']:.1f}x);"
-                f" goal <= {GOALS['capacity_s']:.0f} s, ratio to goal "
-                f"{ours['capacity_s'] / GOALS['capacity_s']:.2f}"
-            )
+        default = rows["ray-default"]["capacity_s"]
+        for name in ("modelplane-spare", "modelplane"):
+            ours = rows[name]["capacity_s"]
+            if ours and default:
+                print(
+                    f"capacity: {name} {ours:.1f} s vs ray-default {default:.1f} s "
+                    f"({default / ours:.1f}x); goal <= {GOALS['capacity_s']:.0f} s, "
+                    f"ratio to goal {ours / GOALS['capacity_s']:.2f}"
+                )
     if "operator" in report:
         op = report["operator"]
         print(

@@ -1,21 +1,25 @@
-"""How long a new Serve replica of the app takes to start: cold, and with Ray's preloading.
+"""How long a new Serve replica of the app takes to start: cold, and on a warm worker.
 
-    .venv/bin/python bench/replica_start.py             # ~5 minutes on 2 cores
+    .venv/bin/python bench/replica_start.py             # ~12 minutes on 2 cores
 
-What bounds bench/autoscale's "capacity" figure. Two placements, each run with and
-without `RAY_preload_python_modules=torch,modelplane_runtime.serve.app` (Ray imports
-those in the workers it prestarts, one per CPU when a node starts), one fresh Ray per
-run, the variants alternating:
+What bounds bench/autoscale's "capacity" figure. Three placements, each run cold (Ray's
+defaults) and warm (the worker pods' environment, `RAY_WARM_WORKER_ENVIRONMENT`: a node
+prestarts one Ray worker per CPU as it starts, and those import torch and the app
+first), one fresh Ray per run, the variants alternating:
 
-  same-node  a 2-CPU local Ray serves the app with one replica; the config is then
-             deployed with two through the dashboard's REST API (as the operator pushes
-             configs). Measured: Serve's own start time of the first replica (controller
-             log, "started successfully ... after"), and of the second, and the time from
-             the PUT until two replicas run.
-  new-node   a head with no CPUs (as the head pod) runs the app's config with one
-             replica, which waits for a place; then `ray start` joins a 1-CPU node (as a
-             worker pod does). Measured: from `ray start` to the replica running, and how
-             long `ray start` itself took.
+  same-node   a 2-CPU local Ray serves the app with one replica; the config is then
+              deployed with two through the dashboard's REST API (as the operator pushes
+              configs). Measured: Serve's own start time of the first replica (controller
+              log, "started successfully ... after"), of the second, and the time from
+              the PUT until two replicas run.
+  new-node    a head with no CPUs (as the head pod) runs the app's config with one
+              replica, which waits for a place; then `ray start` joins a 1-CPU node (as
+              a worker pod does). Measured: from `ray start` to the replica running, and
+              how long `ray start` itself took.
+  spare-node  the same head with one 1-CPU node serving one replica, and a second node
+              joined 20 s before the config asks for two (as `spareWorkers: 1` keeps
+              one). Measured: Serve's start of the second replica and the time from the
+              PUT until two replicas run.
 
 The machine is otherwise idle: under load the same starts are slower (Ray's workers run
 at nice 15).
@@ -24,22 +28,17 @@ at nice 15).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -48,11 +47,11 @@ sys.path.insert(0, str(HERE.parent))
 from autoscale import NAME, deployment_manifest, serve_config  # noqa: E402
 from modelplane.serving import start_server  # noqa: E402
 from modelplane_operator.dashboard import serve_state  # noqa: E402
-from modelplane_runtime.contract import RAY_SERVE_ENVIRONMENT  # noqa: E402
+from modelplane_runtime.contract import RAY_WARM_WORKER_ENVIRONMENT  # noqa: E402
+from raycluster import PodLikeCluster  # noqa: E402
 from serving import free_port, train  # noqa: E402
 
-PRELOAD = {"RAY_preload_python_modules": "torch,modelplane_runtime.serve.app"}
-RAY = str(Path(sys.executable).with_name("ray"))
+WARM = RAY_WARM_WORKER_ENVIRONMENT
 STARTED = re.compile(r"started successfully on node '[0-9a-f]+' after ([0-9.]+)s")
 
 
@@ -107,10 +106,10 @@ def serve_start_times(session: Path) -> list[float]:
     return times
 
 
-def same_node(config: dict[str, Any], preload: bool, work: Path) -> dict[str, float]:
+def same_node(config: dict[str, Any], warm: bool, work: Path) -> dict[str, float]:
     token = secrets.token_hex(16)
     port = free_port()
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **(PRELOAD if preload else {})}
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **(WARM if warm else {})}
     temp = Path(tempfile.mkdtemp(prefix="mprs-", dir="/tmp"))
     env["RAY_TMPDIR"] = str(temp)
     server = start_server(fixed(config, 1), workdir=work, num_cpus=2, dashboard_port=port, env=env)
@@ -128,75 +127,33 @@ def same_node(config: dict[str, Any], preload: bool, work: Path) -> dict[str, fl
     return {"first_s": starts[0], "second_s": starts[1], "put_to_running_s": to_running}
 
 
-@contextlib.contextmanager
-def head_node(env: dict[str, str], gcs: int, dashboard: int) -> Any:
-    subprocess.run(
-        [RAY, "start", "--head", f"--port={gcs}", "--num-cpus=0", "--num-gpus=0",
-         f"--dashboard-port={dashboard}", "--disable-usage-stats"],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
-    try:
-        yield
-    finally:
-        # Not `ray stop`, which stops every Ray on the machine: this Ray's processes
-        # (and its HAProxy) name the temporary folder on their command lines.
-        kill_mentioning(env["RAY_TMPDIR"])
-
-
-def kill_mentioning(text: str) -> None:
-    for process in psutil.process_iter(["cmdline"]):
-        if any(text in part for part in process.info.get("cmdline") or []):
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-
-
-def new_node(config: dict[str, Any], preload: bool, work: Path) -> dict[str, float]:
-    token = secrets.token_hex(16)
-    gcs, port = free_port(), free_port()
-    temp = Path(tempfile.mkdtemp(prefix="mprs-", dir="/tmp"))
-    env = {
-        **os.environ,
-        **RAY_SERVE_ENVIRONMENT,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_TMPDIR": str(temp),
-        # This head's own HAProxy files and ports (Ray's defaults suit one per machine).
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(temp / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(temp / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(temp),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(temp / "server-state"),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-    }
-    config_path = work / "serve-config.json"
-    work.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(fixed(config, 1)))
-    dashboard = Dashboard(port, token)
-    with head_node(env, gcs, port), (work / "runner.log").open("w") as log:
-        runner = subprocess.Popen(
-            [sys.executable, "-m", "modelplane_runtime", "serve", "--config", str(config_path),
-             "--address", f"127.0.0.1:{gcs}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-        try:
-            time.sleep(15)  # the app is built and its replica waits for a CPU
-            if dashboard.running():
-                raise RuntimeError("the replica runs before a node with CPUs joined")
-            begin = time.monotonic()
-            subprocess.run(
-                [RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
-                 "--disable-usage-stats"],
-                env={**env, **(PRELOAD if preload else {})}, check=True, capture_output=True,
-            )  # fmt: skip
-            joined = time.monotonic() - begin
-            dashboard.wait_running(1)
-            to_running = time.monotonic() - begin
-        finally:
-            runner.terminate()
-            runner.wait(60)
-    shutil.rmtree(temp, ignore_errors=True)
+def new_node(config: dict[str, Any], warm: bool, work: Path) -> dict[str, float]:
+    with PodLikeCluster() as cluster:
+        cluster.serve(fixed(config, 1), wait=False)
+        dashboard = Dashboard(cluster.dashboard_port, cluster.token)
+        time.sleep(15)  # the app is built and its replica waits for a CPU
+        if dashboard.running():
+            raise RuntimeError("the replica runs before a node with CPUs joined")
+        begin = time.monotonic()
+        joined = cluster.add_node(WARM if warm else {})
+        dashboard.wait_running(1)
+        to_running = time.monotonic() - begin
     return {"ray_start_s": joined, "start_to_running_s": to_running}
+
+
+def spare_node(config: dict[str, Any], warm: bool, work: Path) -> dict[str, float]:
+    with PodLikeCluster() as cluster:
+        cluster.add_node(WARM if warm else {})
+        cluster.serve(fixed(config, 1))
+        cluster.add_node(WARM if warm else {})
+        time.sleep(20)
+        dashboard = Dashboard(cluster.dashboard_port, cluster.token)
+        begin = time.monotonic()
+        dashboard.put(fixed(config, 2))
+        dashboard.wait_running(2)
+        to_running = time.monotonic() - begin
+        starts = serve_start_times(cluster.session)
+    return {"second_s": starts[1], "put_to_running_s": to_running}
 
 
 def main() -> None:
@@ -210,11 +167,15 @@ def main() -> None:
     config = serve_config(deployment_manifest(f"file://{path}", 60), digest, free_port())
     runs: dict[str, list[dict[str, float]]] = {}
     for round_ in range(args.rounds):
-        for placement, measure in (("same-node", same_node), ("new-node", new_node)):
-            for preload in (False, True):
-                key = f"{placement} {'preload' if preload else 'cold'}"
+        for placement, measure in (
+            ("same-node", same_node),
+            ("new-node", new_node),
+            ("spare-node", spare_node),
+        ):
+            for warm in (False, True):
+                key = f"{placement} {'warm' if warm else 'cold'}"
                 say(f"round {round_ + 1}: {key}")
-                runs.setdefault(key, []).append(measure(config, preload, work / key))
+                runs.setdefault(key, []).append(measure(config, warm, work / key))
     medians = {
         key: {f: statistics.median(r[f] for r in results) for f in results[0]}
         for key, results in runs.items()
@@ -228,9 +189,11 @@ def main() -> None:
         ("same-node", "first_s"),
         ("same-node", "second_s"),
         ("new-node", "start_to_running_s"),
+        ("spare-node", "second_s"),
+        ("spare-node", "put_to_running_s"),
     ):
-        cold, warm = medians[f"{placement} cold"][figure], medians[f"{placement} preload"][figure]
-        print(f"{placement} {figure}: preload / cold = {warm / cold:.2f}")
+        cold, warm = medians[f"{placement} cold"][figure], medians[f"{placement} warm"][figure]
+        print(f"{placement} {figure}: warm / cold = {warm / cold:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "medians": medians}, indent=2))
 

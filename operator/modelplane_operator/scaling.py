@@ -6,6 +6,8 @@ worker pod holds one replica, so the operator sizes the worker Deployment to the
 up at once (a wanted replica with no place is load going unserved), down when the target
 dropped — Serve has waited out the delay, and its replica on that worker is gone — with
 the idle workers named first, so Kubernetes removes them rather than busy ones.
+`autoscaling.spareWorkers` keeps that many workers more (up to `replicas.max`): warm
+places where the next replicas start at once.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def decide_workers(
     spec = deployment.spec.replicas
     if target_replicas is None:
         return ScaleDecision(workers=current_workers, message="")
-    wanted = min(max(target_replicas, spec.min), spec.max)
+    spare = deployment.spec.autoscaling.spare_workers
+    wanted = min(max(target_replicas, spec.min) + spare, spec.max)
     if wanted == current_workers:
         return ScaleDecision(workers=current_workers, message="")
     direction = "up" if wanted > current_workers else "down"
@@ -48,6 +51,7 @@ def decide_workers(
         message=(
             f"scaled workers {direction} from {current_workers} to {wanted}: Serve wants "
             f"{target_replicas} replica(s) (bounds {spec.min}..{spec.max}), one per worker"
+            + (f", plus up to {spare} spare" if spare else "")
         ),
     )
 

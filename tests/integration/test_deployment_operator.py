@@ -75,6 +75,7 @@ def test_a_deployment_waits_for_its_training_then_rolls_out_owned_children(
             "spec.model": {"fromTraining": "sentiment"},
             "spec.requireMetrics": {"f1": 0.9},
             "spec.replicas": {"min": 2, "max": 4},
+            "spec.autoscaling": {"spareWorkers": 1},
             "spec.resources": {"gpusPerReplica": 1, "cpu": "4", "memory": "16Gi"},
         },
     )
@@ -112,7 +113,7 @@ def test_a_deployment_waits_for_its_training_then_rolls_out_owned_children(
     ]
     for child in children:
         assert child["metadata"]["ownerReferences"][0]["uid"] == uid
-    assert workers["spec"]["replicas"] == 2
+    assert workers["spec"]["replicas"] == 3  # room for min (2) replicas and one spare
     limits = workers["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert (limits["nvidia.com/gpu"], limits["cpu"], limits["memory"]) == ("1", "4", "16Gi")
     (application,) = json.loads(config_map["data"]["serve-config.json"])["applications"]

@@ -53,6 +53,40 @@ def test_scale_to_zero_is_allowed_when_min_is_zero() -> None:
     assert decision.workers == 0
 
 
+def with_spares(spare: int, low: int = 1, high: int = 4) -> ModelDeployment:
+    return ModelDeployment.model_validate(
+        make_deployment(
+            {
+                "spec.replicas": {"min": low, "max": high},
+                "spec.autoscaling": {"spareWorkers": spare},
+            }
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "workers"),
+    [(1, 2), (3, 4), (4, 4), (0, 2)],
+    ids=[
+        "one warm worker beside the replica",
+        "the spare follows the target",
+        "never more than max in all",
+        "min still floors the target",
+    ],
+)
+def test_spare_workers_are_kept_beyond_the_replicas(target: int, workers: int) -> None:
+    decision = decide_workers(with_spares(1), target_replicas=target, current_workers=1)
+    assert decision.workers == workers
+
+
+def test_the_message_counts_the_spare() -> None:
+    decision = decide_workers(with_spares(1), target_replicas=2, current_workers=2)
+    assert decision.message == (
+        "scaled workers up from 2 to 3: Serve wants 2 replica(s) (bounds 1..4), one per "
+        "worker, plus up to 1 spare"
+    )
+
+
 def test_pods_without_a_replica_are_deleted_first() -> None:
     costs = deletion_costs({"w-a": "10.0.0.1", "w-b": "10.0.0.2"}, {"10.0.0.2"})
     assert costs == {"w-a": IDLE_COST, "w-b": BUSY_COST}

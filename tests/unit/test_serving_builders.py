@@ -135,6 +135,20 @@ def test_ray_pods_keep_token_auth_and_the_serving_environment() -> None:
         assert container(manifest)["image"] == "registry.example/runtime:1"
 
 
+def test_with_spares_worker_pods_start_warm_workers_that_import_the_app() -> None:
+    spared = deployment({"spec.autoscaling": {"spareWorkers": 1}})
+    workers = env(build_workers(spared, settings=SETTINGS, replicas=2))
+    assert workers["RAY_enable_worker_prestart"] == "1"
+    assert workers["RAY_prestart_worker_first_driver"] == "0"
+    # the module of the Serve config's import path: a typo would only show in worker logs
+    assert workers["RAY_preload_python_modules"] == "torch,modelplane_runtime.serve.app"
+    head = env(build_head(spared, settings=SETTINGS))
+    assert "RAY_preload_python_modules" not in head  # no CPUs, no replicas, no torch
+    # without spares a new replica waits for its pod anyway, and the memory is saved
+    plain = env(build_workers(deployment(), settings=SETTINGS, replicas=1))
+    assert "RAY_preload_python_modules" not in plain
+
+
 def test_the_secret_and_config_map_carry_what_they_are_given() -> None:
     d = deployment()
     assert build_token_secret(d, "t0ken")["stringData"] == {"token": "t0ken"}

@@ -67,6 +67,11 @@ class Autoscaling(ApiModel):
     """How long load must stay high before replicas are added."""
     downscale_delay_seconds: float = Field(default=60.0, ge=0.0, le=86400.0)
     """How long load must stay low before replicas (and then worker pods) are removed."""
+    spare_workers: int = Field(default=0, ge=0, le=64)
+    """Worker pods kept running beyond the replicas Serve runs (never more than
+    `replicas.max` in all). A spare has already imported the serving app, so a new replica
+    starts on it in about a second instead of waiting for a pod and a cold start; each
+    costs one idle worker's resources (and GPUs)."""
 
 
 class ServingResources(Scheduling):

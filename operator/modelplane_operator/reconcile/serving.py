@@ -74,7 +74,8 @@ def _initial_workers(deployment: ModelDeployment, current: Manifest | None) -> i
     """Keep what the scaling loop decided; start with room for the first replicas."""
     if current is not None:
         return int((current.get("spec") or {}).get("replicas") or 0)
-    return max(deployment.spec.replicas.min, 1)
+    replicas = deployment.spec.replicas
+    return min(max(replicas.min, 1) + deployment.spec.autoscaling.spare_workers, replicas.max)
 
 
 async def _token(client: Client, deployment: ModelDeployment) -> tuple[str, bool]:
