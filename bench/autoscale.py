@@ -55,7 +55,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -127,8 +127,26 @@ class Sample:
     workers: int | None = None
 
 
+class InThread:
+    """`with obj:` runs `obj._run` in a thread until the block ends and sets `_stop`."""
+
+    _stop: threading.Event
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @dataclass
-class Sampler:
+class Sampler(InThread):
     """Polls the Serve application (and optionally the worker Deployment) every
     `interval` s in a thread."""
 
@@ -161,15 +179,6 @@ class Sampler:
             workers = self.workers() if self.workers else None
             self.samples.append(Sample(at, target, running, workers))
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - at)))
-
-    def __enter__(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def p99(latencies: list[float]) -> float:
@@ -282,7 +291,7 @@ def step_variant(
 
 
 @dataclass
-class Operator:
+class Operator(InThread):
     """Plays the operator and the kubelet for part 1: when Serve's replica target wants
     more workers than there are nodes (`decide_workers`, spares included), it joins one
     more worker node — the pod's start, minus scheduling and the image pull."""
@@ -302,15 +311,6 @@ class Operator:
             )
             if decision.workers > self.cluster.nodes:
                 self.node_starts.append(self.cluster.add_node(self.node_env))
-
-    def __enter__(self) -> Operator:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def first(samples: list[Sample], since: float, predicate: Any) -> Sample | None:

@@ -37,6 +37,18 @@ def trial(i: int, phase: str, f1: float | None = None) -> TrialStatus:
     )
 
 
+def completed_trial(message: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A complete trial Job and its rank 0 pod, which ended with `message`."""
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    pod = {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+        "status": {
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message}}}]
+        },
+    }
+    return job, pod
+
+
 def test_trial_names_are_deterministic_and_short() -> None:
     assert trial_name("demo", 4) == "demo-t4"
     assert len(trial_name("x" * 63, 999)) <= 40
@@ -52,13 +64,7 @@ def test_a_complete_trial_job_records_rank_0s_metrics_and_artifact() -> None:
             "digest": "sha256:1",
         }
     )
-    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    pod = {
-        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
-        "status": {
-            "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message}}}]
-        },
-    }
+    job, pod = completed_trial(message)
     observed = observe_trial(trial(0, "Running"), job, (pod,))
     assert observed.phase == "Succeeded"
     assert observed.metrics == {"f1": 0.8}
@@ -78,13 +84,7 @@ def test_a_finished_trial_knows_its_objective_at_every_epochs_end() -> None:
             "objective_by_step": {"30": 0.5, "60": 0.7, "90": 0.8},
         }
     )
-    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    pod = {
-        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
-        "status": {
-            "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message}}}]
-        },
-    }
+    job, pod = completed_trial(message)
     polled = trial(0, "Running").model_copy(update={"intermediate": {"60": 0.7}})
     observed = observe_trial(polled, job, (pod,))
     assert observed.intermediate == {"30": 0.5, "60": 0.7, "90": 0.8}
