@@ -71,7 +71,9 @@ def autoscaling_config(deployment: ModelDeployment) -> dict[str, Any]:
     }
 
 
-def render_serve_args(deployment: ModelDeployment, model: ResolvedModel) -> ServeArgs:
+def render_serve_args(
+    deployment: ModelDeployment, model: ResolvedModel, *, threads: int = 0
+) -> ServeArgs:
     spec = deployment.spec
     name = deployment.metadata.name
     if not name:
@@ -84,6 +86,7 @@ def render_serve_args(deployment: ModelDeployment, model: ResolvedModel) -> Serv
         dtype=spec.optimization.dtype,
         quantization=spec.optimization.quantization,
         compile=spec.optimization.compile,
+        threads=threads,
     )
 
 
@@ -92,13 +95,15 @@ def render_serve_config(
     model: ResolvedModel,
     *,
     replica_cpus: float = 1.0,
+    threads: int = 0,
     http_host: str = "0.0.0.0",
     http_port: int = SERVE_HTTP_PORT,
 ) -> dict[str, Any]:
     """The Serve config (`serve deploy` format) that serves `model` as `deployment` says.
 
-    `replica_cpus` is what Ray reserves for each replica (and the torch threads it
-    gets): the worker pod's CPUs on a cluster, a share of the machine in local mode.
+    `replica_cpus` is what Ray reserves for each replica: the worker pod's one replica
+    slot on a cluster, a share of the machine in local mode. `threads` are the replica's
+    torch threads; 0 means as many as the CPUs Ray reserved.
     """
     spec = deployment.spec
     options: dict[str, Any] = {
@@ -134,7 +139,9 @@ def render_serve_config(
                 # One log line per request costs a replica ~5% of its CPU at 1,000
                 # requests/s; request counts and latency are in the metrics instead.
                 "logging_config": {"enable_access_log": False},
-                "args": render_serve_args(deployment, model).model_dump(mode="json"),
+                "args": render_serve_args(deployment, model, threads=threads).model_dump(
+                    mode="json"
+                ),
                 "deployments": [options],
             }
         ],

@@ -141,11 +141,11 @@ RAY_SERVE_ENVIRONMENT = {
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
 }
 
-# The Ray worker pods' environment besides that: each starts one Ray worker per CPU as
-# soon as it joins (Ray would wait for a driver on the node, and worker pods have none),
-# and those import torch and the serving app first. A replica placed on a worker pod that
-# has been up a few seconds starts in ~1 s instead of ~5 s (bench/replica_start.py) —
-# which is what `autoscaling.spareWorkers` keeps ready.
+# The environment of Ray worker pods that are kept as spares: Ray starts one worker per
+# CPU it sees (one per worker pod) as soon as the pod joins, instead of waiting for a
+# driver on the node (worker pods have none), and that worker imports torch and the
+# serving app first. A replica placed on a spare that has been up a few seconds starts
+# in ~1 s instead of ~6 s (bench/replica_start.py).
 RAY_WARM_WORKER_ENVIRONMENT = {
     "RAY_enable_worker_prestart": "1",
     "RAY_prestart_worker_first_driver": "0",

@@ -11,6 +11,7 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.builders.serving import (
     CONFIG_FILE,
+    REPLICA_RAY_CPUS,
     build_config_map,
     build_head,
     build_head_service,
@@ -20,7 +21,7 @@ from modelplane_operator.builders.serving import (
     cpu_cores,
     endpoint,
     names_for,
-    replica_cpus,
+    replica_threads,
 )
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config
 from modelplane_operator.settings import Settings
@@ -97,12 +98,24 @@ def test_workers_offer_one_replica_each_with_the_spec_resources() -> None:
     assert resources["limits"]["nvidia.com/gpu"] == 1  # half a GPU still needs a device
     command = container(workers)["command"][-1]
     assert "--address=sentiment-ray-head:6379" in command
-    assert "--num-cpus=4 " in command
+    # Ray sees one replica slot per pod (and so prestarts one worker); the pod's CPUs
+    # are the replica's torch threads.
+    assert "--num-cpus=1 " in command
     assert "--num-gpus=0.5 " in command
     # What Ray reserves per replica in the Serve config is what a worker offers.
-    config = render_serve_config(d, MODEL, replica_cpus=replica_cpus(d))
+    config = render_serve_config(
+        d, MODEL, replica_cpus=REPLICA_RAY_CPUS, threads=replica_threads(d)
+    )
     options = config["applications"][0]["deployments"][0]["ray_actor_options"]
-    assert options == {"num_cpus": 4.0, "num_gpus": 0.5}
+    assert options == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert config["applications"][0]["args"]["threads"] == 4
+
+
+@pytest.mark.parametrize(("cpu", "threads"), [(None, 1), ("500m", 1), ("2.5", 2), ("8", 8)])
+def test_a_replica_gets_the_worker_pods_whole_cpus_as_threads(
+    cpu: str | None, threads: int
+) -> None:
+    assert replica_threads(deployment({"spec.resources": {"cpu": cpu}})) == threads
 
 
 def test_the_head_deploys_the_mounted_serve_config_and_holds_no_replicas() -> None:

@@ -97,9 +97,15 @@ def cpu_cores(quantity: int | str | None, *, default: float = 1.0) -> float:
     return cores / 1000 if match.group("unit") == "m" else cores
 
 
-def replica_cpus(deployment: ModelDeployment) -> float:
-    """What Ray reserves for one replica: the worker pod's CPUs (one replica per pod)."""
-    return cpu_cores(deployment.spec.resources.cpu)
+# Ray sees one CPU per worker pod: one replica slot. Ray also prestarts one worker per
+# CPU it sees, so a warm spare holds exactly one process with torch loaded, whatever the
+# pod's size; the pod's real CPUs become the replica's torch threads (`replica_threads`).
+REPLICA_RAY_CPUS = 1.0
+
+
+def replica_threads(deployment: ModelDeployment) -> int:
+    """Torch threads of one replica: the worker pod's whole CPUs, at least one."""
+    return max(1, min(256, int(cpu_cores(deployment.spec.resources.cpu))))
 
 
 def _labels(deployment: ModelDeployment, role: str) -> dict[str, str]:
@@ -280,7 +286,7 @@ def build_workers(deployment: ModelDeployment, *, settings: Settings, replicas: 
     spec = deployment.spec.resources
     start = (
         f"exec ray start --address={names.head_service}:{GCS_PORT} "
-        f"--num-cpus={replica_cpus(deployment):g} --num-gpus={spec.gpus_per_replica:g} "
+        f"--num-cpus={REPLICA_RAY_CPUS:g} --num-gpus={spec.gpus_per_replica:g} "
         f"--metrics-export-port={METRICS_PORT} --disable-usage-stats --block"
     )
     container: Manifest = {
@@ -298,8 +304,8 @@ def build_workers(deployment: ModelDeployment, *, settings: Settings, replicas: 
     if deployment.spec.autoscaling.spare_workers:
         # Spares are worth keeping only warm; without them a new replica waits for its
         # pod, whose workers start with it, so warming gains nothing and costs memory:
-        # Ray prestarts one worker per CPU it is offered (--num-cpus), each holding torch
-        # and the app (0.65 GB peak RSS for the import on the development machine).
+        # the prestarted worker holds torch and the app (0.65 GB peak RSS for the import
+        # on the development machine).
         (worker,) = pod["containers"]
         worker["env"] += [{"name": k, "value": v} for k, v in RAY_WARM_WORKER_ENVIRONMENT.items()]
     # Replicas drain before the pod goes: Serve's graceful shutdown is 20 s by default.

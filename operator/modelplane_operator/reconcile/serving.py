@@ -25,6 +25,7 @@ from modelplane_operator.api.deployment import Counts
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.builders.common import pod_image
 from modelplane_operator.builders.serving import (
+    REPLICA_RAY_CPUS,
     TOKEN_KEY,
     build_config_map,
     build_head,
@@ -34,7 +35,7 @@ from modelplane_operator.builders.serving import (
     build_workers,
     endpoint,
     names_for,
-    replica_cpus,
+    replica_threads,
 )
 from modelplane_operator.client import Client
 from modelplane_operator.conditions import Event, format_time
@@ -164,7 +165,9 @@ async def reconcile_deployment(
     )
     decision = derive_deployment_status(deployment, observed, now=now)
     if decision.roll_out and isinstance(model, ResolvedModel):
-        config = render_serve_config(deployment, model, replica_cpus=replica_cpus(deployment))
+        config = render_serve_config(
+            deployment, model, replica_cpus=REPLICA_RAY_CPUS, threads=replica_threads(deployment)
+        )
         wanted = _children_hash(deployment, config, settings)
         # The scaling loop runs every second: apply the cluster only when what it was
         # built from changed, not on every pass.
