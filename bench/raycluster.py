@@ -26,17 +26,10 @@ from typing import Any
 
 import psutil
 
+from modelplane.cluster import free_port
 from modelplane_runtime.contract import RAY_SERVE_ENVIRONMENT
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def kill_mentioning(text: str) -> None:

@@ -37,8 +37,19 @@ def trial(i: int, phase: str, f1: float | None = None) -> TrialStatus:
     )
 
 
-def completed_trial(message: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A complete trial Job and its rank 0 pod, which ended with `message`."""
+def completed_trial(**result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A complete trial Job and its rank 0 pod, whose termination message is trial 0's
+    result (f1 0.8) with `result`'s fields added."""
+    message = json.dumps(
+        {
+            "version": 1,
+            "run": "demo-t0",
+            "metrics": {"f1": 0.8},
+            "artifact_uri": "pvc://m/demo-t0",
+            "digest": "sha256:1",
+            **result,
+        }
+    )
     job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     pod = {
         "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
@@ -55,16 +66,7 @@ def test_trial_names_are_deterministic_and_short() -> None:
 
 
 def test_a_complete_trial_job_records_rank_0s_metrics_and_artifact() -> None:
-    message = json.dumps(
-        {
-            "version": 1,
-            "run": "demo-t0",
-            "metrics": {"f1": 0.8},
-            "artifact_uri": "pvc://m/demo-t0",
-            "digest": "sha256:1",
-        }
-    )
-    job, pod = completed_trial(message)
+    job, pod = completed_trial()
     observed = observe_trial(trial(0, "Running"), job, (pod,))
     assert observed.phase == "Succeeded"
     assert observed.metrics == {"f1": 0.8}
@@ -74,17 +76,7 @@ def test_a_complete_trial_job_records_rank_0s_metrics_and_artifact() -> None:
 
 def test_a_finished_trial_knows_its_objective_at_every_epochs_end() -> None:
     """Polls caught only step 60; the result brings the epochs they missed."""
-    message = json.dumps(
-        {
-            "version": 1,
-            "run": "demo-t0",
-            "metrics": {"f1": 0.8},
-            "artifact_uri": "pvc://m/demo-t0",
-            "digest": "sha256:1",
-            "objective_by_step": {"30": 0.5, "60": 0.7, "90": 0.8},
-        }
-    )
-    job, pod = completed_trial(message)
+    job, pod = completed_trial(objective_by_step={"30": 0.5, "60": 0.7, "90": 0.8})
     polled = trial(0, "Running").model_copy(update={"intermediate": {"60": 0.7}})
     observed = observe_trial(polled, job, (pod,))
     assert observed.intermediate == {"30": 0.5, "60": 0.7, "90": 0.8}
