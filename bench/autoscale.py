@@ -61,11 +61,11 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
-from modelplane.cluster import LocalCluster, build_binaries, repo_root  # noqa: E402
-from modelplane.loadgen import BackgroundLoad, LoadResult, json_body, percentile  # noqa: E402
 from modelplane.serving import start_server  # noqa: E402
+from modelplane_harness.cluster import LocalCluster, build_binaries, repo_root  # noqa: E402
+from modelplane_harness.loadgen import BackgroundLoad, LoadResult, json_body, percentile  # noqa: E402
+from modelplane_harness.operator import install_chart, service_account_kubeconfig  # noqa: E402
 from modelplane_operator.api.resources import ModelDeployment  # noqa: E402
 from modelplane_operator.dashboard import serve_state  # noqa: E402
 from modelplane_operator.scaling import decide_workers  # noqa: E402
@@ -320,10 +320,6 @@ def first(samples: list[Sample], since: float, predicate: Any) -> Sample | None:
 def operator_cycles(uri: str, digest: str, cycles: int, workdir: Path) -> dict[str, Any]:
     from lightkube import Client, KubeConfig  # noqa: PLC0415
     from lightkube.resources.apps_v1 import Deployment  # noqa: PLC0415
-    from tests.integration.conftest import (  # noqa: PLC0415
-        install_chart,
-        service_account_kubeconfig,
-    )
 
     root = repo_root()
     cluster = LocalCluster(workdir / "cluster", build_binaries(root))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from modelplane.cluster import (
+from modelplane_harness.cluster import (
     EXIT_CODE_ANNOTATION,
     MESSAGE_ANNOTATION,
     LocalCluster,
@@ -31,6 +31,7 @@ from modelplane.cluster import (
     eprint,
     repo_root,
 )
+from modelplane_harness.operator import install_chart, service_account_kubeconfig
 
 NAMESPACE = "bench"
 OPERATOR_USER = "system:serviceaccount:modelplane-system:modelplane-operator"
@@ -110,12 +111,6 @@ def main() -> None:
     cluster.start(log=eprint)
     operator = None
     try:
-        sys.path.insert(0, str(root))
-        from tests.integration.conftest import (  # noqa: PLC0415
-            install_chart,
-            service_account_kubeconfig,
-        )
-
         install_chart(cluster)
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
 

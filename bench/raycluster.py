@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from modelplane.cluster import free_port
+from modelplane_harness.cluster import free_port
 from modelplane_runtime.contract import RAY_SERVE_ENVIRONMENT
 
 RAY = str(Path(sys.executable).with_name("ray"))

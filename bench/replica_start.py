@@ -42,7 +42,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
 from autoscale import NAME, deployment_manifest, serve_config  # noqa: E402
 from modelplane.serving import start_server  # noqa: E402

@@ -33,8 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from modelplane.loadgen import LoadResult, json_body, load
 from modelplane.serving import LocalServer, start_server
+from modelplane_harness.loadgen import LoadResult, json_body, load
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config
 from modelplane_runtime.contract import DataConfig, OptimConfig, RunConfig, ServeArgs

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from modelplane.loadgen import json_body, load
+from modelplane_harness.loadgen import json_body, load
 from modelplane_runtime.contract import RAY_SERVE_ENVIRONMENT
 from modelplane_runtime.serve import runner
 from modelplane_runtime.serve.metrics import ServeMetrics

@@ -19,7 +19,7 @@ venv="$root/.venv"
 # Key on the pinned dependencies only, so editing tool settings in pyproject.toml does
 # not rebuild the environment.
 deps="$(python3 -c 'import sys, tomllib, json; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print(json.dumps([p["dependencies"], p["optional-dependencies"]], sort_keys=True))' "$root/pyproject.toml")"
-key="$( (echo "$deps"; cat "$root/constraints.txt"; echo "$extras"; python3 --version) | sha256sum | cut -c1-12)"
+key="$( (echo "$deps"; cat "$root/constraints.txt" "$root/harness/pyproject.toml"; echo "$extras"; python3 --version) | sha256sum | cut -c1-12)"
 marker="$venv/.complete-$key"
 
 if [[ -f "$marker" ]]; then
@@ -30,7 +30,11 @@ echo "[bootstrap] creating $venv with extras [$extras] (first run on a machine d
 rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$uv_version"
+# The dev harness (harness/) is a distribution of its own, installed only with the dev
+# extra, so nothing that ships can carry it.
+harness=()
+[[ ",$extras," == *",dev,"* ]] && harness=(-e "$root/harness")
 "$venv/bin/uv" pip install --python "$venv/bin/python" -c "$root/constraints.txt" \
-  -e "$root[$extras]"
+  -e "$root[$extras]" "${harness[@]}"
 touch "$marker"
 echo "[bootstrap] environment ready: $venv" >&2

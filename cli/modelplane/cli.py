@@ -175,7 +175,7 @@ app.add_typer(dev_app, name="dev")
 
 
 def _state_file() -> Path:
-    from modelplane.cluster import cache_dir  # noqa: PLC0415  (dev-only dependencies)
+    from modelplane_harness.cluster import cache_dir  # noqa: PLC0415  (the dev-only harness)
 
     return cache_dir() / "devcluster" / "state.json"
 
@@ -183,7 +183,7 @@ def _state_file() -> Path:
 @cluster_app.command("up")
 def cluster_up() -> None:
     """Build (or reuse) the binaries, start the cluster and print its KUBECONFIG."""
-    from modelplane.cluster import (  # noqa: PLC0415
+    from modelplane_harness.cluster import (  # noqa: PLC0415
         LocalCluster,
         build_binaries,
         eprint,
@@ -206,7 +206,7 @@ def cluster_up() -> None:
 @cluster_app.command("down")
 def cluster_down() -> None:
     """Stop the cluster that `dev cluster up` started."""
-    from modelplane.cluster import stop_from_state  # noqa: PLC0415
+    from modelplane_harness.cluster import stop_from_state  # noqa: PLC0415
 
     state_file = _state_file()
     if not state_file.exists():

@@ -8,36 +8,22 @@ objects and events when a test fails.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import yaml
 
-from modelplane.cluster import ClusterError, LocalCluster, build_binaries, eprint, free_port
+from modelplane_harness.cluster import ClusterError, LocalCluster, build_binaries, eprint
+from modelplane_harness.operator import (
+    OperatorProcess,
+    install_chart,
+    service_account_kubeconfig,
+)
+from modelplane_harness.waiting import wait_for
 from tests.factories import ROOT
-
-T = TypeVar("T")
-CHART = ROOT / "helm" / "modelplane"
-RELEASE = "modelplane"
-OPERATOR_NAMESPACE = "modelplane-system"
-
-
-def wait_for(probe: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition") -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -108,87 +94,6 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
             file=sys.stderr,
         )
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-class OperatorProcess:
-    """`python -m modelplane_operator` against the test cluster; can be killed and restarted."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path, *args: str) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.args = args
-        self.process: subprocess.Popen[bytes] | None = None
-        self.progress_port = free_port()
-        self.metrics_port = free_port()
-
-    def start(self) -> None:
-        # The contract test runs the generated pods on this machine, where rank 0's
-        # progress server must not collide with whatever else listens on 8080.
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "MODELPLANE_PROGRESS_PORT": str(self.progress_port),
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "modelplane_operator",
-                    "--log-format=json",
-                    f"--metrics-port={self.metrics_port}",
-                    *self.args,
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown, as when a node dies under the operator."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def install_chart(
-    cluster: LocalCluster,
-    *values: str,
-    release: str = RELEASE,
-    namespace: str = OPERATOR_NAMESPACE,
-) -> None:
-    """`helm upgrade --install` the chart; `values` are extra helm flags (--set, -f)."""
-    cluster.helm(
-        "upgrade", "--install", release, str(CHART), "-n", namespace, "--create-namespace",
-        *values,
-    )  # fmt: skip
-
-
-def service_account_kubeconfig(
-    cluster: LocalCluster,
-    path: Path,
-    *,
-    namespace: str = OPERATOR_NAMESPACE,
-    account: str = f"{RELEASE}-operator",
-) -> Path:
-    """A kubeconfig that acts as the chart's operator ServiceAccount (a token of its own,
-    so the API server checks exactly that account's permissions)."""
-    token = cluster.kubectl(
-        "create", "token", account, "-n", namespace, "--duration=24h"
-    ).stdout.strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": "admin", "user": {"token": token}}]
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -19,18 +19,19 @@ from typing import Any
 import pytest
 import yaml
 
-from modelplane.cluster import LocalCluster
-from tests.factories import EXAMPLES, ROOT, make_training
-from tests.integration.conftest import (
-    CHART,
+from modelplane_harness.cluster import LocalCluster
+from modelplane_harness.operator import (
     OPERATOR_NAMESPACE,
     RELEASE,
     OperatorProcess,
+    chart_path,
     install_chart,
     service_account_kubeconfig,
-    wait_for,
 )
+from modelplane_harness.waiting import wait_for
+from tests.factories import EXAMPLES, ROOT, make_training
 
+CHART = chart_path()
 NAMESPACED_VALUES = CHART / "values-namespaced.yaml"
 SA = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{RELEASE}-operator"
 

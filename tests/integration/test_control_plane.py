@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from modelplane.cluster import EXIT_CODE_ANNOTATION, KUBERNETES_VERSION, LocalCluster
-from tests.integration.conftest import wait_for
+from modelplane_harness.cluster import EXIT_CODE_ANNOTATION, KUBERNETES_VERSION, LocalCluster
+from modelplane_harness.waiting import wait_for
 
 
 def gpu_job(name: str, gpus: int) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelplane.cluster import LocalCluster
+from modelplane_harness.cluster import LocalCluster
 from modelplane_operator.validation import check_file
 from tests.factories import EXAMPLES, INVALID_EXAMPLES, expected_message
 

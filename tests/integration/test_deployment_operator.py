@@ -11,10 +11,11 @@ from typing import Any
 
 import yaml
 
-from modelplane.cluster import LocalCluster
+from modelplane_harness.cluster import LocalCluster
+from modelplane_harness.operator import OperatorProcess
+from modelplane_harness.waiting import wait_for
 from modelplane_runtime.contract import ServeArgs
 from tests.factories import make_deployment
-from tests.integration.conftest import OperatorProcess, wait_for
 from tests.integration.test_training_operator import (
     RESULT,
     apply_training,

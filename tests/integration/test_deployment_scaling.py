@@ -26,9 +26,10 @@ import pytest
 import yaml
 from lightkube import AsyncClient, KubeConfig
 
-from modelplane.cluster import LocalCluster, free_port
-from modelplane.loadgen import BackgroundLoad, json_body
 from modelplane.serving import start_server
+from modelplane_harness.cluster import LocalCluster, free_port
+from modelplane_harness.loadgen import BackgroundLoad, json_body
+from modelplane_harness.waiting import wait_for
 from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.client import Client
@@ -39,7 +40,6 @@ from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import DataConfig, OptimConfig
 from modelplane_runtime.data.builtin import sentiment
 from tests.factories import make_deployment
-from tests.integration.conftest import wait_for
 from tests.serving.conftest import TEXT_PARAMS, Artifact, _train
 
 NAME = "sentiment"

@@ -27,19 +27,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelplane.cluster import (
+from modelplane_harness.cluster import (
     EXIT_CODE_ANNOTATION,
     MESSAGE_ANNOTATION,
     LocalCluster,
     build_binaries,
     eprint,
 )
+from modelplane_harness.operator import OperatorProcess, service_account_kubeconfig
+from modelplane_harness.waiting import wait_for
 from tests.factories import ROOT
-from tests.integration.conftest import (
-    OperatorProcess,
-    service_account_kubeconfig,
-    wait_for,
-)
 
 GUIDE = ROOT / "docs" / "getting-started.md"
 DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(skip|before|expect)\s*(.*?)\s*-->", re.DOTALL)

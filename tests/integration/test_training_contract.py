@@ -20,10 +20,11 @@ from typing import Any
 
 import yaml
 
-from modelplane.cluster import LocalCluster, free_port
+from modelplane_harness.cluster import LocalCluster, free_port
+from modelplane_harness.operator import OperatorProcess
+from modelplane_harness.waiting import wait_for
 from modelplane_runtime.contract import TrainingResult
 from tests.factories import make_training
-from tests.integration.conftest import OperatorProcess, wait_for
 
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 

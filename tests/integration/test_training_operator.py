@@ -9,10 +9,11 @@ from typing import Any
 
 import yaml
 
-from modelplane.cluster import EXIT_CODE_ANNOTATION, MESSAGE_ANNOTATION, LocalCluster
+from modelplane_harness.cluster import EXIT_CODE_ANNOTATION, MESSAGE_ANNOTATION, LocalCluster
+from modelplane_harness.operator import OperatorProcess
+from modelplane_harness.waiting import wait_for
 from modelplane_runtime.contract import RunConfig
 from tests.factories import make_training
-from tests.integration.conftest import OperatorProcess, wait_for
 
 RESULT = {
     "version": 1,

@@ -8,9 +8,10 @@ from typing import Any
 
 import yaml
 
-from modelplane.cluster import EXIT_CODE_ANNOTATION, MESSAGE_ANNOTATION, LocalCluster
+from modelplane_harness.cluster import EXIT_CODE_ANNOTATION, MESSAGE_ANNOTATION, LocalCluster
+from modelplane_harness.operator import OperatorProcess
+from modelplane_harness.waiting import wait_for
 from tests.factories import make_training
-from tests.integration.conftest import OperatorProcess, wait_for
 
 F1_BY_TRIAL = {0: 0.70, 1: 0.72, 2: 0.69, 3: 0.95, 4: 0.71, 5: 0.68}
 

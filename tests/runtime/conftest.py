@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelplane.cluster import free_port
+from modelplane_harness.cluster import free_port
 from modelplane_runtime.contract import DataConfig, OptimConfig, RunConfig
 
 

@@ -137,7 +137,7 @@ def test_checkpoints_keep_the_newest_and_skip_unreadable_ones(tmp_path: Path) ->
 def test_progress_is_served_as_json_and_prometheus() -> None:
     reporter = ProgressReporter(port=0)
     assert reporter.port == 0  # port 0 serves nothing
-    from modelplane.cluster import free_port  # noqa: PLC0415
+    from modelplane_harness.cluster import free_port  # noqa: PLC0415
 
     reporter = ProgressReporter(port=free_port(), host="127.0.0.1")
     try:

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from lightkube import AsyncClient
 
-from modelplane.cluster import free_port
+from modelplane_harness.cluster import free_port
 from modelplane_operator.client import Client
 from modelplane_runtime.train.progress import ProgressReporter
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import torch
 
-from modelplane.cluster import free_port
 from modelplane.serving import LocalServer, start_server
+from modelplane_harness.cluster import free_port
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config
 from modelplane_runtime.contract import DataConfig, OptimConfig

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from modelplane.loadgen import BackgroundLoad, json_body, load
+from modelplane_harness.loadgen import BackgroundLoad, json_body, load
+from modelplane_harness.waiting import wait_for
 from modelplane_runtime.artifacts import load_artifact
 from modelplane_runtime.data.builtin import breast_cancer, sentiment
 from modelplane_runtime.data.raw import RawData
-from tests.integration.conftest import wait_for
 from tests.serving.conftest import Artifact, RunningServe, application, get, post
 
 REVIEWS = ["what a wonderful film", "the plot was really boring", "the acting was not bad"]

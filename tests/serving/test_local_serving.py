@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from modelplane.cli import app
-from modelplane.cluster import free_port
 from modelplane.serving import record_training
+from modelplane_harness.cluster import free_port
 from tests.factories import make_deployment, make_training
 
 runner = CliRunner()
