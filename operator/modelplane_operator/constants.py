@@ -39,6 +39,8 @@ LABEL_ROLE: Final = f"{GROUP}/role"
 # Annotations. kopf's own bookkeeping goes under this prefix, never into status.
 ANNOTATION_PREFIX: Final = f"kopf.{GROUP}"
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
+ANNOTATION_RESTARTS: Final = f"{GROUP}/restarts"
+"""On a training Job: the failures counted against maxRestarts before this attempt."""
 
 # Environment of the pods the operator creates.
 ENV_RUN_CONFIG: Final = "MODELPLANE_RUN_CONFIG"
@@ -55,12 +57,16 @@ COND_SPEC_CHANGE_IGNORED: Final = "SpecChangeIgnored"
 # while the operator works toward the spec, Stalled True when it cannot without a change.
 COND_RECONCILING: Final = "Reconciling"
 COND_STALLED: Final = "Stalled"
+# Kubernetes' own pod condition, set before it evicts, preempts or deletes a pod for
+# reasons of its own (node drain, taint, preemption, pod GC).
+POD_DISRUPTION_TARGET: Final = "DisruptionTarget"
 
 # Condition reasons: one CamelCase word a program can switch on.
 REASON_CREATED: Final = "Created"
 REASON_WAITING_FOR_PODS: Final = "WaitingForPods"
 REASON_UNSCHEDULABLE: Final = "Unschedulable"
 REASON_IMAGE_PULL: Final = "ImagePullFailed"
+REASON_CRASH_LOOP: Final = "CrashLoopBackOff"
 REASON_QUOTA_EXCEEDED: Final = "QuotaExceeded"
 REASON_TRAINING: Final = "Training"
 REASON_SUCCEEDED: Final = "Succeeded"

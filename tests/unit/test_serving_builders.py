@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from modelplane_operator import constants as c
-from modelplane_operator.api.resources import ModelDeployment
+from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.builders.serving import (
     CONFIG_FILE,
     REPLICA_RAY_CPUS,
@@ -23,9 +23,13 @@ from modelplane_operator.builders.serving import (
     names_for,
     replica_threads,
 )
+from modelplane_operator.builders.training import build_job
+from modelplane_operator.render import render_run_config
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config
 from modelplane_operator.settings import Settings
-from tests.factories import make_deployment
+from modelplane_operator.status.serving import resolve_from_training
+from modelplane_runtime.storage import ENV_PVC_ROOT, local_path
+from tests.factories import make_deployment, make_training
 
 SETTINGS = Settings(runtime_image="registry.example/runtime:1")
 MODEL = ResolvedModel(uri="pvc://models/sentiment/run-1", digest="sha256:ab", metrics={})
@@ -50,8 +54,8 @@ def all_children(d: ModelDeployment) -> list[dict[str, Any]]:
     return [
         build_token_secret(d, "t0ken"),
         build_config_map(d, render_serve_config(d, MODEL)),
-        build_head(d, settings=SETTINGS),
-        build_workers(d, settings=SETTINGS, replicas=2),
+        build_head(d, settings=SETTINGS, model_uri=MODEL.uri),
+        build_workers(d, settings=SETTINGS, model_uri=MODEL.uri, replicas=2),
         build_head_service(d),
         build_http_service(d),
     ]
@@ -91,7 +95,7 @@ def test_a_long_name_still_gives_dns_safe_child_names() -> None:
 
 def test_workers_offer_one_replica_each_with_the_spec_resources() -> None:
     d = deployment({"spec.resources": {"gpusPerReplica": 0.5, "cpu": "4", "memory": "16Gi"}})
-    workers = build_workers(d, settings=SETTINGS, replicas=3)
+    workers = build_workers(d, settings=SETTINGS, model_uri=MODEL.uri, replicas=3)
     assert workers["spec"]["replicas"] == 3
     resources = container(workers)["resources"]
     assert resources["requests"] == {"cpu": "4", "memory": "16Gi"}
@@ -119,7 +123,7 @@ def test_a_replica_gets_the_worker_pods_whole_cpus_as_threads(
 
 
 def test_the_head_deploys_the_mounted_serve_config_and_holds_no_replicas() -> None:
-    head = build_head(deployment(), settings=SETTINGS)
+    head = build_head(deployment(), settings=SETTINGS, model_uri=MODEL.uri)
     assert head["spec"]["replicas"] == 1
     command = container(head)["command"][-1]
     assert "--num-cpus=0" in command
@@ -132,8 +136,8 @@ def test_the_head_deploys_the_mounted_serve_config_and_holds_no_replicas() -> No
 
 def test_ray_pods_keep_token_auth_and_the_serving_environment() -> None:
     for manifest in (
-        build_head(deployment(), settings=SETTINGS),
-        build_workers(deployment(), settings=SETTINGS, replicas=1),
+        build_head(deployment(), settings=SETTINGS, model_uri=MODEL.uri),
+        build_workers(deployment(), settings=SETTINGS, model_uri=MODEL.uri, replicas=1),
     ):
         variables = env(manifest)
         assert variables["RAY_AUTH_MODE"] == "token"
@@ -150,15 +154,15 @@ def test_ray_pods_keep_token_auth_and_the_serving_environment() -> None:
 
 def test_with_spares_worker_pods_start_warm_workers_that_import_the_app() -> None:
     spared = deployment({"spec.autoscaling": {"spareWorkers": 1}})
-    workers = env(build_workers(spared, settings=SETTINGS, replicas=2))
+    workers = env(build_workers(spared, settings=SETTINGS, model_uri=MODEL.uri, replicas=2))
     assert workers["RAY_enable_worker_prestart"] == "1"
     assert workers["RAY_prestart_worker_first_driver"] == "0"
     # the module of the Serve config's import path: a typo would only show in worker logs
     assert workers["RAY_preload_python_modules"] == "torch,modelplane_runtime.serve.app"
-    head = env(build_head(spared, settings=SETTINGS))
+    head = env(build_head(spared, settings=SETTINGS, model_uri=MODEL.uri))
     assert "RAY_preload_python_modules" not in head  # no CPUs, no replicas, no torch
     # without spares a new replica waits for its pod anyway, and the memory is saved
-    plain = env(build_workers(deployment(), settings=SETTINGS, replicas=1))
+    plain = env(build_workers(deployment(), settings=SETTINGS, model_uri=MODEL.uri, replicas=1))
     assert "RAY_preload_python_modules" not in plain
 
 
@@ -169,11 +173,57 @@ def test_the_secret_and_config_map_carry_what_they_are_given() -> None:
     assert json.loads(build_config_map(d, config)["data"][CONFIG_FILE]) == config
 
 
+def mounted_claims(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The claims a pod template mounts: claim name -> its volumeMount."""
+    pod = manifest["spec"]["template"]["spec"]
+    volumes = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    return {
+        volumes[m["name"]]: m for m in pod["containers"][0]["volumeMounts"] if m["name"] in volumes
+    }
+
+
+def quickstart_training() -> ModelTraining:
+    obj = make_training({"spec.output.uri": "pvc://models/quickstart"}, name="quickstart")
+    obj["metadata"].update({"namespace": "ml", "uid": "uid-t", "generation": 1})
+    obj["status"] = {
+        "phase": "Succeeded",
+        "artifact": {"uri": "pvc://models/quickstart/quickstart", "digest": "sha256:ab"},
+    }
+    return ModelTraining.model_validate(obj)
+
+
+def test_a_from_training_model_is_mounted_where_its_training_wrote_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(runtime_image="registry.example/runtime:1", pvc_root="/var/lib/pvc")
+    training = quickstart_training()
+    d = deployment({"spec.model": {"fromTraining": "quickstart"}})
+    model = resolve_from_training("quickstart", training)
+    assert isinstance(model, ResolvedModel)
+    trainer = build_job(training, render_run_config(training), attempt=0, settings=settings)
+    written_at = mounted_claims(trainer)["models"]["mountPath"]
+    config = render_serve_config(d, model)
+    for manifest in (
+        build_head(d, settings=settings, model_uri=model.uri),
+        build_workers(d, settings=settings, model_uri=model.uri, replicas=1),
+    ):
+        mount = mounted_claims(manifest)["models"]
+        assert (mount["mountPath"], mount["readOnly"]) == (written_at, True)
+        # The runtime resolves the Serve config's URI under the pod's pvc root.
+        monkeypatch.setenv(ENV_PVC_ROOT, env(manifest)["MODELPLANE_PVC_ROOT"])
+        path = local_path(config["applications"][0]["args"]["model_uri"], field="model.uri")
+        assert str(path) == f"{written_at}/quickstart/quickstart"
+
+
 def test_a_pvc_model_is_mounted_read_only_in_every_ray_pod() -> None:
     d = deployment({"spec.model": {"uri": "pvc://models/sentiment/run-1"}})
     for manifest in (
-        build_head(d, settings=SETTINGS),
-        build_workers(d, settings=SETTINGS, replicas=1),
+        build_head(d, settings=SETTINGS, model_uri=MODEL.uri),
+        build_workers(d, settings=SETTINGS, model_uri=MODEL.uri, replicas=1),
     ):
         pod = manifest["spec"]["template"]["spec"]
         claims = [
@@ -215,10 +265,13 @@ def test_a_cpu_quantity_ray_cannot_use_is_refused() -> None:
 
 def test_ray_pods_run_the_operators_image_unless_the_deployment_names_its_own() -> None:
     default = deployment()
-    assert container(build_head(default, settings=SETTINGS))["image"] == SETTINGS.runtime_image
+    assert (
+        container(build_head(default, settings=SETTINGS, model_uri=MODEL.uri))["image"]
+        == SETTINGS.runtime_image
+    )
     own = deployment({"spec.resources.image": "registry.example/runtime:1-cpu"})
     for manifest in (
-        build_head(own, settings=SETTINGS),
-        build_workers(own, settings=SETTINGS, replicas=1),
+        build_head(own, settings=SETTINGS, model_uri=MODEL.uri),
+        build_workers(own, settings=SETTINGS, model_uri=MODEL.uri, replicas=1),
     ):
         assert container(manifest)["image"] == "registry.example/runtime:1-cpu"

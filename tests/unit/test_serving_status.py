@@ -17,10 +17,12 @@ from modelplane_operator.status.serving import (
     ObservedDeployment,
     ServeState,
     derive_deployment_status,
+    pods_worth_reading,
     resolve_from_training,
     summarize_serve_message,
 )
 from tests.factories import make_deployment, make_training
+from tests.unit.pods import CRASH_BACKOFF, NO_SUCH_IMAGE, make_pod
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 MODEL = ResolvedModel(uri="pvc://models/s/s", digest="sha256:ab", metrics={"f1": 0.93})
@@ -44,6 +46,23 @@ def deployment(status: dict[str, Any] | None = None, **changes: Any) -> ModelDep
 
 def observe(**fields: Any) -> ObservedDeployment:
     return ObservedDeployment(**{"model": MODEL, "endpoint": ENDPOINT, **fields})
+
+
+def ray_pod(role: str, suffix: str, **state: Any) -> dict[str, Any]:
+    labels = {c.LABEL_DEPLOYMENT: "sentiment", c.LABEL_ROLE: role}
+    return make_pod(
+        f"sentiment-ray-{role}-{suffix}", labels=labels, container=f"ray-{role}", **state
+    )
+
+
+HEAD_CANNOT_PULL = ray_pod("head", "7d9f", waiting=("ImagePullBackOff", NO_SUCH_IMAGE))
+WORKER_CRASHING = ray_pod(
+    "worker",
+    "x2kq",
+    phase="Running",
+    waiting=("CrashLoopBackOff", CRASH_BACKOFF),
+    last_exit=(1, "Error"),
+)
 
 
 CASES = [
@@ -81,6 +100,20 @@ CASES = [
         "Ready",
         True,
         c.REASON_SERVING,
+    ),
+    (
+        "a head pod that cannot pull its image keeps it progressing and says so",
+        observe(pods=(HEAD_CANNOT_PULL,)),
+        "Progressing",
+        True,
+        c.REASON_IMAGE_PULL,
+    ),
+    (
+        "a crash-looping worker while Serve deploys keeps it progressing and says so",
+        observe(serve=ServeState(status="DEPLOYING"), pods=(WORKER_CRASHING,)),
+        "Progressing",
+        True,
+        c.REASON_CRASH_LOOP,
     ),
     (
         "a failed deployment is degraded and keeps the cluster",
@@ -230,3 +263,79 @@ def test_a_succeeded_training_gives_its_artifact_and_metrics() -> None:
 def test_a_message_without_a_traceback_is_kept() -> None:
     assert summarize_serve_message("replica died\n") == "replica died"
     assert summarize_serve_message("") == ""
+
+
+def test_a_pod_problem_names_the_pod_and_the_kubelets_message_head_first() -> None:
+    decision = derive_deployment_status(
+        deployment(), observe(pods=(WORKER_CRASHING, HEAD_CANNOT_PULL)), now=NOW
+    )
+    conditions = {cond.type: cond for cond in decision.status.conditions}
+    for type_ in (c.COND_READY, c.COND_PROGRESSING, c.COND_RECONCILING):
+        assert conditions[type_].reason == c.REASON_IMAGE_PULL
+        assert "pod sentiment-ray-head-7d9f cannot pull its image" in conditions[type_].message
+        assert NO_SUCH_IMAGE in conditions[type_].message
+    assert conditions[c.COND_STALLED].status == "False"  # the kubelet keeps retrying
+
+
+def test_a_crash_loop_says_how_the_container_last_ended() -> None:
+    decision = derive_deployment_status(deployment(), observe(pods=(WORKER_CRASHING,)), now=NOW)
+    ready = find_condition(decision.status.conditions, c.COND_READY)
+    assert ready is not None
+    assert ready.reason == c.REASON_CRASH_LOOP
+    assert "pod sentiment-ray-worker-x2kq: container ray-worker keeps crashing" in ready.message
+    assert "last exit code 1 (Error)" in ready.message
+    assert CRASH_BACKOFF in ready.message
+
+
+def test_a_serving_deployment_stays_ready_and_names_the_worker_that_cannot_start() -> None:
+    stuck = ray_pod("worker", "9zz1", waiting=("ErrImagePull", NO_SUCH_IMAGE))
+    serve = ServeState(status="RUNNING", target_replicas=3, running_replicas=2)
+    decision = derive_deployment_status(deployment(), observe(serve=serve, pods=(stuck,)), now=NOW)
+    ready = find_condition(decision.status.conditions, c.COND_READY)
+    assert ready is not None
+    assert (decision.status.phase, ready.status, ready.reason) == ("Ready", "True", "Serving")
+    assert ready.message.startswith("serving with 2 replica(s); pod sentiment-ray-worker-9zz1")
+
+
+def ray_deployment(
+    replicas: int, ready: int, *, updated: int | None = None, stale: bool = False
+) -> dict[str, Any]:
+    updated = ready if updated is None else updated
+    return {
+        "metadata": {"generation": 2},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": 1 if stale else 2,
+            "replicas": replicas,
+            "updatedReplicas": updated,
+            "readyReplicas": ready,
+            **({"unavailableReplicas": replicas - ready} if ready < replicas else {}),
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("head", "workers", "worth"),
+    [
+        (None, None, False),
+        (ray_deployment(1, 1), ray_deployment(2, 2), False),
+        (ray_deployment(1, 0), ray_deployment(2, 2), True),
+        (ray_deployment(1, 1), ray_deployment(3, 2), True),
+        (ray_deployment(1, 1, updated=0), ray_deployment(2, 2), True),
+        (ray_deployment(1, 1, stale=True), ray_deployment(2, 2), True),
+        (ray_deployment(1, 1), ray_deployment(0, 0), False),
+    ],
+    ids=[
+        "no cluster yet has no pods to read",
+        "a settled cluster is not listed every second",
+        "a head that is not ready is looked at",
+        "a worker that is not ready is looked at",
+        "a rollout still replacing the head is looked at",
+        "a Deployment its controller has not seen yet is looked at",
+        "workers scaled to zero are settled",
+    ],
+)
+def test_pods_are_read_only_while_some_are_not_ready(
+    head: dict[str, Any] | None, workers: dict[str, Any] | None, worth: bool
+) -> None:
+    assert pods_worth_reading(head, workers) is worth

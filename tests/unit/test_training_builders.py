@@ -73,6 +73,29 @@ def test_config_errors_fail_the_job_without_retry() -> None:
     assert rules[0]["onExitCodes"]["values"] == [42]
 
 
+@pytest.mark.parametrize(
+    ("nodes", "action"),
+    [(1, "Ignore"), (2, "FailJob"), (4, "FailJob")],
+    ids=[
+        "one node: the Job replaces an evicted pod in place",
+        "a gang of two: an evicted rank ends the attempt",
+        "a gang of four: an evicted rank ends the attempt",
+    ],
+)
+def test_a_disrupted_pod_ends_a_gangs_attempt_but_not_a_single_pods(
+    nodes: int, action: str
+) -> None:
+    spec = job_for(training({"spec.resources.nodes": nodes}))["spec"]
+    (disruption,) = [r for r in spec["podFailurePolicy"]["rules"] if "onPodConditions" in r]
+    assert disruption == {"action": action, "onPodConditions": [{"type": "DisruptionTarget"}]}
+    # Why a gang cannot replace one rank: torchrun's rendezvous is static and its agent
+    # never restarts workers, so a new pod cannot join the ranks that stayed.
+    command = spec["template"]["spec"]["containers"][0]["command"]
+    assert "--master-addr=$(MASTER_ADDR)" in command
+    assert not [arg for arg in command if arg.startswith(("--max-restarts", "--rdzv"))]
+    assert spec["backoffLimit"] == 0
+
+
 def test_pvc_uris_become_mounts_under_the_pvc_root() -> None:
     t = training(
         {

@@ -8,9 +8,14 @@ from typing import Any
 
 import pytest
 
+from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.builders.training import build_job
+from modelplane_operator.render import render_run_config
+from modelplane_operator.settings import Settings
 from modelplane_operator.status.training import Observed, derive_training_status, rank0_ip
 from tests.factories import make_training
+from tests.unit.pods import NO_SUCH_IMAGE, make_pod
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 RESULT = {
@@ -147,11 +152,24 @@ CASES = [
         training({"spec.maxRestarts": 1}),
         Observed(
             attempt=1,
+            restarts=1,
             job=job(("Failed", "BackoffLimitExceeded")),
             pods=(pod(0, "Failed", exit_code=137),),
         ),
         "Failed",
         "RestartsExhausted",
+        False,
+    ),
+    (
+        "a pod that cannot pull its image keeps the training Pending and says why",
+        training(),
+        Observed(
+            attempt=0,
+            job=job(),
+            pods=(make_pod("demo-train-0-x", index=0, waiting=("ErrImagePull", NO_SUCH_IMAGE)),),
+        ),
+        "Pending",
+        "ImagePullFailed",
         False,
     ),
     (
@@ -260,3 +278,159 @@ def test_rank_0_is_found_by_its_completion_index() -> None:
     pods[1]["status"]["podIP"] = "10.0.0.1"
     assert rank0_ip(pods) == "10.0.0.1"
     assert rank0_ip([pod(1, "Running")]) is None
+
+
+def test_an_image_that_does_not_exist_keeps_the_training_pending_while_the_kubelet_retries() -> (
+    None
+):
+    """A Job whose pod cannot pull never ends by itself; the training does not fail
+    either (a registry outage or a late push heals it), but every condition says why."""
+    t = training()
+    pulling = make_pod("demo-train-0-x", index=0, waiting=("ErrImagePull", NO_SUCH_IMAGE))
+    first = derive_training_status(t, Observed(attempt=0, job=job(), pods=(pulling,)), now=NOW)
+    backing_off = make_pod("demo-train-0-x", index=0, waiting=("ImagePullBackOff", NO_SUCH_IMAGE))
+    later = derive_training_status(
+        training(status=first.status.model_dump(mode="json", by_alias=True, exclude_none=True)),
+        Observed(attempt=0, job=job(), pods=(backing_off,)),
+        now=datetime(2026, 5, 1, 13, 0, tzinfo=UTC),
+    )
+    for decision in (first, later):
+        assert decision.status.phase == "Pending"
+        assert decision.replace_job is False
+        conditions = {cond.type: cond for cond in decision.status.conditions}
+        assert conditions["Progressing"].status == "True"
+        assert conditions["Progressing"].reason == c.REASON_IMAGE_PULL
+        assert "pod demo-train-0-x cannot pull its image" in conditions["Progressing"].message
+        assert NO_SUCH_IMAGE in conditions["Ready"].message
+        assert (conditions["Failed"].status, conditions["Stalled"].status) == ("False", "False")
+    assert later.events == ()
+
+
+SETTINGS = Settings(runtime_image="registry.example/runtime:1")
+EVICTED = ("EvictionByEvictionAPI", "Eviction API: evicting")
+PREEMPTED = ("PreemptionByScheduler", "preempting to accommodate a higher priority pod")
+BACKOFF = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+BY_RULE = (
+    "PodFailurePolicy",
+    "Pod ml/demo-train-1-b has condition DisruptionTarget matching FailJob rule at index 1",
+)
+BY_CONFIG_ERROR = (
+    "PodFailurePolicy",
+    "Container trainer for pod ml/demo-train-0-a failed with exit code 42 matching FailJob "
+    "rule at index 0",
+)
+
+
+def failed_job(t: ModelTraining, why: tuple[str, str]) -> dict[str, Any]:
+    """The Job the builder makes for `t`, pod failure policy included, failed for `why`
+    (the Job controller's reason and message)."""
+    manifest = build_job(t, render_run_config(t), attempt=0, settings=SETTINGS)
+    reason, message = why
+    manifest["status"] = {
+        "conditions": [{"type": "Failed", "status": "True", "reason": reason, "message": message}]
+    }
+    return manifest
+
+
+def rank(index: int, code: int, disrupted: tuple[str, str] | None = None) -> dict[str, Any]:
+    name = f"demo-train-{index}-{'ab'[index]}"
+    return make_pod(name, "Failed", index=index, exit_code=code, disrupted=disrupted)
+
+
+GANG = training({"spec.resources.nodes": 2, "spec.maxRestarts": 1})
+ONE_NODE = training({"spec.maxRestarts": 1})
+FIRST = Observed(attempt=0, restarts=0)
+AFTER_A_RESTART = Observed(attempt=1, restarts=1)
+FAILURES = [
+    (
+        "an evicted rank fails the gang's attempt by the disruption rule",
+        GANG,
+        FIRST,
+        BY_RULE,
+        (make_pod("demo-train-0-a", "Running", index=0), rank(1, 143, EVICTED)),
+        ("Pending", "Restarting", 0, 1, "pod demo-train-1-b was disrupted (EvictionByEvictionAPI"),
+    ),
+    (
+        "a rank that crashed because its peer was preempted failed the job first",
+        GANG,
+        FIRST,
+        BACKOFF,
+        (rank(0, 1), rank(1, 143, PREEMPTED)),
+        ("Pending", "Restarting", 0, 1, "(PreemptionByScheduler: preempting to accommodate"),
+    ),
+    (
+        "a disrupted pod that is gone is still named by the job's failure",
+        GANG,
+        FIRST,
+        BY_RULE,
+        (),
+        ("Pending", "Restarting", 0, 1, BY_RULE[1]),
+    ),
+    (
+        "a disruption after the last allowed restart still replaces the gang",
+        GANG,
+        AFTER_A_RESTART,
+        BY_RULE,
+        (rank(1, 143, EVICTED),),
+        ("Pending", "Restarting", 1, 1, "does not count against maxRestarts"),
+    ),
+    (
+        "a rank that crashed on its own counts as a restart",
+        GANG,
+        FIRST,
+        BACKOFF,
+        (rank(0, 1),),
+        ("Pending", "Restarting", 1, 0, "attempt 1 failed (BackoffLimitExceeded"),
+    ),
+    (
+        "a crash after the last allowed restart fails the training",
+        GANG,
+        AFTER_A_RESTART,
+        BACKOFF,
+        (rank(0, 1),),
+        ("Failed", "RestartsExhausted", 1, 0, "failed after 1 restart(s)"),
+    ),
+    (
+        "one node's evicted pod was replaced in place, so a later crash counts",
+        ONE_NODE,
+        FIRST,
+        BACKOFF,
+        (rank(0, 143, EVICTED), make_pod("demo-train-0-c", "Failed", index=0, exit_code=1)),
+        ("Pending", "Restarting", 1, 0, "attempt 1 failed (BackoffLimitExceeded"),
+    ),
+    (
+        "the config-error rule of the same policy is still a config error",
+        GANG,
+        FIRST,
+        BY_CONFIG_ERROR,
+        (),
+        ("Failed", "ConfigError", 0, 0, "exit code 42"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("t", "before", "why", "pods", "expected"),
+    [case[1:] for case in FAILURES],
+    ids=[case[0] for case in FAILURES],
+)
+def test_a_disrupted_attempt_is_replaced_whole_without_counting_a_restart(
+    t: ModelTraining,
+    before: Observed,
+    why: tuple[str, str],
+    pods: tuple[dict[str, Any], ...],
+    expected: tuple[str, str, int, int, str],
+) -> None:
+    phase, reason, restarts, disruptions, says = expected
+    observed = Observed(
+        attempt=before.attempt, restarts=before.restarts, job=failed_job(t, why), pods=pods
+    )
+    decision = derive_training_status(t, observed, now=NOW)
+    status = decision.status
+    ready = next(cond for cond in status.conditions if cond.type == "Ready")
+    assert (status.phase, ready.reason) == (phase, reason)
+    assert decision.replace_job is (phase == "Pending")
+    assert (status.restarts, status.disruptions) == (restarts, disruptions)
+    assert says in ready.message
+    (event,) = decision.events
+    assert event.type == "Warning"

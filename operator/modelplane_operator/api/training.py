@@ -484,7 +484,10 @@ class ModelTrainingStatus(StatusModel):
     trial_summary: str | None = None
     """Trials finished out of maxTrials, for kubectl get (for example 4/6)."""
     restarts: int = 0
-    """Times the job was replaced after an infrastructure failure."""
+    """Times the job was replaced after an infrastructure failure; at most maxRestarts."""
+    disruptions: int = 0
+    """Times every pod of the job was replaced because Kubernetes evicted, preempted or
+    lost one of them; these do not count against maxRestarts."""
     job_name: str | None = None
     """Name of the current Job."""
     start_time: str | None = None

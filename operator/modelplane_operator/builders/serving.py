@@ -13,7 +13,9 @@
 - `<name>-ray-head` Service (GCS, dashboard, metrics) and `<name>` Service (HTTP, port
   8000, every pod whose Serve ingress is ready): the endpoint.
 
-The Secret's token comes in as an argument: builders never draw random numbers.
+The Secret's token comes in as an argument: builders never draw random numbers. So does
+the model's URI: the artifact the reconcile resolved (`model.uri`, or the artifact of the
+`fromTraining` ModelTraining), whose claim the Ray pods mount.
 """
 
 from __future__ import annotations
@@ -172,10 +174,12 @@ def _pod_spec(
     *,
     container: Manifest,
     config: bool,
+    model_uri: str,
 ) -> Manifest:
     spec = deployment.spec
-    model_uri = spec.model.uri
-    claims = pvc_claims([model_uri] if model_uri else [])
+    # A pvc:// model at <pvc root>/<claim>/<path>: the runtime resolves the Serve
+    # config's URI under $MODELPLANE_PVC_ROOT, the root the training pods wrote it under.
+    claims = pvc_claims([model_uri])
     volumes, mounts = pvc_volumes(claims, root=settings.pvc_root)
     for mount in mounts:
         mount["readOnly"] = True  # serving never writes the model store
@@ -236,9 +240,10 @@ def _deployment(
     }
 
 
-def build_head(deployment: ModelDeployment, *, settings: Settings) -> Manifest:
+def build_head(deployment: ModelDeployment, *, settings: Settings, model_uri: str) -> Manifest:
     """The Ray head: GCS, dashboard, Serve controller and an HAProxy ingress; no CPUs for
-    replicas. It deploys the mounted Serve config and redeploys it when it changes."""
+    replicas. It deploys the mounted Serve config and redeploys it when it changes.
+    Like every Ray pod it mounts the claim of `model_uri`, the resolved artifact."""
     names = names_for(deployment.metadata.name or "")
     start = (
         f"ray start --head --port={GCS_PORT} --num-cpus=0 --num-gpus=0 "
@@ -264,7 +269,7 @@ def build_head(deployment: ModelDeployment, *, settings: Settings) -> Manifest:
         "livenessProbe": _http_get("/api/gcs_healthz", DASHBOARD_PORT, period=10),
         "readinessProbe": _http_get("/-/healthz", SERVE_HTTP_PORT),
     }
-    pod = _pod_spec(deployment, settings, container=container, config=True)
+    pod = _pod_spec(deployment, settings, container=container, config=True, model_uri=model_uri)
     return _deployment(deployment, name=names.head, role="head", replicas=1, pod=pod)
 
 
@@ -280,8 +285,11 @@ def _worker_resources(deployment: ModelDeployment) -> Manifest:
     return {"requests": requests, "limits": limits}
 
 
-def build_workers(deployment: ModelDeployment, *, settings: Settings, replicas: int) -> Manifest:
-    """Ray workers, one model replica each; `replicas` is the operator's decision."""
+def build_workers(
+    deployment: ModelDeployment, *, settings: Settings, model_uri: str, replicas: int
+) -> Manifest:
+    """Ray workers, one model replica each, with the claim of `model_uri` (the resolved
+    artifact) mounted; `replicas` is the operator's decision."""
     names = names_for(deployment.metadata.name or "")
     spec = deployment.spec.resources
     start = (
@@ -300,7 +308,7 @@ def build_workers(deployment: ModelDeployment, *, settings: Settings, replicas: 
         "livenessProbe": _http_get("/api/local_raylet_healthz", AGENT_PORT, period=10),
         "readinessProbe": _http_get("/-/healthz", SERVE_HTTP_PORT),
     }
-    pod = _pod_spec(deployment, settings, container=container, config=False)
+    pod = _pod_spec(deployment, settings, container=container, config=False, model_uri=model_uri)
     if deployment.spec.autoscaling.spare_workers:
         # Spares are worth keeping only warm; without them a new replica waits for its
         # pod, whose workers start with it, so warming gains nothing and costs memory:

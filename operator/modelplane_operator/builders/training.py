@@ -5,6 +5,8 @@ A single-node training has no Service: its one pod is its own rendezvous.
 Pod i of the Job is `<job>-<i>.<service>`; rank 0's address is the rendezvous point.
 Every pod runs torchrun with `--node-rank` from the Job's completion index, so the same
 template serves every node, and `nproc_per_node` is gpusPerNode (one process on CPUs).
+The rendezvous is static (`--master-addr`, no `--max-restarts`): a node that leaves
+cannot rejoin the ranks that stayed, so the pods of a multi-node Job live and die as one.
 """
 
 from __future__ import annotations
@@ -172,6 +174,11 @@ def build_job(
         f"{CONFIG_DIR}/{CONFIG_FILE}",
     ]
     labels = _labels(training, run_config.name, attempt)
+    # A pod that Kubernetes takes away (drain, preemption, taint) did nothing wrong. One
+    # pod alone is replaced in place by the Job and resumes from the checkpoint; in a gang
+    # a lone replacement would meet ranks stuck in the old rendezvous, so the attempt
+    # fails and the operator replaces every pod, without counting it as a restart.
+    on_disruption = "FailJob" if nodes > 1 else "Ignore"
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # training needs no Kubernetes credentials
@@ -229,7 +236,10 @@ def build_job(
                             "values": [int(ExitCode.CONFIG_ERROR)],
                         },
                     },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    {
+                        "action": on_disruption,
+                        "onPodConditions": [{"type": c.POD_DISRUPTION_TARGET}],
+                    },
                 ]
             },
             "suspend": spec.suspend,

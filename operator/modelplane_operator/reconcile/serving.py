@@ -1,8 +1,9 @@
 """reconcile_deployment: one level-based pass that converges a ModelDeployment.
 
 Resolve the model (a Succeeded ModelTraining's artifact, or `model.uri`), apply the
-gate, read the Ray head's Serve state through its dashboard, let the pure phase machine
-decide, apply the Ray cluster when it says so, and patch status once when it changed.
+gate, read the Ray head's Serve state through its dashboard (and the Ray pods while some
+are not ready), let the pure phase machine decide, apply the Ray cluster when it says so,
+built for the resolved artifact, and patch status once when it changed.
 Killed at any point and run again, it finds the same deterministic children.
 """
 
@@ -48,6 +49,7 @@ from modelplane_operator.status.serving import (
     ModelWaiting,
     ObservedDeployment,
     derive_deployment_status,
+    pods_worth_reading,
     resolve_from_training,
 )
 
@@ -103,6 +105,7 @@ async def _apply_cluster(
     deployment: ModelDeployment,
     *,
     config: dict[str, Any],
+    model: ResolvedModel,
     settings: Settings,
     token: str | None,
     spec_hash: str,
@@ -114,7 +117,7 @@ async def _apply_cluster(
     await client.apply(build_config_map(deployment, config))
     await client.apply(build_head_service(deployment))
     await client.apply(build_http_service(deployment))
-    head = build_head(deployment, settings=settings)
+    head = build_head(deployment, settings=settings, model_uri=model.uri)
     head["metadata"].setdefault("annotations", {})[c.ANNOTATION_SPEC_HASH] = spec_hash
     await client.apply(head)
 
@@ -155,6 +158,11 @@ async def reconcile_deployment(
     if head is not None and token_exists:
         url = settings.dashboard_url.format(head=names.head_service, namespace=namespace)
         serve = await dashboard_for(url, token).application(name)
+    pods = (
+        await client.list_pods(namespace, {c.LABEL_COMPONENT: "serving", c.LABEL_DEPLOYMENT: name})
+        if pods_worth_reading(head, workers)
+        else []
+    )
     observed = ObservedDeployment(
         model=model,
         endpoint=endpoint(deployment),
@@ -162,6 +170,7 @@ async def reconcile_deployment(
         workers=workers,
         serve=serve,
         gate_failures=failures,
+        pods=tuple(pods),
     )
     decision = derive_deployment_status(deployment, observed, now=now)
     if decision.roll_out and isinstance(model, ResolvedModel):
@@ -182,6 +191,7 @@ async def reconcile_deployment(
                 client,
                 deployment,
                 config=config,
+                model=model,
                 settings=settings,
                 token=None if token_exists else token,
                 spec_hash=wanted,
@@ -203,7 +213,10 @@ async def reconcile_deployment(
         if scale.changed and scale.workers < current and serve is not None:
             await _mark_idle_workers(client, deployment, serve.replica_ips)
         if scale.changed or not up_to_date:
-            await client.apply(build_workers(deployment, settings=settings, replicas=scale.workers))
+            workers_manifest = build_workers(
+                deployment, settings=settings, model_uri=model.uri, replicas=scale.workers
+            )
+            await client.apply(workers_manifest)
         if scale.changed and workers is not None:
             obs.scaled("up" if scale.workers > current else "down")
             decision = replace(

@@ -52,16 +52,27 @@ def _attempt(job: Manifest) -> int:
     return int(job["metadata"].get("labels", {}).get(c.LABEL_ATTEMPT, "0"))
 
 
+def _restarts(job: Manifest) -> int:
+    """Failures counted before this attempt. A Job from before disruptions were told
+    apart has no annotation: every replacement before it counted."""
+    recorded = job["metadata"].get("annotations", {}).get(c.ANNOTATION_RESTARTS)
+    return int(recorded) if recorded is not None else _attempt(job)
+
+
 async def create_attempt(
-    client: Client, training: ModelTraining, *, attempt: int, settings: Settings
+    client: Client, training: ModelTraining, *, attempt: int, restarts: int, settings: Settings
 ) -> Manifest:
-    """Apply the ConfigMap, Service and Job of `attempt`; return the Job."""
+    """Apply the ConfigMap, Service and Job of `attempt`, which follows `restarts` counted
+    failures (kept on the Job, so a pass killed before its status patch loses no count);
+    return the Job."""
     run_config = render_run_config(training, progress_port=settings.progress_port)
     await client.apply(build_config_map(training, run_config, attempt=attempt))
     if needs_service(training):
         await client.apply(build_service(training, attempt=attempt, settings=settings))
     job = build_job(training, run_config, attempt=attempt, settings=settings)
-    job["metadata"].setdefault("annotations", {})[c.ANNOTATION_SPEC_HASH] = spec_hash(training)
+    job["metadata"].setdefault("annotations", {}).update(
+        {c.ANNOTATION_SPEC_HASH: spec_hash(training), c.ANNOTATION_RESTARTS: str(restarts)}
+    )
     return await client.apply(job)
 
 
@@ -97,10 +108,16 @@ async def reconcile_training(
             client, body, training, settings=settings, now=now, poll_progress=poll_progress
         )
     jobs = await client.list_jobs(namespace, {c.LABEL_TRAINING: name})
-    attempt = max([training.status.restarts if training.status else 0, *map(_attempt, jobs)])
+    recorded = training.status
+    attempt = max(
+        [recorded.restarts + recorded.disruptions if recorded else 0, *map(_attempt, jobs)]
+    )
     job = next((j for j in jobs if _attempt(j) == attempt), None)
+    restarts = _restarts(job) if job is not None else (recorded.restarts if recorded else 0)
     if job is None and current_status.get("phase") not in FINAL_PHASES:
-        job = await create_attempt(client, training, attempt=attempt, settings=settings)
+        job = await create_attempt(
+            client, training, attempt=attempt, restarts=restarts, settings=settings
+        )
     elif job is not None and bool(job["spec"].get("suspend")) != training.spec.suspend:
         await client.suspend_job(namespace, job["metadata"]["name"], suspend=training.spec.suspend)
     names = names_for(name, attempt)
@@ -123,6 +140,7 @@ async def reconcile_training(
         training,
         Observed(
             attempt=attempt,
+            restarts=restarts,
             job=job,
             pods=tuple(pods),
             progress=progress,
@@ -145,9 +163,12 @@ async def reconcile_training(
             now=now,
         )
     if decision.replace_job:
+        # The phase machine decided, and counted the failure or the disruption in status.
         if job is not None:
             await client.delete_job(namespace, job["metadata"]["name"])
-        await create_attempt(client, training, attempt=attempt + 1, settings=settings)
+        await create_attempt(
+            client, training, attempt=attempt + 1, restarts=status.restarts, settings=settings
+        )
     new_status = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     patch = status_patch(current_status, new_status)
     if patch is not None:

@@ -9,6 +9,12 @@ pure phase machine.
 Every phase drives a decision: Pending and Rejected roll nothing out; Progressing and
 Ready keep the Ray cluster applied; Degraded keeps it too (Serve retries, and a fixed
 spec is pushed in place) while the condition carries Serve's own message.
+
+A Ray pod that cannot pull its image or keeps crashing is no phase of its own: the
+kubelet keeps retrying, as it does for a training's pods. While the deployment is
+Progressing, its conditions carry that pod's reason (ImagePullFailed, CrashLoopBackOff)
+and the kubelet's message instead of RollingOut; a Ready deployment stays Ready (it
+serves) and its message names the pod that keeps it from growing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from modelplane_operator.api.deployment import (
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.conditions import Event, set_condition
 from modelplane_operator.serve_config import ResolvedModel
+from modelplane_operator.status.pods import PodProblem, pod_problem
 
 Manifest = dict[str, Any]
 MESSAGE_LIMIT = 1024
@@ -67,6 +74,8 @@ class ObservedDeployment:
     serve: ServeState | None = None
     """None when the head's dashboard did not answer (not started yet, or down)."""
     gate_failures: tuple[str, ...] = field(default=())
+    pods: tuple[Manifest, ...] = ()
+    """The Ray head and worker pods, when `pods_worth_reading` said so."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,37 @@ def resolve_from_training(
     return ResolvedModel(uri=artifact.uri, digest=artifact.digest, metrics=dict(status.metrics))
 
 
+def pods_worth_reading(*deployments: Manifest | None) -> bool:
+    """Whether a pod of these Deployments may be failing to start: some pod is not yet
+    updated and ready. A settled cluster's pods are not listed on every pass."""
+    for manifest in deployments:
+        if manifest is None:
+            continue
+        meta = manifest.get("metadata") or {}
+        status = manifest.get("status") or {}
+        desired = int((manifest.get("spec") or {}).get("replicas") or 0)
+        settled = (
+            int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+            and int(status.get("replicas") or 0) == desired
+            and int(status.get("updatedReplicas") or 0) == desired
+            and int(status.get("readyReplicas") or 0) == desired
+            and not status.get("unavailableReplicas")
+        )
+        if not settled:
+            return True
+    return False
+
+
+def _pod_problem(pods: tuple[Manifest, ...]) -> PodProblem | None:
+    """The head's problem first (nothing serves without it), then the workers', by name."""
+
+    def order(pod: Manifest) -> tuple[bool, str]:
+        meta = pod.get("metadata") or {}
+        return (meta.get("labels") or {}).get(c.LABEL_ROLE) != "head", str(meta.get("name"))
+
+    return pod_problem(sorted(pods, key=order))
+
+
 def _ready_replicas(manifest: Manifest | None) -> int:
     return int(((manifest or {}).get("status") or {}).get("readyReplicas") or 0)
 
@@ -122,7 +162,9 @@ def _desired_replicas(manifest: Manifest | None) -> int:
     return int(((manifest or {}).get("spec") or {}).get("replicas") or 0)
 
 
-def _phase(observed: ObservedDeployment) -> tuple[DeploymentPhase, str, str]:
+def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
+    observed: ObservedDeployment,
+) -> tuple[DeploymentPhase, str, str]:
     """(phase, reason, message) of the Ready/Progressing conditions."""
     if isinstance(observed.model, ModelWaiting):
         return "Pending", observed.model.reason, observed.model.message
@@ -133,23 +175,27 @@ def _phase(observed: ObservedDeployment) -> tuple[DeploymentPhase, str, str]:
             "the model does not meet requireMetrics: " + "; ".join(observed.gate_failures),
         )
     serve = observed.serve
-    if serve is None:
-        return (
-            "Progressing",
-            c.REASON_ROLLING_OUT,
-            "waiting for the Ray head to start and deploy the Serve application",
-        )
-    if serve.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+    problem = _pod_problem(observed.pods)
+    if serve is not None and serve.status in ("DEPLOY_FAILED", "UNHEALTHY"):
         return (
             "Degraded",
             c.REASON_APPLICATION_ERROR,
             f"Serve reports {serve.status}: {summarize_serve_message(serve.message)}",
         )
-    if serve.status == "RUNNING" and serve.running_replicas > 0:
+    if serve is not None and serve.status == "RUNNING" and serve.running_replicas > 0:
         return (
             "Ready",
             c.REASON_SERVING,
-            f"serving with {serve.running_replicas} replica(s)",
+            f"serving with {serve.running_replicas} replica(s)"
+            + (f"; {problem.message}" if problem else ""),
+        )
+    if problem is not None:
+        return "Progressing", problem.reason, problem.message
+    if serve is None:
+        return (
+            "Progressing",
+            c.REASON_ROLLING_OUT,
+            "waiting for the Ray head to start and deploy the Serve application",
         )
     return (
         "Progressing",

@@ -2,13 +2,17 @@
 
     Pending ──pods running──► Running ──Job complete──► Succeeded
        │                        │
+       │                        ├─ a pod disrupted (evicted, preempted) ──► (replace Job) Pending
        │                        ├─ infrastructure failure, restarts left ─► (replace Job) Pending
        │                        ├─ infrastructure failure, none left ─────► Failed RestartsExhausted
        └────────────────────────┴─ config-error exit code ────────────────► Failed ConfigError
     any ──spec.suspend──► Suspended ──resume──► Pending
 
 Succeeded and Failed are final: a later observation never moves them (the Job may be
-garbage-collected, the result stays in status).
+garbage-collected, the result stays in status). A disruption replaces the whole gang
+without counting against maxRestarts: the run did nothing wrong. A pod that cannot pull
+its image keeps the training Pending with the ImagePullFailed reason: the kubelet keeps
+retrying, and the Job never ends by itself.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from modelplane_operator.api.common import ArtifactRef
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, Progress, TrainingPhase
 from modelplane_operator.conditions import Event, format_time, set_condition
+from modelplane_operator.status.pods import pod_problem
 from modelplane_runtime.contract import ExitCode, TrainingResult
 
 Manifest = dict[str, Any]
@@ -37,6 +42,10 @@ class Observed:
     """The children of the current attempt, as the API server returned them."""
 
     attempt: int
+    """Every replacement counts here: attempt n's Job is `<name>-train-<n>`."""
+    restarts: int = 0
+    """Failures counted against maxRestarts before this attempt (the Job's annotation);
+    the other `attempt - restarts` replacements followed disruptions."""
     job: Manifest | None = None
     pods: tuple[Manifest, ...] = ()
     job_warnings: tuple[str, ...] = ()
@@ -50,7 +59,8 @@ class Decision:
     events: tuple[Event, ...] = ()
     replace_job: bool = False
     """True when the current Job failed for an infrastructure reason and another attempt
-    is allowed: the caller creates the next attempt's children."""
+    is allowed: the caller creates the next attempt's children, counting
+    `status.restarts` failures before it."""
 
 
 def job_condition(job: Manifest | None, type_: str) -> Manifest | None:
@@ -68,6 +78,16 @@ def _terminated(pod: Manifest) -> Manifest | None:
     return None
 
 
+def _failed_by_disruption_rule(failed: Manifest | None) -> bool:
+    """The Job failed by its FailJob rule on DisruptionTarget; the Job controller's
+    message reads `Pod <ns>/<pod> has condition DisruptionTarget matching FailJob ...`."""
+    return (
+        failed is not None
+        and failed.get("reason") == "PodFailurePolicy"
+        and c.POD_DISRUPTION_TARGET in str(failed.get("message") or "")
+    )
+
+
 def config_error(job: Manifest | None, pods: tuple[Manifest, ...]) -> str | None:
     """The message of a pod that exited with the config-error code, if any did."""
     for pod in pods:
@@ -75,8 +95,45 @@ def config_error(job: Manifest | None, pods: tuple[Manifest, ...]) -> str | None
         if state and state.get("exitCode") == ExitCode.CONFIG_ERROR:
             return str(state.get("message") or "the runtime reported a configuration error")
     failed = job_condition(job, "Failed")
-    if failed and failed.get("reason") == "PodFailurePolicy":
+    if (
+        failed
+        and failed.get("reason") == "PodFailurePolicy"
+        and not _failed_by_disruption_rule(failed)
+    ):
         return str(failed.get("message") or "the runtime reported a configuration error")
+    return None
+
+
+def _fails_on_disruption(job: Manifest) -> bool:
+    """The Job's own pod failure policy ends the attempt when a pod is disrupted (a gang);
+    a Job that ignores disruptions replaces that pod alone, so a disrupted pod among its
+    pods never explains the Job's failure."""
+    rules = (((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules")) or []
+    return any(
+        rule.get("action") == "FailJob"
+        and any(
+            cond.get("type") == c.POD_DISRUPTION_TARGET
+            for cond in rule.get("onPodConditions") or []
+        )
+        for rule in rules
+    )
+
+
+def disruption(job: Manifest | None, pods: tuple[Manifest, ...]) -> str | None:
+    """Why a failed attempt was the cluster's doing (a pod evicted, preempted or lost with
+    its node), or None when it failed on its own. A rank that crashed because its peer
+    vanished fails the Job too, maybe first: the disrupted pod is the cause either way."""
+    failed = job_condition(job, "Failed")
+    if job is None or failed is None or not _fails_on_disruption(job):
+        return None
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == c.POD_DISRUPTION_TARGET and cond.get("status") == "True":
+                name = (pod.get("metadata") or {}).get("name") or "(unnamed)"
+                why = ": ".join(str(cond[k]) for k in ("reason", "message") if cond.get(k))
+                return f"pod {name} was disrupted ({why or c.POD_DISRUPTION_TARGET})"
+    if _failed_by_disruption_rule(failed):
+        return str(failed.get("message"))
     return None
 
 
@@ -113,10 +170,8 @@ def _pending_reason(
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
                 return c.REASON_UNSCHEDULABLE, str(cond.get("message", ""))
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            waiting = (status.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
-                return c.REASON_IMAGE_PULL, str(waiting.get("message") or waiting["reason"])
+    if (problem := pod_problem(pods)) is not None:
+        return problem.reason, problem.message
     return c.REASON_WAITING_FOR_PODS, "waiting for every node's pod to start"
 
 
@@ -167,9 +222,19 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
             f"trained {result.steps} steps; artifact {result.artifact_uri}",
         )
     if failed := job_condition(job, "Failed"):
+        if (disrupted := disruption(job, pods)) is not None:
+            status.disruptions += 1
+            return _Verdict(
+                "Pending",
+                c.REASON_RESTARTING,
+                f"attempt {observed.attempt + 1} was disrupted: {disrupted}; replacing "
+                "every node's pod, which resume from the newest checkpoint (a disruption "
+                "does not count against maxRestarts)",
+                replace=True,
+            )
         why = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
-        if observed.attempt < training.spec.max_restarts:
-            status.restarts = observed.attempt + 1
+        if observed.restarts < training.spec.max_restarts:
+            status.restarts = observed.restarts + 1
             return _Verdict(
                 "Pending",
                 c.REASON_RESTARTING,
@@ -180,7 +245,7 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
         return _Verdict(
             "Failed",
             c.REASON_RESTARTS_EXHAUSTED,
-            f"failed after {observed.attempt} restart(s) (maxRestarts "
+            f"failed after {observed.restarts} restart(s) (maxRestarts "
             f"{training.spec.max_restarts}); last failure: {why}",
         )
     running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded")]
@@ -201,7 +266,8 @@ def derive_training_status(
         return Decision(status=previous.model_copy(update={"observed_generation": generation}))
     status = previous.model_copy(deep=True)
     status.observed_generation = generation
-    status.restarts = observed.attempt
+    status.restarts = observed.restarts
+    status.disruptions = observed.attempt - observed.restarts
     status.job_name = (observed.job or {}).get("metadata", {}).get("name")
     verdict = _verdict(training, observed, status, now)
     if observed.progress and verdict.phase == "Running":
