@@ -6,7 +6,7 @@
 # the wrapper's go.mod, go.sum and build flags: a changed pin rebuilds, an unchanged one
 # is skipped. The cache lives outside the clone so a fresh clone (CI) reuses it.
 #
-# Usage: e2e/cluster/build.sh [tool ...]     tools: kubernetes etcd kwok helm (default: all)
+# Usage: e2e/cluster/build.sh [tool ...]     tools: kubernetes etcd kwok helm coredns (default: all)
 # Prints the bin directory of every tool on stdout, one "tool=dir" per line.
 set -euo pipefail
 
@@ -26,11 +26,14 @@ k8s_ldflags="-s -w \
 
 packages_for() {
   case "$1" in
-    kubernetes) echo "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl" ;;
+    # kubelet and kube-proxy run the real node (harness node.py); the rest is the control plane.
+    kubernetes) echo "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy" ;;
     etcd) echo "go.etcd.io/etcd/server/v3" ;;
     kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
     helm) echo "helm.sh/helm/v3/cmd/helm" ;;
-    *) echo "unknown tool: $1 (known: kubernetes etcd kwok helm)" >&2; return 2 ;;
+    # The wrapper's own main.go: CoreDNS with only the plugins the cluster DNS uses.
+    coredns) echo "modelplane.io/e2e/cluster/tools/coredns" ;;
+    *) echo "unknown tool: $1 (known: kubernetes etcd kwok helm coredns)" >&2; return 2 ;;
   esac
 }
 
@@ -48,7 +51,8 @@ build_tool() {
   flags="$(ldflags_for "$tool")"
   # The recipe (this script) is part of the stamp: changing how a tool is built rebuilds
   # it, which costs little because Go's own build cache keeps compiled packages.
-  stamp="$(cat "$module/go.mod" "$module/go.sum" "${BASH_SOURCE[0]}" <(echo "$flags") <(go env GOVERSION) | sha256sum | cut -c1-12)"
+  stamp="$(cat "$module/go.mod" "$module/go.sum" $(find "$module" -maxdepth 1 -name '*.go' | sort) \
+    "${BASH_SOURCE[0]}" <(echo "$flags") <(go env GOVERSION) | sha256sum | cut -c1-12)"
   out="$cache/bin/$tool-$stamp"
   if [[ -f "$out/.complete" ]]; then
     echo "[build] $tool: cached in $out" >&2
@@ -81,6 +85,13 @@ build_tool() {
         cat "$src/$stage.yaml"; echo "---"
       done > "$tmp/stages.yaml"
     fi
+    if [[ "$tool" == kubernetes ]]; then
+      # The real node's pod sandbox ("pause") image: Kubernetes' own pause.c, static, so
+      # the image is this one file (harness node.py packages and imports it).
+      local pause_c
+      pause_c="$(cd "$module" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+      gcc -Os -static -DVERSION="$k8s_version" -o "$tmp/pause" "$pause_c" && strip "$tmp/pause"
+    fi
     touch "$tmp/.complete"
     rm -rf "$out" && mv "$tmp" "$out"
     # Older builds of this tool are no longer wanted.
@@ -92,5 +103,5 @@ build_tool() {
 }
 
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm)
+[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm coredns)
 for tool in "${tools[@]}"; do build_tool "$tool"; done
