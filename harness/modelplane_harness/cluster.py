@@ -4,13 +4,15 @@ etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run from 
 that `e2e/cluster/build.sh` builds from Go modules. kwok fakes the nodes (two GPU nodes,
 one CPU node) and the pod lifecycle: pods become Running and Ready, Job pods complete.
 Everything listens on loopback on free ports, so several clusters can run side by side.
+
+With `real_node=True` the cluster has one real node instead (node.py): containerd, the
+kubelet, kube-proxy and CoreDNS in a network namespace of their own; the API server then
+listens on the host end of that namespace's veth, which is where pods reach it too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import secrets
@@ -28,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+
+from modelplane_harness.node import RealNode
+from modelplane_harness.node import save_state as save_node_state
+from modelplane_harness.node import stop_from_state as stop_node_from_state
+from modelplane_harness.pki import SERVICE_CIDR, issue_client_cert, make_pki
+
+__all__ = ["SERVICE_CIDR", "make_pki"]
 
 KUBERNETES_VERSION = "v1.36.3"
-SERVICE_CIDR = "10.96.0.0/16"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 EXIT_CODE_ANNOTATION = "kwok.modelplane.io/exit-code"
 """Set on a Running pod, it makes the pod end with this exit code (stages/pod-exit.yaml)."""
@@ -79,6 +83,11 @@ class Binaries:
     kwok: Path
     kwok_stages: Path
     helm: Path
+    kubelet: Path
+    kube_proxy: Path
+    coredns: Path
+    pause: Path
+    """Kubernetes' pause.c, built static: the real node's pod sandbox image's one file."""
 
 
 def build_binaries(root: Path | None = None) -> Binaries:
@@ -88,7 +97,9 @@ def build_binaries(root: Path | None = None) -> Binaries:
     if result.returncode != 0:
         raise ClusterError(f"{script} failed with exit code {result.returncode}; see above")
     dirs = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
-    k8s, etcd, kwok, helm = (Path(dirs[t]) for t in ("kubernetes", "etcd", "kwok", "helm"))
+    k8s, etcd, kwok, helm, coredns = (
+        Path(dirs[t]) for t in ("kubernetes", "etcd", "kwok", "helm", "coredns")
+    )
     return Binaries(
         kube_apiserver=k8s / "kube-apiserver",
         kube_controller_manager=k8s / "kube-controller-manager",
@@ -98,6 +109,10 @@ def build_binaries(root: Path | None = None) -> Binaries:
         kwok=kwok / "kwok",
         kwok_stages=kwok / "stages.yaml",
         helm=helm / "helm",
+        kubelet=k8s / "kubelet",
+        kube_proxy=k8s / "kube-proxy",
+        coredns=coredns / "coredns",
+        pause=k8s / "pause",
     )
 
 
@@ -150,76 +165,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
-def _cert(
-    *,
-    subject: str,
-    key: rsa.RSAPrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: rsa.RSAPrivateKey,
-    ca: bool,
-    sans: Sequence[x509.GeneralName] = (),
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def make_pki(directory: Path) -> None:
-    """A CA, the API server's serving certificate, and the service-account key pair."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = _cert(subject="modelplane-test-ca", key=ca_key, issuer=None, issuer_key=ca_key, ca=True)
-    service_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
-    serving_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    serving = _cert(
-        subject="kube-apiserver",
-        key=serving_key,
-        issuer=ca,
-        issuer_key=ca_key,
-        ca=False,
-        sans=[
-            x509.DNSName("localhost"),
-            x509.DNSName("kubernetes.default.svc"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(service_ip),
-        ],
-    )
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_key(directory / "ca.key", ca_key)
-    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    _write_key(directory / "apiserver.key", serving_key)
-    (directory / "apiserver.crt").write_bytes(serving.public_bytes(serialization.Encoding.PEM))
-    _write_key(directory / "sa.key", sa_key)
-    (directory / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-
-
 @dataclass
 class Component:
     """One running process and how to tell that it is healthy."""
@@ -237,22 +182,35 @@ class ClusterState:
     workdir: str
     kubeconfig: str
     pids: dict[str, int]
+    node_state: str | None = None
+    """The real node's state file (node.save_state), if the cluster has one."""
 
 
 class LocalCluster:
-    """Start, use and stop the local control plane in `workdir`."""
+    """Start, use and stop the local control plane in `workdir`.
+
+    `nodes` are kwok's fake nodes: DEFAULT_NODES unless given, none with a real node.
+    `real_node=True` adds one real node (`self.node`, a RealNode) that runs pods.
+    """
 
     def __init__(
         self,
         workdir: Path,
         binaries: Binaries,
         *,
-        nodes: Sequence[FakeNode] = DEFAULT_NODES,
+        nodes: Sequence[FakeNode] | None = None,
+        real_node: bool = False,
         audit: bool = False,
     ) -> None:
         self.workdir = workdir
         self.binaries = binaries
+        if nodes is None:
+            nodes = () if real_node else DEFAULT_NODES
         self.nodes = tuple(nodes)
+        self.node = RealNode(workdir / "node", binaries) if real_node else None
+        """The real node, started and stopped with the cluster."""
+        self.address = "127.0.0.1"
+        """Where the API server listens: loopback, or the host end of the node's veth."""
         self.pki = workdir / "pki"
         self.logs = workdir / "logs"
         self.kubeconfig = workdir / "kubeconfig"
@@ -269,20 +227,32 @@ class LocalCluster:
         began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        make_pki(self.pki)
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-        self.apiserver_url = f"https://127.0.0.1:{api_port}"
-        self._write_kubeconfig()
         try:
+            if self.node is not None:
+                log("creating the real node's network namespace")
+                self.address = self.node.create_network(api_port=api_port).host_ip
+            make_pki(self.pki, extra_ips=[self.address] if self.node else [])
+            self.apiserver_url = f"https://{self.address}:{api_port}"
+            self._write_kubeconfig()
             self._launch(self._etcd(etcd_port, peer_port), log)
             self._launch(self._apiserver(etcd_port, api_port), log)
             self._launch(self._controller_manager(free_port()), log)
             self._launch(self._scheduler(free_port()), log)
-            self._launch(self._kwok(free_port()), log)
-            log("creating fake nodes")
-            self._create_nodes()
-            self._wait_nodes_ready()
+            if self.nodes:
+                self._launch(self._kwok(free_port()), log)
+                log("creating fake nodes")
+                self._create_nodes()
+                self._wait_nodes_ready()
+            if self.node is not None:
+                ready = self.node.start(
+                    server=self.apiserver_url,
+                    pki=self.pki,
+                    admin_kubeconfig=self.kubeconfig,
+                    log=log,
+                )
+                log(f"real node {self.node.name} Ready {ready:.1f} s after the kubelet started")
             self._wait_default_service_account("default")
         except BaseException:
             self.stop()
@@ -293,16 +263,23 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every component, newest first; logs stay in workdir/logs."""
+        if self.node is not None:
+            self.node.stop()
         for component in reversed(self.components):
             if component.process is not None:
                 _terminate(component.process.pid, component.process)
         self.components.clear()
 
     def state(self) -> ClusterState:
+        node_state = None
+        if self.node is not None and self.node.state() is not None:
+            node_state = str(self.workdir / "node-state.json")
+            save_node_state(self.node, Path(node_state))
         return ClusterState(
             workdir=str(self.workdir),
             kubeconfig=str(self.kubeconfig),
             pids={c.name: c.process.pid for c in self.components if c.process},
+            node_state=node_state,
         )
 
     # -- use -------------------------------------------------------------------------
@@ -382,24 +359,40 @@ class LocalCluster:
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={self.pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={self.pki / 'apiserver.key'}",
                 f"--client-ca-file={self.pki / 'ca.crt'}",
                 f"--token-auth-file={self.workdir / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC" if self.node else "--authorization-mode=RBAC",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={self.pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={self.pki / 'sa.key'}",
                 "--allow-privileged=true",
-                "--endpoint-reconciler-type=none",
+                *self._node_flags(),
                 *self._audit_flags(),
             ],
             f"{self.apiserver_url}/readyz",
         )
+
+    def _node_flags(self) -> list[str]:
+        if self.node is None:
+            # Nothing runs pods, so the `kubernetes` Service needs no endpoint.
+            return ["--endpoint-reconciler-type=none"]
+        # The `kubernetes` Service's endpoint is the advertised address (the lease
+        # reconciler's default); the API server reaches the kubelet by its InternalIP
+        # with a client certificate the kubelet trusts.
+        cert, key = issue_client_cert(
+            self.pki, "apiserver-kubelet-client", user="kube-apiserver", groups=["system:masters"]
+        )
+        return [
+            f"--kubelet-client-certificate={cert}",
+            f"--kubelet-client-key={key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
 
     def _audit_flags(self) -> list[str]:
         if self.audit_log is None:
@@ -610,6 +603,8 @@ def _terminate(pid: int, process: subprocess.Popen[bytes] | None = None) -> None
 def stop_from_state(state_file: Path) -> None:
     """Stop a cluster that `dev cluster up` left running, from its state file."""
     state = ClusterState(**json.loads(state_file.read_text()))
+    if state.node_state is not None and Path(state.node_state).exists():
+        stop_node_from_state(Path(state.node_state))
     for _, pid in reversed(list(state.pids.items())):
         _terminate(pid)
     state_file.unlink()
