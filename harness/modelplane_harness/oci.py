@@ -109,15 +109,8 @@ def _add_bytes(tar: tarfile.TarFile, name: str, blob: bytes) -> None:
     tar.addfile(info, io.BytesIO(blob))
 
 
-def write_archive(
-    layers: Sequence[Layer], config: ImageConfig, *, name: str, out: IO[bytes]
-) -> str:
-    """Stream an OCI image layout tar of the image `name` (registry/repo:tag) to `out`.
-
-    Returns the manifest digest, which is what containerd reports as the image's digest.
-    """
-    config_blob = _config_blob(layers, config)
-    manifest_blob = json.dumps(
+def _manifest_blob(layers: Sequence[Layer], config_blob: bytes) -> bytes:
+    return json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
@@ -134,13 +127,38 @@ def write_archive(
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
-    manifest_digest = _digest(manifest_blob)
+
+
+def manifest_digest(layers: Sequence[Layer], config: ImageConfig) -> str:
+    """The digest `write_archive` returns for this image, without reading any layer."""
+    return _digest(_manifest_blob(layers, _config_blob(layers, config)))
+
+
+def write_archive(
+    layers: Sequence[Layer],
+    config: ImageConfig,
+    *,
+    name: str,
+    out: IO[bytes],
+    omit: frozenset[str] = frozenset(),
+) -> str:
+    """Stream an OCI image layout tar of the image `name` (registry/repo:tag) to `out`.
+
+    Layers whose digest is in `omit` are left out of the tar: containerd's import takes
+    them from its content store when it already holds them, so re-importing an image
+    whose only new layer is small streams only that layer.
+
+    Returns the manifest digest, which is what containerd reports as the image's digest.
+    """
+    config_blob = _config_blob(layers, config)
+    manifest_blob = _manifest_blob(layers, config_blob)
+    digest = _digest(manifest_blob)
     index = {
         "schemaVersion": 2,
         "manifests": [
             {
                 "mediaType": MEDIA_MANIFEST,
-                "digest": manifest_digest,
+                "digest": digest,
                 "size": len(manifest_blob),
                 "platform": {"architecture": "amd64", "os": "linux"},
                 "annotations": {CONTAINERD_NAME: name, REF_NAME: name.rsplit(":", 1)[-1]},
@@ -154,8 +172,8 @@ def write_archive(
             _add_bytes(tar, f"blobs/sha256/{_digest(blob).split(':', 1)[1]}", blob)
         seen = set()
         for layer in layers:
-            if layer.digest in seen:
+            if layer.digest in seen or layer.digest in omit:
                 continue
             seen.add(layer.digest)
             tar.add(str(layer.path), arcname=f"blobs/sha256/{layer.digest.split(':', 1)[1]}")
-    return manifest_digest
+    return digest
