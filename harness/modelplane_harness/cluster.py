@@ -31,9 +31,10 @@ from typing import Any
 
 import yaml
 
-from modelplane_harness.node import RealNode
+from modelplane_harness.node import RealNode, remove_network_from_state
 from modelplane_harness.node import save_state as save_node_state
 from modelplane_harness.node import stop_from_state as stop_node_from_state
+from modelplane_harness.node_cleanup import is_alive
 from modelplane_harness.pki import SERVICE_CIDR, issue_client_cert, make_pki
 
 __all__ = ["SERVICE_CIDR", "make_pki"]
@@ -262,13 +263,20 @@ class LocalCluster:
         return elapsed
 
     def stop(self) -> None:
-        """Stop every component, newest first; logs stay in workdir/logs."""
+        """Stop every component, newest first; logs stay in workdir/logs.
+
+        The real node's daemons go first and its network last: the API server, which
+        listens on the node's veth, stops at once only when no watch of the node's is
+        open and its own address still exists.
+        """
         if self.node is not None:
-            self.node.stop()
+            self.node.stop(keep_network=True)
         for component in reversed(self.components):
             if component.process is not None:
                 _terminate(component.process.pid, component.process)
         self.components.clear()
+        if self.node is not None:
+            self.node.remove_network()
 
     def state(self) -> ClusterState:
         node_state = None
@@ -588,11 +596,8 @@ def _terminate(pid: int, process: subprocess.Popen[bytes] | None = None) -> None
         if process is not None:
             if process.poll() is not None:
                 return
-        else:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
+        elif not is_alive(pid):  # a zombie counts as gone: its parent, not us, reaps it
+            return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
@@ -603,10 +608,13 @@ def _terminate(pid: int, process: subprocess.Popen[bytes] | None = None) -> None
 def stop_from_state(state_file: Path) -> None:
     """Stop a cluster that `dev cluster up` left running, from its state file."""
     state = ClusterState(**json.loads(state_file.read_text()))
-    if state.node_state is not None and Path(state.node_state).exists():
-        stop_node_from_state(Path(state.node_state))
+    node_state = Path(state.node_state) if state.node_state else None
+    if node_state is not None and node_state.exists():
+        stop_node_from_state(node_state, network=False)
     for _, pid in reversed(list(state.pids.items())):
         _terminate(pid)
+    if node_state is not None and node_state.exists():
+        remove_network_from_state(node_state)
     state_file.unlink()
 
 

@@ -30,7 +30,12 @@ import yaml
 
 from modelplane_harness import node_config, oci
 from modelplane_harness.netns import NodeNetwork
-from modelplane_harness.node_cleanup import NodeState, cgroup_hierarchies, teardown
+from modelplane_harness.node_cleanup import (
+    NodeState,
+    cgroup_hierarchies,
+    teardown,
+    teardown_network,
+)
 from modelplane_harness.pki import cert_kubeconfig, issue_client_cert
 
 if TYPE_CHECKING:
@@ -199,8 +204,12 @@ class RealNode:
             raise
         return time.monotonic() - began
 
-    def stop(self) -> None:
-        """Tear the node down completely; safe to call twice or after a failed start."""
+    def stop(self, *, keep_network: bool = False) -> None:
+        """Tear the node down completely; safe to call twice or after a failed start.
+
+        `keep_network` leaves the namespace and veth for `remove_network` (LocalCluster
+        stops its API server, which listens on the veth, in between).
+        """
         if self._state is None and self.network is not None:
             self._state = NodeState(
                 run=str(self.run_dir),
@@ -213,13 +222,20 @@ class RealNode:
             )
         if self._state is not None:
             self._state.pids = {d.name: d.process.pid for d in self._daemons}
-            teardown(self._state, log=self.log)
+            teardown(self._state, network=not keep_network, log=self.log)
         for daemon in self._daemons:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 daemon.process.wait(timeout=5)
         self._daemons.clear()
         self._state = None
-        self.network = None
+        if not keep_network:
+            self.remove_network()
+
+    def remove_network(self) -> None:
+        """Remove the namespace and veth (after `stop(keep_network=True)`)."""
+        if self.network is not None:
+            self.network.delete()
+            self.network = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -485,9 +501,14 @@ def _make_cgroup_root(root: str) -> None:
                 (path / knob).write_text((hierarchy / knob).read_text())
 
 
-def stop_from_state(path: Path) -> None:
-    """Tear down a node another process started, from the state file it saved."""
-    teardown(NodeState(**json.loads(path.read_text())))
+def stop_from_state(path: Path, *, network: bool = True) -> None:
+    """Tear down a node another process started, from the state file it saved; with
+    `network=False`, only its namespace and veth are left (see remove_network_from_state)."""
+    teardown(NodeState(**json.loads(path.read_text())), network=network)
+
+
+def remove_network_from_state(path: Path) -> None:
+    teardown_network(NodeState(**json.loads(path.read_text())))
 
 
 def save_state(node: RealNode, path: Path) -> None:

@@ -50,8 +50,15 @@ def cgroup_hierarchies() -> list[Path]:
     return found
 
 
-def teardown(state: NodeState, *, log: Callable[[str], None] = lambda _: None) -> None:
-    """Stop everything the node started and undo its changes to the host."""
+def teardown(
+    state: NodeState, *, network: bool = True, log: Callable[[str], None] = lambda _: None
+) -> None:
+    """Stop everything the node started and undo its changes to the host.
+
+    With `network=False` the namespace and veth stay (`teardown_network` removes them):
+    an API server listening on the veth's host address stops promptly only while it
+    still has that address.
+    """
     began = time.monotonic()
 
     def step(what: str) -> None:
@@ -77,8 +84,8 @@ def teardown(state: NodeState, *, log: Callable[[str], None] = lambda _: None) -
     for mount in reversed(_mounts_under(state.run)):
         subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
     _remove_cgroups(state.cgroup_root)
-    subprocess.run(["ip", "link", "del", state.host_veth], check=False, capture_output=True)
-    subprocess.run(["ip", "netns", "del", state.netns], check=False, capture_output=True)
+    if network:
+        teardown_network(state)
     for key, value in state.sysctls.items():
         with contextlib.suppress(OSError):
             Path("/proc/sys", key).write_text(value)
@@ -87,13 +94,19 @@ def teardown(state: NodeState, *, log: Callable[[str], None] = lambda _: None) -
         for kind in ("containers", "sandboxes"):
             for folder in (cri / kind).glob("*"):
                 shutil.rmtree(folder, ignore_errors=True)
-    step("cgroups, network, sysctls restored")
+    step("cgroups, network and sysctls restored" if network else "cgroups and sysctls restored")
+
+
+def teardown_network(state: NodeState) -> None:
+    """Remove the node's veth pair and network namespace."""
+    subprocess.run(["ip", "link", "del", state.host_veth], check=False, capture_output=True)
+    subprocess.run(["ip", "netns", "del", state.netns], check=False, capture_output=True)
 
 
 def leftovers(state: NodeState) -> list[str]:
     """What of the node still exists; empty after a clean teardown."""
     found = [f"process {pid}" for pid in _namespace_pids(state)]
-    found += [f"{name} pid {pid}" for name, pid in state.pids.items() if _alive(pid)]
+    found += [f"{name} pid {pid}" for name, pid in state.pids.items() if is_alive(pid)]
     found += [f"mount {m}" for m in _mounts_under(state.run)]
     if Path("/run/netns", state.netns).exists():
         found.append(f"netns {state.netns}")
@@ -110,7 +123,8 @@ def leftovers(state: NodeState) -> list[str]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -125,13 +139,13 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def _stop(pid: int, grace: float) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds."""
-    if not _alive(pid):
+    if not is_alive(pid):
         return
     _signal(pid, signal.SIGTERM)
-    if _wait_gone(lambda: [pid] if _alive(pid) else [], grace):
+    if _wait_gone(lambda: [pid] if is_alive(pid) else [], grace):
         return
     _signal(pid, signal.SIGKILL)
-    _wait_gone(lambda: [pid] if _alive(pid) else [], 5.0)
+    _wait_gone(lambda: [pid] if is_alive(pid) else [], 5.0)
 
 
 def _wait_gone(probe: Callable[[], Sequence[int]], timeout: float) -> bool:
@@ -162,7 +176,7 @@ def _namespace_pids(state: NodeState) -> list[int]:
             continue
         if (state.mount_ns and mnt == state.mount_ns) or (net_id and net == net_id):
             found.add(int(entry.name))
-    return sorted(pid for pid in found if _alive(pid))
+    return sorted(pid for pid in found if is_alive(pid))
 
 
 def _cgroup_pids(root: str) -> list[int]:
@@ -181,7 +195,7 @@ def _kill_cgroup_tree(root: str) -> None:
     """SIGKILL every pod process (the kubelet is gone, so none is restarted)."""
     for pid in _cgroup_pids(root):
         _signal(pid, signal.SIGKILL)
-    _wait_gone(lambda: [p for p in _cgroup_pids(root) if _alive(p)], 10.0)
+    _wait_gone(lambda: [p for p in _cgroup_pids(root) if is_alive(p)], 10.0)
 
 
 def _remove_containers(socket: str) -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +208,14 @@ def test_a_pod_finds_a_service_by_name_and_reaches_its_cluster_ip(
         what="web Ready",
     )
 
-    code, out = sh(real, ns, "client", f"timeout 5 wget -qO- http://web.{ns}.svc.cluster.local/")
-    assert (code, out.strip()) == (0, "hello from web")
-    code, out = sh(real, ns, "client", "timeout 5 wget -qO- http://web/")  # the search path
-    assert (code, out.strip()) == (0, "hello from web")
+    # Polled: a Service's rules reach kube-proxy a moment after its pod is Ready.
+    for url in (f"http://web.{ns}.svc.cluster.local/", "http://web/"):  # FQDN, search path
+        command = f"timeout 5 wget -qO- {url}"
+        wait_for(
+            partial(lambda c: sh(real, ns, "client", c) == (0, "hello from web\n"), command),
+            timeout=20,
+            what=f"client gets {url}",
+        )
     # Names outside the cluster are never forwarded anywhere.
     code, out = sh(real, ns, "client", "nslookup example.com")
     assert code != 0
