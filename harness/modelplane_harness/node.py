@@ -133,6 +133,11 @@ class RealNode:
 
     def create_network(self, *, api_port: int) -> NodeNetwork:
         """The namespace and veth; the API server then listens on `network.host_ip`."""
+        if os.geteuid() != 0:
+            raise NodeError(
+                "a real node needs root (network namespaces, mounts, cgroups); "
+                "run as root or use the kwok cluster (real_node=False)"
+            )
         missing = [c for c in HOST_COMMANDS if shutil.which(c) is None]
         if missing:
             raise NodeError(
