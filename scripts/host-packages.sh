@@ -2,11 +2,12 @@
 # Install the Debian packages a real test node needs (harness node.py), when missing.
 #
 # The real node runs containerd, runc and the CNI plugins from Debian, iptables for its
-# network guard and kube-proxy, and busybox for the test images. Idempotent: installs
+# network guard and kube-proxy, busybox for the test images, and debootstrap for the
+# base layer of the images built here (harness images.py). Idempotent: installs
 # nothing when every package is present. Needs root (or sudo) and apt to install.
 set -euo pipefail
 
-packages=(runc containerd containernetworking-plugins iptables conntrack busybox-static iproute2 util-linux gcc libc6-dev)
+packages=(runc containerd containernetworking-plugins iptables conntrack busybox-static iproute2 util-linux gcc libc6-dev debootstrap)
 
 missing=()
 for package in "${packages[@]}"; do

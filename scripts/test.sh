@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The full test suite, from a fresh clone: set-up, lint, types, layering, generated files,
-# unit and integration tests. The integration tests start the local control plane
-# themselves (built from Go modules on first use, then cached) and stop it at the end.
+# unit, runtime, serving and integration tests — the last on a local control plane and
+# on a real kubelet node running the images built from this tree.
+#
+# What is slow to make (the control plane's and the node's binaries, built from Go
+# modules; the operator and runtime images) is cached by content under
+# ~/.cache/modelplane and built in the background while the fast checks and the tests
+# that need no cluster run; the integration fixtures wait for it (the builds hold locks).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -10,8 +15,20 @@ step() { echo; echo "==> $*"; }
 
 step "python environment"
 scripts/bootstrap.sh
-step "control-plane binaries (cold build takes several minutes; cached afterwards)"
-e2e/cluster/build.sh >/dev/null
+step "host packages for the real node and the image builds"
+scripts/host-packages.sh
+
+build_log="$(mktemp -t modelplane-build.XXXXXX.log)"
+step "binaries and images: building in the background (log: $build_log)"
+(
+  set -euo pipefail
+  e2e/cluster/build.sh >/dev/null
+  .venv/bin/python -m modelplane_harness.images build operator runtime
+) >"$build_log" 2>&1 &
+builder=$!
+# Never leave the builder behind, whatever ends this script.
+trap 'kill "$builder" 2>/dev/null || true; wait "$builder" 2>/dev/null || true' EXIT
+
 step "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
@@ -19,8 +36,25 @@ step "mypy"
 .venv/bin/mypy
 step "import-linter"
 .venv/bin/lint-imports
-step "generated CRDs and API reference are current"
+step "generated CRDs, API reference and Dockerfiles are current"
 .venv/bin/modelplane crds --check
 .venv/bin/modelplane docs --check
-step "pytest"
-.venv/bin/pytest "$@"
+.venv/bin/python -m modelplane_harness.images dockerfiles --check
+step "pytest (unit, runtime and serving first; integration waits for the background build)"
+status=0
+.venv/bin/pytest "$@" || status=$?
+step "background build"
+if [[ $# -gt 0 ]]; then
+  # A chosen subset of tests may not need what is still building.
+  kill "$builder" 2>/dev/null || true
+  wait "$builder" 2>/dev/null || true
+  echo "stopped (pytest ran a subset: $*)"
+elif wait "$builder"; then
+  grep -E '^\[(build|image)\]' "$build_log" | tail -n 20 || true
+else
+  echo "the background build failed; its log:" >&2
+  tail -n 40 "$build_log" >&2
+  status=1
+fi
+trap - EXIT
+exit "$status"

@@ -169,20 +169,43 @@ def _inputs(values: list[str]) -> list[Any]:
 
 
 dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
-cluster_app = typer.Typer(help="The local control plane (etcd, API server, kwok).")
+cluster_app = typer.Typer(
+    help="The local test cluster: a control plane with kwok's simulated nodes, or one real node."
+)
 dev_app.add_typer(cluster_app, name="cluster")
 app.add_typer(dev_app, name="dev")
 
 
-def _state_file() -> Path:
-    from modelplane_harness.cluster import cache_dir  # noqa: PLC0415  (the dev-only harness)
+def _harness_missing() -> typer.Exit:
+    err.print(
+        "`modelplane dev` needs the dev harness (harness/, installed with the dev extra): "
+        "run scripts/bootstrap.sh in a modelplane checkout"
+    )
+    return typer.Exit(2)
 
+
+def _state_file() -> Path:
+    try:
+        from modelplane_harness.cluster import cache_dir  # noqa: PLC0415  (dev-only)
+    except ImportError:
+        raise _harness_missing() from None
     return cache_dir() / "devcluster" / "state.json"
 
 
 @cluster_app.command("up")
-def cluster_up() -> None:
+def cluster_up(
+    real_node: Annotated[
+        bool,
+        typer.Option(
+            "--real-node",
+            help="One real kubelet node (containerd, CNI, kube-proxy, CoreDNS in a network "
+            "namespace of its own) holding the operator and runtime images built from this "
+            "tree, instead of kwok's simulated nodes. Needs root.",
+        ),
+    ] = False,
+) -> None:
     """Build (or reuse) the binaries, start the cluster and print its KUBECONFIG."""
+    state_file = _state_file()
     from modelplane_harness.cluster import (  # noqa: PLC0415
         LocalCluster,
         build_binaries,
@@ -190,25 +213,36 @@ def cluster_up() -> None:
         save_state,
     )
 
-    state_file = _state_file()
     if state_file.exists():
         err.print(f"a cluster is already up ({state_file}); run `modelplane dev cluster down`")
         raise typer.Exit(1)
     workdir = state_file.parent
     # No state file means no cluster runs: what is left is an old cluster's data.
     shutil.rmtree(workdir, ignore_errors=True)
-    local = LocalCluster(workdir, build_binaries())
+    images = []
+    if real_node:
+        from modelplane_harness.images import build_images  # noqa: PLC0415
+
+        images = build_images(["operator", "runtime"])
+    local = LocalCluster(workdir, build_binaries(), real_node=real_node)
+    local.owner = None  # it outlives this command, until `dev cluster down`
     local.start(log=eprint)
     save_state(local.state(), state_file)
+    if local.node is not None:
+        from modelplane_harness.images import import_image  # noqa: PLC0415
+
+        for image in images:
+            eprint(f"importing {image.ref}")
+            import_image(image, containerd_address=local.node.containerd_address)
     out.print(f"export KUBECONFIG={local.kubeconfig}")
 
 
 @cluster_app.command("down")
 def cluster_down() -> None:
-    """Stop the cluster that `dev cluster up` started."""
+    """Stop the cluster that `dev cluster up` started (and its real node, leaving nothing)."""
+    state_file = _state_file()
     from modelplane_harness.cluster import stop_from_state  # noqa: PLC0415
 
-    state_file = _state_file()
     if not state_file.exists():
         err.print("no cluster is up")
         raise typer.Exit(1)

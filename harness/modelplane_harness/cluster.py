@@ -13,6 +13,7 @@ listens on the host end of that namespace's veth, which is where pods reach it t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -185,6 +186,15 @@ class ClusterState:
     pids: dict[str, int]
     node_state: str | None = None
     """The real node's state file (node.save_state), if the cluster has one."""
+    owner: int | None = None
+    """The process the cluster lives and dies with (a test session); None for a cluster
+    meant to outlive its starter (`dev cluster up`)."""
+
+
+def _registry() -> Path:
+    """Every cluster that runs registers its state here until it is stopped, so one whose
+    owner was killed before its teardown (SIGKILL, a CI timeout) can still be swept."""
+    return cache_dir() / "running"
 
 
 class LocalCluster:
@@ -220,6 +230,9 @@ class LocalCluster:
         self.apiserver_url = ""
         self.audit_log = workdir / "logs" / "audit.jsonl" if audit else None
         """With audit on, every request's metadata (who, verb, resource) is logged here."""
+        self.owner: int | None = os.getpid()
+        """See ClusterState.owner; `dev cluster up` sets None before starting."""
+        self._entry = _registry() / f"{hashlib.sha256(str(workdir).encode()).hexdigest()[:16]}.json"
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -254,6 +267,7 @@ class LocalCluster:
                     log=log,
                 )
                 log(f"real node {self.node.name} Ready {ready:.1f} s after the kubelet started")
+                self._register()
             self._wait_default_service_account("default")
         except BaseException:
             self.stop()
@@ -277,6 +291,11 @@ class LocalCluster:
         self.components.clear()
         if self.node is not None:
             self.node.remove_network()
+        self._entry.unlink(missing_ok=True)
+
+    def _register(self) -> None:
+        self._entry.parent.mkdir(parents=True, exist_ok=True)
+        save_state(self.state(), self._entry)
 
     def state(self) -> ClusterState:
         node_state = None
@@ -288,6 +307,7 @@ class LocalCluster:
             kubeconfig=str(self.kubeconfig),
             pids={c.name: c.process.pid for c in self.components if c.process},
             node_state=node_state,
+            owner=self.owner,
         )
 
     # -- use -------------------------------------------------------------------------
@@ -522,6 +542,7 @@ class LocalCluster:
                 start_new_session=True,  # survives the CLI for `dev cluster up`
             )
         self.components.append(component)
+        self._register()
         if component.health_url:
             self._wait_healthy(component)
 
@@ -619,8 +640,35 @@ def stop_from_state(state_file: Path) -> None:
 
 
 def save_state(state: ClusterState, state_file: Path) -> None:
-    state_file.write_text(json.dumps(asdict(state), indent=2))
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(state_file)
+
+
+def sweep(*, log: Callable[[str], None] = lambda _: None) -> int:
+    """Stop every registered cluster whose owner process is gone; return how many.
+
+    A test session stops its clusters itself; this is the safety net for one that was
+    killed first (scripts/test.sh runs it when it ends, whatever ended it)."""
+    swept = 0
+    for entry in sorted(_registry().glob("*.json")) if _registry().exists() else ():
+        state = ClusterState(**json.loads(entry.read_text()))
+        if state.owner is None or is_alive(state.owner):
+            continue
+        log(f"stopping the cluster in {state.workdir}: its owner {state.owner} is gone")
+        try:
+            stop_from_state(entry)
+        finally:
+            entry.unlink(missing_ok=True)
+        swept += 1
+    return swept
 
 
 def eprint(message: str) -> None:
     print(f"[cluster] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":  # python -m modelplane_harness.cluster sweep
+    if sys.argv[1:] != ["sweep"]:
+        sys.exit("usage: python -m modelplane_harness.cluster sweep")
+    eprint(f"swept {sweep(log=eprint)} cluster(s) left by killed owners")

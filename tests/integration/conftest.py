@@ -1,8 +1,11 @@
 """Fixtures for tests against the local control plane.
 
-One cluster per test session (started here, stopped at the end; binaries are built or
-taken from the cache first), one namespace per test, and a dump of the namespace's
-objects and events when a test fails.
+Two clusters per test session, each started on first use and stopped at the end
+(binaries and images are built or taken from the cache first): `cluster`, whose nodes
+kwok simulates (fast, many nodes, GPUs), and `real_cluster`, whose one node is a real
+kubelet running the images built from this tree. One namespace per test, and a dump of
+the namespace's objects and events (and, on the real node, its pods' logs) when a test
+fails.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -17,6 +21,8 @@ import pytest
 import yaml
 
 from modelplane_harness.cluster import ClusterError, LocalCluster, build_binaries, eprint
+from modelplane_harness.images import ImageBuildError, build_images, import_image
+from modelplane_harness.node import NodeError
 from modelplane_harness.operator import (
     OperatorProcess,
     install_chart,
@@ -65,9 +71,11 @@ def crds(cluster: LocalCluster) -> LocalCluster:
     return cluster
 
 
-@pytest.fixture
-def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test, dumped to stderr if the test fails."""
+def _test_namespace(
+    cluster: LocalCluster, request: pytest.FixtureRequest, *, logs: bool = False
+) -> Iterator[str]:
+    """A fresh namespace for one test, dumped to stderr if the test fails (with every
+    container's log when `logs`: pods that really ran have something to say)."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{slug}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
     cluster.kubectl("create", "namespace", name)
@@ -79,21 +87,59 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         dump = cluster.kubectl(
-            "get",
-            "all,events,configmaps,modeltrainings,modeldeployments",
-            "-n",
-            name,
-            "-o",
-            "yaml",
-            check=False,
-        )
+            "get", "all,events,configmaps,pvc,modeltrainings,modeldeployments", "-n", name,
+            "-o", "yaml", check=False,
+        )  # fmt: skip
+        text = dump.stdout + dump.stderr
+        if logs:
+            pods = cluster.kubectl("get", "pods", "-n", name, "-o", "name", check=False)
+            for pod in pods.stdout.split():
+                log = cluster.kubectl(
+                    "logs", "-n", name, pod, "--all-containers", "--tail=60", check=False
+                )
+                text += f"\n--- logs of {pod} ---\n{log.stdout}{log.stderr}"
         path = Path(cluster.workdir) / f"dump-{name}.yaml"
-        path.write_text(dump.stdout + dump.stderr)
-        print(
-            f"\n--- objects and events of {name} (also in {path}) ---\n{dump.stdout}",
-            file=sys.stderr,
-        )
+        path.write_text(text)
+        print(f"\n--- objects and events of {name} (also in {path}) ---\n{text}", file=sys.stderr)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace on the kwok cluster for one test."""
+    yield from _test_namespace(cluster, request)
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A cluster whose one node is real (containerd, the kubelet, kube-proxy and CoreDNS in
+    a network namespace of their own) and holds the operator and runtime images built from
+    this tree. Every test that runs our pods shares it: starting a node is cheap, but
+    importing the runtime image into a fresh containerd is not."""
+    images = build_images(["operator", "runtime"])
+    local = LocalCluster(
+        tmp_path_factory.mktemp("real-cluster"), build_binaries(ROOT), real_node=True
+    )
+    try:
+        local.start(log=eprint)
+        assert local.node is not None
+        for image in images:
+            began = time.monotonic()
+            imported = import_image(image, containerd_address=local.node.containerd_address)
+            state = "imported" if imported else "already held"
+            eprint(f"{image.ref} {state} ({time.monotonic() - began:.1f} s)")
+    except (ClusterError, NodeError, ImageBuildError) as exc:
+        local.stop()
+        pytest.fail(f"the real-node cluster did not start: {exc}\nlogs: {local.logs}")
+    yield local
+    local.stop()
+    eprint(f"real-node cluster stopped; logs kept in {local.logs}")
+
+
+@pytest.fixture
+def real_namespace(real_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace on the real-node cluster for one test."""
+    yield from _test_namespace(real_cluster, request, logs=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """A real node runs our pods: containerd, the kubelet, kube-proxy and CoreDNS in a network
 namespace of their own, with nothing reaching beyond this machine.
 
-One real-node cluster serves the whole module (a second one would wait on the shared
-containerd root's lock); the last test stops it and checks that nothing is left.
+The session's real-node cluster (`real_cluster`) serves the module; the teardown test
+starts a second one of its own and checks that stopping it leaves nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -35,17 +36,13 @@ BUSYBOX = "localhost/modelplane/busybox:test"
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    if shutil.which("containerd") is None or shutil.which("busybox") is None:
-        pytest.fail("the real node needs Debian packages: run scripts/host-packages.sh")
-    cluster = LocalCluster(tmp_path_factory.mktemp("real"), build_binaries(ROOT), real_node=True)
-    began = time.monotonic()
-    cluster.start(log=eprint)
-    eprint(f"real-node cluster up in {time.monotonic() - began:.1f} s")
-    assert cluster.node is not None
-    _import_busybox(cluster.node, cluster.workdir / "busybox-image")
-    yield cluster
-    cluster.stop()
+def real(real_cluster: LocalCluster) -> LocalCluster:
+    """The session's real-node cluster, with a busybox image to poke the node with."""
+    if shutil.which("busybox") is None:
+        pytest.fail("the real node's tests need busybox: run scripts/host-packages.sh")
+    assert real_cluster.node is not None
+    _import_busybox(real_cluster.node, real_cluster.workdir / "busybox-image")
+    return real_cluster
 
 
 def _node(cluster: LocalCluster) -> RealNode:
@@ -56,6 +53,7 @@ def _node(cluster: LocalCluster) -> RealNode:
 def _import_busybox(node: RealNode, work: Path) -> None:
     """Debian's static busybox with every applet linked: sh, httpd, wget, nc, ip, ..."""
     root = work / "root"
+    shutil.rmtree(work, ignore_errors=True)
     (root / "bin").mkdir(parents=True)
     (root / "tmp").mkdir()
     (root / "tmp").chmod(0o1777)  # mkdir's mode passes through the umask
@@ -342,9 +340,27 @@ def test_an_image_never_imported_fails_at_once(real: LocalCluster, ns: str) -> N
     assert time.monotonic() - began < 20
 
 
-def test_stop_leaves_nothing_behind(real: LocalCluster) -> None:
-    """Runs last: stops the module's cluster with pods still running."""
+def test_stop_leaves_nothing_behind() -> None:
+    """A second real-node cluster beside the session's (its own containerd root, so the
+    shared one's lock does not matter), stopped with a pod still running."""
+    # Short: containerd's sockets live under it, and a unix socket path has 108 bytes.
+    tmp_path = Path(tempfile.mkdtemp(prefix="mp-stop-"))
+    real = LocalCluster(tmp_path / "cluster", build_binaries(ROOT), real_node=True)
     node = _node(real)
+    node.containerd_root = tmp_path / "containerd"
+    try:
+        real.start(log=eprint)
+        _import_busybox(node, tmp_path / "busybox-image")
+        real.kubectl("create", "namespace", "left")
+        wait_for(
+            lambda: real.kubectl("get", "sa", "default", "-n", "left", check=False).returncode == 0,
+            what="the default service account",
+        )
+        apply(real, "left", pod("running", "exec sleep 3600"))
+        wait_running(real, "left", "running")
+    except BaseException:
+        real.stop()
+        raise
     state = node.state()
     assert state is not None
     pids = dict(state.pids)
@@ -370,3 +386,4 @@ def test_stop_leaves_nothing_behind(real: LocalCluster) -> None:
             if state.run in cmdline:
                 stray.append(f"{proc.name}: {cmdline}")
     assert stray == []
+    shutil.rmtree(tmp_path)

@@ -88,6 +88,9 @@ def endpoint(deployment: ModelDeployment) -> str:
 _CPU = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<unit>m?)$")
 
 
+HEAD_CPU_REQUEST = "500m"
+
+
 def cpu_cores(quantity: int | str | None, *, default: float = 1.0) -> float:
     """A CPU quantity ("4", "500m", 2) in cores."""
     if quantity is None:
@@ -261,8 +264,11 @@ def build_head(deployment: ModelDeployment, *, settings: Settings, model_uri: st
             {"name": "metrics", "containerPort": METRICS_PORT},
             {"name": "http", "containerPort": SERVE_HTTP_PORT},
         ],
+        # The head runs no replica (--num-cpus=0): GCS, the dashboard, the Serve controller
+        # and the ingress idle at a fraction of a core. Half a core leaves room for a worker
+        # and the operator on a 2-CPU node (a laptop's kind cluster, the test node).
         "resources": {
-            "requests": {"cpu": "1", "memory": "2Gi"},
+            "requests": {"cpu": HEAD_CPU_REQUEST, "memory": "2Gi"},
             "limits": {"memory": "4Gi"},
         },
         "startupProbe": _http_get("/api/gcs_healthz", DASHBOARD_PORT, period=2, failures=90),
