@@ -17,17 +17,26 @@ step "python environment"
 scripts/bootstrap.sh
 step "host packages for the real node and the image builds"
 scripts/host-packages.sh
+# Clusters whose test session was killed before its teardown (a timeout, SIGKILL) are
+# registered with that session's pid: stop them now and again when this script ends.
+sweep() { .venv/bin/python -m modelplane_harness.cluster sweep || true; }
+sweep
 
 build_log="$(mktemp -t modelplane-build.XXXXXX.log)"
 step "binaries and images: building in the background (log: $build_log)"
-(
-  set -euo pipefail
+# A session of its own, so stopping it stops the go and tar processes under it too.
+setsid bash -c 'set -euo pipefail
   e2e/cluster/build.sh >/dev/null
-  .venv/bin/python -m modelplane_harness.images build operator runtime
-) >"$build_log" 2>&1 &
+  .venv/bin/python -m modelplane_harness.images build operator runtime' >"$build_log" 2>&1 &
 builder=$!
-# Never leave the builder behind, whatever ends this script.
-trap 'kill "$builder" 2>/dev/null || true; wait "$builder" 2>/dev/null || true' EXIT
+# Never leave the builder or a cluster behind, whatever ends this script.
+cleanup() {
+  kill -- "-$builder" 2>/dev/null || true
+  wait "$builder" 2>/dev/null || true
+  sweep
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 step "ruff"
 .venv/bin/ruff check .
@@ -46,7 +55,7 @@ status=0
 step "background build"
 if [[ $# -gt 0 ]]; then
   # A chosen subset of tests may not need what is still building.
-  kill "$builder" 2>/dev/null || true
+  kill -- "-$builder" 2>/dev/null || true
   wait "$builder" 2>/dev/null || true
   echo "stopped (pytest ran a subset: $*)"
 elif wait "$builder"; then
@@ -56,5 +65,4 @@ else
   tail -n 40 "$build_log" >&2
   status=1
 fi
-trap - EXIT
 exit "$status"
