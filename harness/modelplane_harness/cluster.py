@@ -191,10 +191,14 @@ class ClusterState:
     meant to outlive its starter (`dev cluster up`)."""
 
 
-def _registry() -> Path:
+def registry() -> Path:
     """Every cluster that runs registers its state here until it is stopped, so one whose
     owner was killed before its teardown (SIGKILL, a CI timeout) can still be swept."""
     return cache_dir() / "running"
+
+
+def _registry_entry(workdir: Path | str) -> Path:
+    return registry() / f"{hashlib.sha256(str(workdir).encode()).hexdigest()[:16]}.json"
 
 
 class LocalCluster:
@@ -232,7 +236,7 @@ class LocalCluster:
         """With audit on, every request's metadata (who, verb, resource) is logged here."""
         self.owner: int | None = os.getpid()
         """See ClusterState.owner; `dev cluster up` sets None before starting."""
-        self._entry = _registry() / f"{hashlib.sha256(str(workdir).encode()).hexdigest()[:16]}.json"
+        self._entry = _registry_entry(workdir)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -636,7 +640,8 @@ def stop_from_state(state_file: Path) -> None:
         _terminate(pid)
     if node_state is not None and node_state.exists():
         remove_network_from_state(node_state)
-    state_file.unlink()
+    state_file.unlink(missing_ok=True)
+    _registry_entry(state.workdir).unlink(missing_ok=True)
 
 
 def save_state(state: ClusterState, state_file: Path) -> None:
@@ -651,7 +656,7 @@ def sweep(*, log: Callable[[str], None] = lambda _: None) -> int:
     A test session stops its clusters itself; this is the safety net for one that was
     killed first (scripts/test.sh runs it when it ends, whatever ended it)."""
     swept = 0
-    for entry in sorted(_registry().glob("*.json")) if _registry().exists() else ():
+    for entry in sorted(registry().glob("*.json")) if registry().exists() else ():
         state = ClusterState(**json.loads(entry.read_text()))
         if state.owner is None or is_alive(state.owner):
             continue

@@ -139,7 +139,15 @@ def test_the_getting_started_guide_runs_as_written(
     finished = [s for s in watch.seen if s.get("phase") == "Succeeded"]
     assert finished, watch.seen[-5:]
     assert finished[-1]["metrics"]["accuracy"] >= 0.8  # type: ignore[index]
-    assert str(finished[-1]["artifact"]["uri"]).startswith("pvc://models/quickstart")  # type: ignore[index]
+    artifact = str(finished[-1]["artifact"]["uri"])  # type: ignore[index]
+    assert artifact == "pvc://models/quickstart/quickstart", artifact
+    # ... and rank 0 wrote it on the claim: the volume the `models` claim is bound to.
+    claim = real_cluster.get_json("pvc", "models", "-n", "default")
+    volume = real_cluster.get_json("pv", claim["spec"]["volumeName"])
+    written = Path(volume["spec"]["hostPath"]["path"]) / "quickstart" / "quickstart"
+    card = json.loads((written / "model_card.json").read_text())
+    assert (written / "model.safetensors").is_file()
+    assert card["metrics"] == finished[-1]["metrics"], card.get("metrics")
     # The guide's last step uninstalled the release: nothing of it is left, CRDs are.
     left = real_cluster.kubectl(
         "get", "deployments,serviceaccounts,clusterroles,clusterrolebindings", "-A",

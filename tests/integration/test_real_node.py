@@ -8,6 +8,7 @@ starts a second one of its own and checks that stopping it leaves nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import socket
@@ -25,10 +26,17 @@ import pytest
 import yaml
 
 from modelplane_harness import oci
-from modelplane_harness.cluster import LocalCluster, build_binaries, eprint
+from modelplane_harness.cluster import (
+    ClusterState,
+    LocalCluster,
+    build_binaries,
+    eprint,
+    registry,
+    sweep,
+)
 from modelplane_harness.netns import host_links
 from modelplane_harness.node import RealNode
-from modelplane_harness.node_cleanup import cgroup_hierarchies, leftovers
+from modelplane_harness.node_cleanup import NodeState, cgroup_hierarchies, is_alive, leftovers
 from modelplane_harness.waiting import wait_for
 from tests.factories import ROOT
 
@@ -386,4 +394,53 @@ def test_stop_leaves_nothing_behind() -> None:
             if state.run in cmdline:
                 stray.append(f"{proc.name}: {cmdline}")
     assert stray == []
+    shutil.rmtree(tmp_path)
+
+
+SURVIVOR = """
+import sys, time
+from pathlib import Path
+from modelplane_harness.cluster import LocalCluster, build_binaries
+cluster = LocalCluster(Path(sys.argv[1]) / "cluster", build_binaries(), real_node=True)
+assert cluster.node is not None
+cluster.node.containerd_root = Path(sys.argv[1]) / "containerd"
+cluster.start()
+print("up", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_cluster_whose_owner_was_killed_is_swept() -> None:
+    """A test session killed before its teardown (SIGKILL, a CI timeout) leaves a cluster
+    running; `sweep` (scripts/test.sh runs it on exit) stops it and leaves nothing."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="mp-sweep-"))
+    owner = subprocess.Popen(
+        [sys.executable, "-c", SURVIVOR, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert owner.stdout is not None
+    assert owner.stdout.readline().strip() == "up"
+    workdir = str(tmp_path / "cluster")
+    [entry] = [
+        path
+        for path in registry().glob("*.json")
+        if ClusterState(**json.loads(path.read_text())).workdir == workdir
+    ]
+    state = ClusterState(**json.loads(entry.read_text()))
+    assert state.node_state is not None
+    node_state = NodeState(**json.loads(Path(state.node_state).read_text()))
+    owner.kill()
+    owner.wait()
+    owner.stdout.close()
+    assert all(is_alive(pid) for pid in state.pids.values())  # orphaned, still running
+
+    assert sweep() >= 1
+
+    assert not entry.exists()
+    assert not any(is_alive(pid) for pid in state.pids.values())
+    assert leftovers(node_state) == []
+    netns = subprocess.run(["ip", "netns"], capture_output=True, text=True, check=True).stdout
+    assert node_state.netns not in netns
     shutil.rmtree(tmp_path)
