@@ -104,4 +104,11 @@ build_tool() {
 
 tools=("$@")
 [[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm coredns)
-for tool in "${tools[@]}"; do build_tool "$tool"; done
+# One build of a tool at a time: scripts/test.sh builds in the background while the
+# integration fixtures may ask for the same tools; the second waits, then finds the cache.
+for tool in "${tools[@]}"; do
+  exec {lock}>"$cache/bin/.$tool.lock"
+  flock "$lock"
+  build_tool "$tool"
+  exec {lock}>&-
+done
