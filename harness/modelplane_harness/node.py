@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -160,6 +161,7 @@ class RealNode:
         node is Ready and DNS answers. Returns seconds from the first daemon to Ready."""
         began = time.monotonic()
         self.log = log
+        _raise_open_files()
         layout = self.layout
         network = self._network()
         self._state = NodeState(
@@ -447,6 +449,16 @@ class RealNode:
             return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
 
         return tail
+
+
+def _raise_open_files() -> None:
+    """Containers inherit containerd's open-file limit (the CRI sets none of its own), and
+    Ray Serve's HAProxy ingress will not start below about 10,000 ("Cannot raise FD
+    limit"). The daemons inherit this process's limit: raise the soft limit to the hard
+    one, which needs no capability."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _cache() -> Path:
