@@ -3,11 +3,12 @@
 #
 # The real node runs containerd, runc and the CNI plugins from Debian, iptables for its
 # network guard and kube-proxy, busybox for the test images, and debootstrap for the
-# base layer of the images built here (harness images.py). Idempotent: installs
+# base layer of the images built here (harness images.py); the tests reach pods and
+# ClusterIPs with curl from the node's network namespace. Idempotent: installs
 # nothing when every package is present. Needs root (or sudo) and apt to install.
 set -euo pipefail
 
-packages=(runc containerd containernetworking-plugins iptables conntrack busybox-static iproute2 util-linux gcc libc6-dev debootstrap)
+packages=(runc containerd containernetworking-plugins iptables conntrack busybox-static iproute2 util-linux gcc libc6-dev debootstrap curl)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -189,6 +189,8 @@ class ClusterState:
     owner: int | None = None
     """The process the cluster lives and dies with (a test session); None for a cluster
     meant to outlive its starter (`dev cluster up`)."""
+    boot: str = ""
+    """The kernel's boot id when it started: after a reboot its pids mean nothing."""
 
 
 def registry() -> Path:
@@ -251,6 +253,10 @@ class LocalCluster:
             if self.node is not None:
                 log("creating the real node's network namespace")
                 self.address = self.node.create_network(api_port=api_port).host_ip
+                # Registered from the first thing there is to tear down, and again as each
+                # daemon starts, so a killed owner leaves nothing sweep cannot find.
+                self.node.on_launch = self._register
+                self._register()
             make_pki(self.pki, extra_ips=[self.address] if self.node else [])
             self.apiserver_url = f"https://{self.address}:{api_port}"
             self._write_kubeconfig()
@@ -287,15 +293,17 @@ class LocalCluster:
         listens on the node's veth, stops at once only when no watch of the node's is
         open and its own address still exists.
         """
-        if self.node is not None:
-            self.node.stop(keep_network=True)
-        for component in reversed(self.components):
-            if component.process is not None:
-                _terminate(component.process.pid, component.process)
-        self.components.clear()
-        if self.node is not None:
-            self.node.remove_network()
-        self._entry.unlink(missing_ok=True)
+        try:
+            if self.node is not None:
+                self.node.stop(keep_network=True)
+        finally:
+            for component in reversed(self.components):
+                if component.process is not None:
+                    _terminate(component.process.pid, component.process)
+            self.components.clear()
+            if self.node is not None:
+                self.node.remove_network()
+            self._entry.unlink(missing_ok=True)
 
     def _register(self) -> None:
         self._entry.parent.mkdir(parents=True, exist_ok=True)
@@ -312,6 +320,7 @@ class LocalCluster:
             pids={c.name: c.process.pid for c in self.components if c.process},
             node_state=node_state,
             owner=self.owner,
+            boot=_boot_id(),
         )
 
     # -- use -------------------------------------------------------------------------
@@ -637,11 +646,21 @@ def stop_from_state(state_file: Path) -> None:
     if node_state is not None and node_state.exists():
         stop_node_from_state(node_state, network=False)
     for _, pid in reversed(list(state.pids.items())):
-        _terminate(pid)
+        if _runs_in(pid, state.workdir):
+            _terminate(pid)
     if node_state is not None and node_state.exists():
         remove_network_from_state(node_state)
     state_file.unlink(missing_ok=True)
     _registry_entry(state.workdir).unlink(missing_ok=True)
+
+
+def _runs_in(pid: int, workdir: str) -> bool:
+    """Whether `pid` is still one of this cluster's processes (every component's command
+    line names the cluster's folder), not a process that got its number since."""
+    try:
+        return workdir in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def save_state(state: ClusterState, state_file: Path) -> None:
@@ -657,16 +676,30 @@ def sweep(*, log: Callable[[str], None] = lambda _: None) -> int:
     killed first (scripts/test.sh runs it when it ends, whatever ended it)."""
     swept = 0
     for entry in sorted(registry().glob("*.json")) if registry().exists() else ():
-        state = ClusterState(**json.loads(entry.read_text()))
+        try:
+            state = ClusterState(**json.loads(entry.read_text()))
+        except (ValueError, TypeError) as exc:
+            log(f"{entry}: not a cluster's state ({exc}); left for a person to read")
+            continue
+        if state.boot != _boot_id():
+            # The machine restarted since: its processes, mounts and namespaces are gone,
+            # and its pids may now be anyone's.
+            entry.unlink(missing_ok=True)
+            continue
         if state.owner is None or is_alive(state.owner):
             continue
         log(f"stopping the cluster in {state.workdir}: its owner {state.owner} is gone")
         try:
             stop_from_state(entry)
-        finally:
-            entry.unlink(missing_ok=True)
+        except Exception as exc:  # one cluster's failure must not stop the sweep
+            log(f"could not stop the cluster in {state.workdir}: {exc}; {entry} kept")
+            continue
         swept += 1
     return swept
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 def eprint(message: str) -> None:

@@ -2,8 +2,10 @@
 
 Pod traffic must never leave the machine. The namespace has no default route; pods get
 routes only for their own subnet and the Service range; a guard in the namespace's
-mangle FORWARD chain (which kube-proxy never writes) drops anything a pod sends except
-to other pods, Services and the API server's one address and port on the host.
+mangle FORWARD chain (which kube-proxy never writes) drops anything that comes in on the
+pods' bridge except to other pods, Services and the API server's one address and port on
+the host; one in its mangle OUTPUT chain lets the node's own processes (and host-network
+pods) out of the veth only to that address and port, or in answer to the host.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ BRIDGE = "mpbr0"
 """The pods' bridge in the namespace (the bridge CNI plugin adopts the one made here)."""
 GUARD_CHAIN = "MODELPLANE-GUARD"
 MASQ_CHAIN = "MODELPLANE-MASQ"
+OUT_CHAIN = "MODELPLANE-OUT"
 SLOTS = range(1, 255)
 
 
@@ -121,11 +124,20 @@ class NodeNetwork:
             f"-A FORWARD -j {GUARD_CHAIN}",
             # Nothing from the host side starts a forwarded connection into the node.
             f"-A {GUARD_CHAIN} -i {self.node_veth} -m conntrack --ctstate NEW -j DROP",
-            f"-A {GUARD_CHAIN} -s {self.pod_cidr} -d {self.pod_cidr} -j RETURN",
-            f"-A {GUARD_CHAIN} -s {self.pod_cidr} -d {SERVICE_CIDR} -j RETURN",
-            f"-A {GUARD_CHAIN} -s {self.pod_cidr} -d {self.host_ip}/32 -p tcp "
+            # Pods: to pods, Services and the API server, nothing else. Matched by the
+            # bridge they come in on, not by source address, which a pod can forge.
+            f"-A {GUARD_CHAIN} -i {BRIDGE} -s {self.pod_cidr} -d {self.pod_cidr} -j RETURN",
+            f"-A {GUARD_CHAIN} -i {BRIDGE} -s {self.pod_cidr} -d {SERVICE_CIDR} -j RETURN",
+            f"-A {GUARD_CHAIN} -i {BRIDGE} -s {self.pod_cidr} -d {self.host_ip}/32 -p tcp "
             f"--dport {api_port} -j RETURN",
-            f"-A {GUARD_CHAIN} -s {self.pod_cidr} -j DROP",
+            f"-A {GUARD_CHAIN} -i {BRIDGE} -j DROP",
+            # The node's own processes (and host-network pods): out of the veth only to
+            # the API server and in answer to the host (the API server calling the kubelet).
+            f":{OUT_CHAIN} - [0:0]",
+            f"-A OUTPUT -o {self.node_veth} -j {OUT_CHAIN}",
+            f"-A {OUT_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+            f"-A {OUT_CHAIN} -d {self.host_ip}/32 -p tcp --dport {api_port} -j RETURN",
+            f"-A {OUT_CHAIN} -j DROP",
             "COMMIT",
             f"*nat\n:{MASQ_CHAIN} - [0:0]",
             f"-A POSTROUTING -j {MASQ_CHAIN}",

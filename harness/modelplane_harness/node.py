@@ -78,6 +78,8 @@ class RealNode:
     containerd_root: Path = field(default_factory=lambda: _cache() / "node" / "containerd")
     network: NodeNetwork | None = None
     _daemons: list[_Daemon] = field(default_factory=list)
+    on_launch: Callable[[], None] | None = None
+    """Called after each daemon starts (the cluster re-registers its state for sweep)."""
     _lock: IO[bytes] | None = None
     _state: NodeState | None = None
     log: Callable[[str], None] = lambda _: None
@@ -147,6 +149,8 @@ class RealNode:
             )
         self._take_lock()
         self.network = NodeNetwork.create(api_port=api_port)
+        # From here on there is something to tear down: the state says what.
+        self._state = self._initial_state()
         return self.network
 
     def start(
@@ -164,15 +168,8 @@ class RealNode:
         _raise_open_files()
         layout = self.layout
         network = self._network()
-        self._state = NodeState(
-            run=str(self.run_dir),
-            netns=network.netns,
-            host_veth=network.host_veth,
-            cgroup_root=layout.cgroup_root,
-            containerd_socket=str(layout.containerd_socket),
-            sysctls=_read_sysctls(),
-            containerd_root=str(self.containerd_root),
-        )
+        if self._state is None:
+            self._state = self._initial_state()
         try:
             self._write_files(layout, server=server, pki=pki)
             _make_cgroup_root(layout.cgroup_root)
@@ -218,15 +215,7 @@ class RealNode:
         stops its API server, which listens on the veth, in between).
         """
         if self._state is None and self.network is not None:
-            self._state = NodeState(
-                run=str(self.run_dir),
-                netns=self.network.netns,
-                host_veth=self.network.host_veth,
-                cgroup_root=f"/{self.network.netns}",
-                containerd_socket=str(self.run_dir / "containerd" / "containerd.sock"),
-                sysctls={},
-                containerd_root=str(self.containerd_root),
-            )
+            self._state = self._initial_state()
         if self._state is not None:
             self._state.pids = {d.name: d.process.pid for d in self._daemons}
             teardown(self._state, network=not keep_network, log=self.log)
@@ -237,6 +226,20 @@ class RealNode:
         self._state = None
         if not keep_network:
             self.remove_network()
+
+    def _initial_state(self) -> NodeState:
+        """The state before any daemon runs, with the host's sysctls as they are now."""
+        layout = self.layout
+        network = self._network()
+        return NodeState(
+            run=str(self.run_dir),
+            netns=network.netns,
+            host_veth=network.host_veth,
+            cgroup_root=layout.cgroup_root,
+            containerd_socket=str(layout.containerd_socket),
+            sysctls=_read_sysctls(),
+            containerd_root=str(self.containerd_root),
+        )
 
     def remove_network(self) -> None:
         """Remove the namespace and veth (after `stop(keep_network=True)`)."""
@@ -361,6 +364,8 @@ class RealNode:
                 pass_fds=pass_fds,
             )
         self._daemons.append(_Daemon(name, process))
+        if self.on_launch is not None:
+            self.on_launch()
         return process
 
     def _kubelet_argv(self, layout: node_config.NodeLayout) -> list[str]:
@@ -531,4 +536,6 @@ def remove_network_from_state(path: Path) -> None:
 def save_state(node: RealNode, path: Path) -> None:
     state = node.state()
     if state is not None:
-        path.write_text(json.dumps(asdict(state), indent=2))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=2))
+        tmp.replace(path)

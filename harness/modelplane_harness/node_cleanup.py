@@ -1,6 +1,6 @@
 """Tear a real node down so that nothing is left, and say what is left if something is.
 
-Order matters (REAL-NODE.md): the kubelet first, so it restarts nothing; then the pods
+Order matters (docs/real-node.md): the kubelet first, so it restarts nothing; then the pods
 (their processes, then their containers in containerd's metadata, which outlives the
 run); then the other daemons, anything still in the node's namespaces, the cgroups, the
 network, and the host-wide sysctls the kubelet changed.
@@ -64,7 +64,9 @@ def teardown(
     def step(what: str) -> None:
         log(f"node teardown +{time.monotonic() - began:.1f} s: {what}")
 
-    pids = dict(state.pids)
+    # Only pids that are still this node's daemons (each names the node's folder on its
+    # command line): a state file read later may hold numbers reused since.
+    pids = {name: pid for name, pid in state.pids.items() if _runs_in(pid, state.run)}
     if "kubelet" in pids:
         _stop(pids.pop("kubelet"), KUBELET_GRACE_S)
     step("kubelet stopped")
@@ -130,6 +132,13 @@ def is_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _runs_in(pid: int, run: str) -> bool:
+    try:
+        return run in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -1,7 +1,7 @@
 """The files and objects a real node runs from, as pure functions of its layout.
 
 Nothing here starts a process or talks to the cluster: `RealNode` (node.py) writes these
-files and applies these objects. Settings follow /work/shared/REAL-NODE.md's measurements:
+files and applies these objects. Settings follow docs/real-node.md's measurements:
 cgroup v1 with the cgroupfs driver, a relaxed eviction policy, no image GC, registries
 unreachable by configuration, no upstream DNS.
 """

@@ -131,6 +131,9 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
     except (ClusterError, NodeError, ImageBuildError) as exc:
         local.stop()
         pytest.fail(f"the real-node cluster did not start: {exc}\nlogs: {local.logs}")
+    except BaseException:
+        local.stop()
+        raise
     yield local
     local.stop()
     eprint(f"real-node cluster stopped; logs kept in {local.logs}")

@@ -7,7 +7,6 @@ starts a second one of its own and checks that stopping it leaves nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -17,7 +16,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -83,19 +81,9 @@ def _import_busybox(node: RealNode, work: Path) -> None:
 
 
 @pytest.fixture
-def ns(real: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = "rn-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
-    real.kubectl("create", "namespace", name)
-    wait_for(
-        lambda: real.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-        what=f"the default service account of {name}",
-    )
-    yield name
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        dump = real.kubectl("get", "all,events", "-n", name, "-o", "yaml", check=False)
-        eprint(f"--- {name} ---\n{dump.stdout}")
-    real.kubectl("delete", "namespace", name, "--wait=false", check=False)
+def ns(real: LocalCluster, real_namespace: str) -> str:
+    """A fresh namespace on the session's real-node cluster, with busybox imported."""
+    return real_namespace
 
 
 def pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
@@ -252,8 +240,9 @@ def test_pods_reach_nothing_outside_the_cluster(real: LocalCluster, ns: str) -> 
     node = _node(real)
     assert node.network is not None
     host_ip = node.network.host_ip
-    # A listener on the host's side of the node's veth: the node's namespace reaches it,
-    # and a Service points at it, so only the guard stands between a pod and it.
+    # A listener on the host's side of the node's veth: the host reaches it, and a
+    # Service points at it, so only the guard stands between a pod and it; the node's own
+    # namespace (its daemons, host-network pods) is held to the API server too.
     with socket.create_server((host_ip, 0)) as listener:
         port = listener.getsockname()[1]
         apply(
@@ -276,9 +265,13 @@ def test_pods_reach_nothing_outside_the_cluster(real: LocalCluster, ns: str) -> 
             },
         )
         wait_running(real, ns, "probe")
+        socket.create_connection((host_ip, port), 2).close()  # it listens
         connect = f"import socket; socket.create_connection(({host_ip!r}, {port}), 2)"
         reached = node.exec_in_netns([sys.executable, "-c", connect])
-        assert reached.returncode == 0, reached.stderr
+        assert reached.returncode != 0, "the node's namespace reached a host listener"
+        api_host, api_port = real.apiserver_url.removeprefix("https://").split(":")
+        to_api = f"import socket; socket.create_connection(({api_host!r}, {api_port}), 2)"
+        assert node.exec_in_netns([sys.executable, "-c", to_api]).returncode == 0
 
         code, out = sh(real, ns, "probe", "ip route get 1.1.1.1")
         assert code != 0
