@@ -90,4 +90,13 @@ class LayerCache:
         partial.replace(meta)
         self._remove(work)
         self.say(f"{label} layer {human_size(layer.size)} in {time.monotonic() - started:.0f} s")
+        self._prune(name, keep=key)
         return layer
+
+    def _prune(self, name: str, *, keep: str) -> None:
+        """Drop the older layers of `name`: a changed pin would otherwise leave another
+        multi-GB dependencies layer behind every time."""
+        for path in self.layers.glob(f"{name}-*"):
+            key = path.name.removeprefix(f"{name}-").split(".", 1)[0]
+            if key != keep and len(key) == len(keep) and key.isalnum():
+                path.unlink(missing_ok=True)

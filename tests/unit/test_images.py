@@ -186,3 +186,16 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path)
     with LayerCache.open(tmp_path, say=lambda _: None) as cache:
         assert list(cache.tmp.iterdir()) == []
         assert cache.find("deps-runtime", "k") is None
+
+
+def test_a_new_layer_drops_the_older_ones_of_its_name_only(tmp_path: Path) -> None:
+    def build(root: Path, log: Path) -> None:
+        (root / "file").write_text("content")
+
+    with LayerCache.open(tmp_path, say=lambda _: None) as cache:
+        cache.layer("deps", "k1", build, label="deps")
+        cache.layer("deps-runtime", "k1", build, label="runtime deps")
+        cache.layer("deps", "k2", build, label="deps")
+        assert cache.find("deps", "k1") is None  # a changed pin leaves no stale GBs behind
+        assert cache.find("deps", "k2") is not None
+        assert cache.find("deps-runtime", "k1") is not None
