@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-DEFAULT_RUNTIME_IMAGE = "modelplane/runtime:0.1.0"
+# The image the chart sets by default (runtime.image, flavor cuda), so an operator run
+# outside the chart (`python -m modelplane_operator`) starts the same pods.
+DEFAULT_RUNTIME_IMAGE = "ghcr.io/modelplane/runtime:0.1.0-cuda"
 
 
 @dataclass(frozen=True)

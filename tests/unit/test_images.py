@@ -18,6 +18,7 @@ from modelplane_harness.recipes import (
     load_recipe,
     setup_script,
 )
+from modelplane_operator.settings import DEFAULT_RUNTIME_IMAGE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,6 +89,8 @@ def test_tags_follow_the_charts_image_values() -> None:
     assert recipe.ref(runtime, default) == (
         f"{values['runtime']['image']['repository']}:{app_version}-{default.name}"
     )
+    # An operator run outside the chart starts pods of that same image.
+    assert recipe.ref(runtime, default) == DEFAULT_RUNTIME_IMAGE
 
 
 @pytest.mark.parametrize(
