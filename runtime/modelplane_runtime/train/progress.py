@@ -100,11 +100,16 @@ class ProgressReporter:
                 else:
                     self.send_error(404)
                     return
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The poller gave up waiting (a busy node); it asks again next pass.
+                    # Left alone, socketserver prints a traceback into the training log.
+                    return
 
             def log_message(self, format: str, *args: Any) -> None:
                 return  # polled every few seconds: keep the training log readable
