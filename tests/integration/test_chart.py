@@ -91,6 +91,7 @@ def test_the_namespaced_values_grant_roles_in_the_listed_namespaces_only(
     assert "--namespace=ml-team-a" in args
     assert "--namespace=ml-team-b" in args
     assert any(a.startswith("--peering=") for a in args)
+    assert "--peering-lifetime=15" in args
     assert deployment["spec"]["replicas"] == 2
 
 
@@ -114,12 +115,30 @@ def test_the_operator_pod_is_non_root_read_only_and_probed(cluster: LocalCluster
     assert env["MODELPLANE_RUNTIME_IMAGE"].endswith(":0.1.0-cpu")
 
 
+def test_peered_replicas_name_themselves_after_their_pod_and_share_the_lifetime(
+    cluster: LocalCluster,
+) -> None:
+    """POD_ID is kopf's peering identity: a container restarted in its pod replaces its
+    dead predecessor's record at once instead of blocking the standby for a lifetime."""
+    values = ["--set", "peering.enabled=true,peering.lifetime=20"]
+    (deployment,) = [d for d in template(cluster, *values) if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--peering-lifetime=20" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (single,) = [d for d in template(cluster) if d["kind"] == "Deployment"]
+    (container,) = single["spec"]["template"]["spec"]["containers"]
+    assert not any(a.startswith("--peering") for a in container["args"])
+    assert "POD_ID" not in {e["name"] for e in container["env"]}
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
         (["--set", "imagee.tag=1"], "imagee"),
         (["--set", "runtime.image.flavor=rocm"], "flavor"),
         (["--set", "replicaCount=2"], "needs peering.enabled=true"),
+        (["--set", "peering.enabled=true,peering.lifetime=10"], "peering/lifetime"),
         (["--set", "watchNamespaces[0]=Not_A_Namespace"], "watchNamespaces"),
         (
             ["--set", "metrics.serviceMonitor.enabled=true,metrics.service.enabled=false"],
@@ -130,6 +149,7 @@ def test_the_operator_pod_is_non_root_read_only_and_probed(cluster: LocalCluster
         "misspelt-key",
         "unknown-flavor",
         "replicas-without-peering",
+        "peering-lifetime-too-short-for-kopfs-keepalive",
         "bad-namespace",
         "monitor-without-service",
     ],
