@@ -35,6 +35,9 @@ LABEL_RUN: Final = f"{GROUP}/run"
 """The run a child belongs to: the training's own name, or one of its trials'."""
 LABEL_ATTEMPT: Final = f"{GROUP}/attempt"
 LABEL_ROLE: Final = f"{GROUP}/role"
+OPERATOR_NAME: Final = "modelplane-operator"
+"""The operator pod's `app.kubernetes.io/name`, as the chart's selectorLabels set it: the
+Ray pods' NetworkPolicies admit the operator (to their dashboard) by it."""
 
 # Annotations. kopf's own bookkeeping goes under this prefix, never into status.
 ANNOTATION_PREFIX: Final = f"kopf.{GROUP}"

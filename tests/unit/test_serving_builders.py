@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.builders.serving import (
+    AGENT_PORT,
     CONFIG_FILE,
+    DASHBOARD_PORT,
+    GCS_PORT,
+    METRICS_PORT,
     REPLICA_RAY_CPUS,
     build_config_map,
     build_head,
     build_head_service,
     build_http_service,
+    build_network_policies,
     build_token_secret,
+    build_worker_disruption_budget,
     build_workers,
     cpu_cores,
     endpoint,
@@ -28,8 +37,9 @@ from modelplane_operator.render import render_run_config
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.serving import resolve_from_training
+from modelplane_runtime.contract import SERVE_HTTP_PORT
 from modelplane_runtime.storage import ENV_PVC_ROOT, local_path
-from tests.factories import make_deployment, make_training
+from tests.factories import ROOT, make_deployment, make_training
 
 SETTINGS = Settings(runtime_image="registry.example/runtime:1")
 MODEL = ResolvedModel(uri="pvc://models/sentiment/run-1", digest="sha256:ab", metrics={})
@@ -58,6 +68,8 @@ def all_children(d: ModelDeployment) -> list[dict[str, Any]]:
         build_workers(d, settings=SETTINGS, model_uri=MODEL.uri, replicas=2),
         build_head_service(d),
         build_http_service(d),
+        *build_network_policies(d),
+        build_worker_disruption_budget(d),
     ]
 
 
@@ -72,6 +84,9 @@ def test_every_child_is_owned_labelled_and_named_from_the_deployment() -> None:
         "sentiment-ray-worker",
         "sentiment-ray-head",
         "sentiment",
+        "sentiment-ray-head",
+        "sentiment-ray-worker",
+        "sentiment-ray-worker",
     ]
     for child in children:
         (owner,) = child["metadata"]["ownerReferences"]
@@ -275,3 +290,190 @@ def test_ray_pods_run_the_operators_image_unless_the_deployment_names_its_own() 
         build_workers(own, settings=SETTINGS, model_uri=MODEL.uri, replicas=1),
     ):
         assert container(manifest)["image"] == "registry.example/runtime:1-cpu"
+
+
+HELPERS = ROOT / "helm" / "modelplane" / "templates" / "_helpers.tpl"
+RBAC = ROOT / "helm" / "modelplane" / "templates" / "rbac.yaml"
+
+
+def chart_define(path: Path, name: str) -> Any:
+    """The YAML a named template of the chart defines, its template actions dropped: the
+    lines that only branch or include go, and values rendered inline become a word."""
+    marker = f'{{{{- define "{name}" -}}}}\n'
+    assert marker in path.read_text(), f"{path.name} defines no {name}"
+    lines = []
+    for line in path.read_text().split(marker, 1)[1].splitlines():
+        if line.strip() == "{{- end -}}":
+            break
+        if not line.strip().startswith("{{"):
+            lines.append(re.sub(r"\{\{.*?\}\}", "rendered", line))
+    return yaml.safe_load("\n".join(lines))
+
+
+def pod_labels(manifest: dict[str, Any]) -> dict[str, str]:
+    return manifest["spec"]["template"]["metadata"]["labels"]  # type: ignore[no-any-return]
+
+
+Peer = tuple[str, dict[str, str]]
+"""A pod that opens a connection: its namespace and labels."""
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "this reading knows matchLabels only"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_matches(peer: dict[str, Any], namespace: str, pod: Peer) -> bool:
+    assert set(peer) <= {"namespaceSelector", "podSelector"}, peer
+    if "namespaceSelector" in peer:
+        assert peer["namespaceSelector"] == {}, "namespaces carry no labels in these tests"
+    elif pod[0] != namespace:
+        return False  # a podSelector alone means the policy's own namespace
+    return _selects(peer.get("podSelector", {}), pod[1])
+
+
+def admits(policy: dict[str, Any], pod: Peer, port: int) -> bool:
+    """Whether `policy` lets `pod` open a TCP connection to `port` on the pods it selects:
+    NetworkPolicy's ingress rules read as the API defines them (rules are ORed; within a
+    rule a missing or empty `from` or `ports` matches everything)."""
+    namespace = policy["metadata"]["namespace"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    for rule in policy["spec"]["ingress"]:
+        peers = rule.get("from") or []
+        ports = rule.get("ports") or []
+        if (not peers or any(_peer_matches(p, namespace, pod) for p in peers)) and (
+            not ports or any(q == {"protocol": "TCP", "port": port} for q in ports)
+        ):
+            return True
+    return False
+
+
+def peers() -> dict[str, Peer]:
+    """Who might connect to the `sentiment` deployment's Ray pods in namespace ml."""
+    own, other = deployment(), deployment(name="other")
+    operator = chart_define(HELPERS, "modelplane.selectorLabels")
+    return {
+        "head": ("ml", pod_labels(build_head(own, settings=SETTINGS, model_uri=MODEL.uri))),
+        "worker": (
+            "ml",
+            pod_labels(build_workers(own, settings=SETTINGS, model_uri=MODEL.uri, replicas=1)),
+        ),
+        "other worker": (
+            "ml",
+            pod_labels(build_workers(other, settings=SETTINGS, model_uri=MODEL.uri, replicas=1)),
+        ),
+        "operator": ("modelplane-system", operator),
+        "stranger": ("ml", {"app": "curl"}),
+        # A training pod shares the Ray pods' app.kubernetes.io/name (modelplane), not the
+        # operator's (modelplane-operator).
+        "trainer": ("ml", {c.LABEL_NAME: "modelplane", c.LABEL_COMPONENT: "training"}),
+    }
+
+
+RAY_DYNAMIC_PORT = 10_002
+"""One of the ports Ray picks at start (a worker process's)."""
+
+ADMISSIONS = [
+    ("head", "head", GCS_PORT, True),
+    ("head", "worker", GCS_PORT, True),
+    ("head", "worker", RAY_DYNAMIC_PORT, True),
+    ("head", "other worker", GCS_PORT, False),
+    ("head", "other worker", SERVE_HTTP_PORT, True),
+    ("head", "operator", DASHBOARD_PORT, True),
+    ("head", "operator", GCS_PORT, False),
+    ("head", "trainer", DASHBOARD_PORT, False),
+    ("head", "stranger", DASHBOARD_PORT, False),
+    ("head", "stranger", GCS_PORT, False),
+    ("head", "stranger", SERVE_HTTP_PORT, True),
+    ("head", "stranger", METRICS_PORT, True),
+    ("worker", "head", RAY_DYNAMIC_PORT, True),
+    ("worker", "worker", AGENT_PORT, True),
+    ("worker", "other worker", RAY_DYNAMIC_PORT, False),
+    ("worker", "operator", DASHBOARD_PORT, False),
+    ("worker", "stranger", RAY_DYNAMIC_PORT, False),
+    ("worker", "stranger", SERVE_HTTP_PORT, True),
+    ("worker", "stranger", METRICS_PORT, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("guarded", "peer", "port", "admitted"),
+    ADMISSIONS,
+    ids=[
+        f"the {g} {'admits' if ok else 'refuses'} the {p} on {port}"
+        for g, p, port, ok in ADMISSIONS
+    ],
+)
+def test_the_network_policies_admit_the_ray_cluster_the_operator_and_requests_only(
+    guarded: str, peer: str, port: int, admitted: bool
+) -> None:
+    d = deployment()
+    policies = {p["metadata"]["name"]: p for p in build_network_policies(d)}
+    name = {"head": "sentiment-ray-head", "worker": "sentiment-ray-worker"}[guarded]
+    assert admits(policies[name], peers()[peer], port) is admitted
+
+
+def test_each_network_policy_selects_the_pods_it_guards_and_no_others() -> None:
+    d = deployment()
+    head = pod_labels(build_head(d, settings=SETTINGS, model_uri=MODEL.uri))
+    workers = pod_labels(build_workers(d, settings=SETTINGS, model_uri=MODEL.uri, replicas=1))
+    head_policy, worker_policy = build_network_policies(d)
+    assert head_policy["spec"]["podSelector"] == {"matchLabels": head}
+    assert worker_policy["spec"]["podSelector"] == {"matchLabels": workers}
+    assert (head_policy["kind"], head_policy["apiVersion"]) == (
+        "NetworkPolicy",
+        "networking.k8s.io/v1",
+    )
+
+
+def test_the_operator_is_admitted_by_the_label_the_chart_gives_its_pod() -> None:
+    labels = chart_define(HELPERS, "modelplane.selectorLabels")
+    assert labels[c.LABEL_NAME] == c.OPERATOR_NAME
+    # The operator's Deployment puts the selector labels on its pods' template.
+    deployment_template = (HELPERS.parent / "deployment.yaml").read_text()
+    template = deployment_template.split("  template:\n", 1)[1]
+    assert 'include "modelplane.selectorLabels"' in template.split("    spec:\n", 1)[0]
+
+
+def test_a_drain_takes_one_worker_at_a_time_and_never_the_head_by_budget() -> None:
+    d = deployment()
+    budget = build_worker_disruption_budget(d)
+    assert (budget["apiVersion"], budget["kind"]) == ("policy/v1", "PodDisruptionBudget")
+    workers = build_workers(d, settings=SETTINGS, model_uri=MODEL.uri, replicas=3)
+    assert budget["spec"]["selector"] == {"matchLabels": pod_labels(workers)}
+    # The worker count moves with autoscaling: a budget in workers that may go, not in
+    # workers that must stay.
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in budget["spec"]
+    # A worker that is not ready holds no replica; it must not stall a drain.
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    head = pod_labels(build_head(d, settings=SETTINGS, model_uri=MODEL.uri))
+    assert not _selects(budget["spec"]["selector"], head)
+
+
+def _plural(kind: str) -> str:
+    lower = kind.lower()
+    return f"{lower[:-1]}ies" if lower.endswith("y") else f"{lower}s"
+
+
+def test_the_charts_rbac_lets_the_operator_apply_every_serving_child() -> None:
+    rules = [
+        *chart_define(HELPERS, "modelplane.namespacedRules"),
+        *chart_define(RBAC, "modelplane.servingGuardRules"),
+    ]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    for child in all_children(deployment()):
+        group = child["apiVersion"].rpartition("/")[0]
+        resource = (group, _plural(child["kind"]))
+        # Server-side apply creates the object the first time and patches it after.
+        assert {"create", "patch"} <= granted.get(resource, set()), resource
+    # Both kinds of grant (one ClusterRole, or a Role per watched namespace) carry both.
+    rbac = [line.strip() for line in RBAC.read_text().splitlines()]
+    includes = [i for i, line in enumerate(rbac) if 'include "modelplane.namespacedRules"' in line]
+    assert len(includes) == 2
+    for i in includes:
+        assert 'include "modelplane.servingGuardRules"' in rbac[i + 1]

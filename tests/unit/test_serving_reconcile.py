@@ -138,3 +138,16 @@ def test_a_settled_cluster_lists_no_pods() -> None:
     queries = len(client.pod_queries)
     one_pass(client, body)
     assert len(client.pod_queries) == queries
+
+
+def test_the_first_pass_guards_the_ray_cluster_with_policies_and_a_budget() -> None:
+    client = FakeClient(trainings=(succeeded_training(),))
+    one_pass(client, deployment_body({"fromTraining": "quickstart"}))
+    head_policy = client.applied("NetworkPolicy", NAMES.head)
+    worker_policy = client.applied("NetworkPolicy", NAMES.worker)
+    budget = client.applied("PodDisruptionBudget", NAMES.worker)
+    head = client.applied("Deployment", NAMES.head)["spec"]["template"]["metadata"]["labels"]
+    workers = client.applied("Deployment", NAMES.worker)["spec"]["template"]["metadata"]
+    assert head_policy["spec"]["podSelector"]["matchLabels"] == head
+    assert worker_policy["spec"]["podSelector"]["matchLabels"] == workers["labels"]
+    assert budget["spec"]["selector"]["matchLabels"] == workers["labels"]

@@ -12,6 +12,9 @@
   its `replicas`.
 - `<name>-ray-head` Service (GCS, dashboard, metrics) and `<name>` Service (HTTP, port
   8000, every pod whose Serve ingress is ready): the endpoint.
+- `<name>-ray-head` and `<name>-ray-worker` NetworkPolicies: the Ray pods admit each
+  other on every port, the operator on the dashboard, anyone on HTTP and metrics.
+- `<name>-ray-worker` PodDisruptionBudget: a drain takes one worker at a time.
 
 The Secret's token comes in as an argument: builders never draw random numbers. So does
 the model's URI: the artifact the reconcile resolved (`model.uri`, or the artifact of the
@@ -358,5 +361,95 @@ def build_http_service(deployment: ModelDeployment) -> Manifest:
                 c.LABEL_DEPLOYMENT: deployment.metadata.name or "",
             },
             "ports": [{"name": "http", "port": SERVE_HTTP_PORT, "targetPort": SERVE_HTTP_PORT}],
+        },
+    }
+
+
+def _ray_pods(deployment: ModelDeployment) -> Manifest:
+    """A peer that is any of this deployment's own Ray pods, head or worker."""
+    return {
+        "podSelector": {
+            "matchLabels": {
+                c.LABEL_COMPONENT: "serving",
+                c.LABEL_DEPLOYMENT: deployment.metadata.name or "",
+            }
+        }
+    }
+
+
+# The operator runs in its own namespace, which the builders do not know: any namespace,
+# but only pods labelled as the chart labels the operator's. A pod elsewhere that copies
+# the label gets through, and still needs the cluster's token to use the dashboard.
+_OPERATOR = {
+    "namespaceSelector": {},
+    "podSelector": {"matchLabels": {c.LABEL_NAME: c.OPERATOR_NAME}},
+}
+
+
+def _tcp(*ports: int) -> list[Manifest]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
+
+
+def _network_policy(
+    deployment: ModelDeployment, *, name: str, role: str, operator_ports: tuple[int, ...]
+) -> Manifest:
+    # Ray nodes reach each other on ports Ray picks at start (object manager, node
+    # manager, one per worker process), so within the cluster every port is open.
+    ingress: list[Manifest] = [{"from": [_ray_pods(deployment)]}]
+    if operator_ports:
+        ingress.append({"from": [_OPERATOR], "ports": _tcp(*operator_ports)})
+    # Anyone: requests through the `<name>` Service, and Prometheus, wherever it runs,
+    # scraping Serve's and the app's metrics (nothing the operator reads).
+    ingress.append({"ports": _tcp(SERVE_HTTP_PORT, METRICS_PORT)})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(deployment, name, role),
+        "spec": {
+            "podSelector": {"matchLabels": _labels(deployment, role)},
+            # Ingress only: what the Ray pods reach out to (DNS, each other, a model
+            # store) differs by cluster, and an egress policy would have to guess it.
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
+def build_network_policies(deployment: ModelDeployment) -> list[Manifest]:
+    """Who may reach the Ray pods: nothing but the deployment's own Ray pods reaches GCS,
+    and nothing else but the operator reaches the dashboard (the Serve API that deploys
+    code); requests and metrics are open to all.
+
+    Kubelet probes need no rule: traffic from a pod's own node is always allowed (the
+    NetworkPolicy semantics Calico and Cilium implement). Only a CNI that enforces
+    NetworkPolicy applies these; elsewhere they change nothing.
+    """
+    names = names_for(deployment.metadata.name or "")
+    return [
+        _network_policy(deployment, name=names.head, role="head", operator_ports=(DASHBOARD_PORT,)),
+        # The operator never calls a worker: workers hold replicas, not the Serve API.
+        _network_policy(deployment, name=names.worker, role="worker", operator_ports=()),
+    ]
+
+
+def build_worker_disruption_budget(deployment: ModelDeployment) -> Manifest:
+    """A voluntary disruption (a node drain) evicts one worker pod at a time: the next
+    waits until the Deployment's replacement is ready, so Serve's replicas move one by one.
+
+    `maxUnavailable` rather than `minAvailable`: the worker count follows Serve's
+    autoscaling, and a fixed minimum would block every drain when the deployment has
+    scaled down to it. The head is one pod and gets no budget: one would block drains
+    for good. Not-ready workers (a crash loop, an image that does not pull) hold no
+    replica, so they may always be evicted and never stall a drain.
+    """
+    names = names_for(deployment.metadata.name or "")
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(deployment, names.worker, "worker"),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": _labels(deployment, "worker")},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }

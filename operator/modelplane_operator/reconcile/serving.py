@@ -32,7 +32,9 @@ from modelplane_operator.builders.serving import (
     build_head,
     build_head_service,
     build_http_service,
+    build_network_policies,
     build_token_secret,
+    build_worker_disruption_budget,
     build_workers,
     endpoint,
     names_for,
@@ -117,6 +119,9 @@ async def _apply_cluster(
     await client.apply(build_config_map(deployment, config))
     await client.apply(build_head_service(deployment))
     await client.apply(build_http_service(deployment))
+    for policy in build_network_policies(deployment):
+        await client.apply(policy)
+    await client.apply(build_worker_disruption_budget(deployment))
     head = build_head(deployment, settings=settings, model_uri=model.uri)
     head["metadata"].setdefault("annotations", {})[c.ANNOTATION_SPEC_HASH] = spec_hash
     await client.apply(head)
