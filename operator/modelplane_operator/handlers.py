@@ -4,7 +4,9 @@ Only watch-event handlers are used, so kopf persists nothing on the resources (n
 annotations, no finalizers, nothing in status): the reconcile is level-based and needs
 no memory of what it did. A resync loop re-runs every unfinished training every few
 seconds; that is also when rank 0's /progress is polled. A second loop re-runs every
-ModelDeployment each second: the scaling loop (read Serve's target, size the workers).
+ModelDeployment each second: the scaling loop (read Serve's target, size the workers;
+every few seconds also its load from Ray's metrics, whose request counters are the one
+thing kept in memory between passes: a restarted operator measures afresh).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from modelplane_operator.client import Client
 from modelplane_operator.dashboard import Dashboard
 from modelplane_operator.reconcile.serving import reconcile_deployment
 from modelplane_operator.reconcile.training import reconcile_training
+from modelplane_operator.serve_metrics import LoadTracker, fetch_metrics
 from modelplane_operator.settings import Settings
 
 log = logging.getLogger("modelplane.operator")
@@ -43,11 +46,19 @@ class State:
         self.deployments: set[tuple[str, str]] = set()
         """Every ModelDeployment: each resync reads its Serve state (serving never ends)."""
         self.http: aiohttp.ClientSession | None = None
+        self.load = LoadTracker(self.metrics)
+        """Each deployment's request counters between passes, for `status.load`."""
 
-    def dashboard(self, url: str, token: str) -> Dashboard:
+    def session(self) -> aiohttp.ClientSession:
         if self.http is None:
             self.http = aiohttp.ClientSession()
-        return Dashboard(url, token, self.http)
+        return self.http
+
+    def dashboard(self, url: str, token: str) -> Dashboard:
+        return Dashboard(url, token, self.session())
+
+    async def metrics(self, url: str) -> str | None:
+        return await fetch_metrics(self.session(), url)
 
 
 STATE: dict[str, State] = {}
@@ -102,6 +113,7 @@ async def run_deployment(namespace: str, name: str, body: dict[str, Any] | None 
         body = body if body is not None else await state.client.get_model_deployment(*key)
         if body is None:
             state.deployments.discard(key)
+            state.load.forget(key)
             obs.record_phase(c.KIND_DEPLOYMENT, namespace, name, None)
             return
         state.deployments.add(key)
@@ -113,6 +125,7 @@ async def run_deployment(namespace: str, name: str, body: dict[str, Any] | None 
                     settings=state.settings,
                     now=datetime.now(UTC),
                     dashboard_for=state.dashboard,
+                    load=state.load,
                 )
             except Exception:
                 obs.failed(c.KIND_DEPLOYMENT)
@@ -210,6 +223,7 @@ async def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
     meta = body["metadata"]
     if kwargs.get("type") == "DELETED":
         _state().deployments.discard((meta["namespace"], meta["name"]))
+        _state().load.forget((meta["namespace"], meta["name"]))
         obs.record_phase(c.KIND_DEPLOYMENT, meta["namespace"], meta["name"], None)
         return
     await run_deployment(meta["namespace"], meta["name"], dict(body))

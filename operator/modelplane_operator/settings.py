@@ -25,6 +25,12 @@ class Settings:
     dashboard_url: str = "http://{head}.{namespace}.svc:8265"
     """How to reach a deployment's Ray dashboard: a template over the head Service's name
     and the namespace. Tests point it at a local Ray."""
+    metrics_url: str = "http://{head}.{namespace}.svc:8080"
+    """How to reach a deployment's Ray head's Prometheus metrics (the head Service's
+    `metrics` port, builders/serving.py METRICS_PORT): a template like `dashboard_url`."""
+    replica_metrics_url: str = "http://{ip}:8080"
+    """How to reach the metrics of a node hosting a Serve replica: a template over the
+    worker pod's IP. Tests point it at a local Ray's port."""
 
     @classmethod
     def from_environ(cls) -> Settings:
@@ -35,4 +41,8 @@ class Settings:
             pvc_root=env.get("MODELPLANE_PVC_ROOT", defaults.pvc_root),
             progress_port=int(env.get("MODELPLANE_PROGRESS_PORT", defaults.progress_port)),
             dashboard_url=env.get("MODELPLANE_DASHBOARD_URL", defaults.dashboard_url),
+            metrics_url=env.get("MODELPLANE_METRICS_URL", defaults.metrics_url),
+            replica_metrics_url=env.get(
+                "MODELPLANE_REPLICA_METRICS_URL", defaults.replica_metrics_url
+            ),
         )

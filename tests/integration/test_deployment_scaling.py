@@ -2,6 +2,8 @@
 application's state through the dashboard seam (`Settings.dashboard_url` pointed at a
 local Ray started with the runtime's runner and the deployment's token) and sizes the
 worker Deployment on the test control plane, while real load drives Serve's autoscaler.
+The same Ray's metrics port stands in for the head's and the replicas' nodes'
+(`Settings.metrics_url`, `replica_metrics_url`), so `status.load` is measured for real.
 
 The session operator is stopped for this test, so the passes here are the only ones.
 """
@@ -36,6 +38,7 @@ from modelplane_operator.client import Client
 from modelplane_operator.dashboard import Dashboard
 from modelplane_operator.reconcile.serving import reconcile_deployment
 from modelplane_operator.serve_config import render_serve_config
+from modelplane_operator.serve_metrics import LoadTracker, fetch_metrics
 from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import DataConfig, OptimConfig
 from modelplane_runtime.data.builtin import sentiment
@@ -83,10 +86,16 @@ def model_v2(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
 class Passes:
     """Reconcile passes every `interval` s in a background thread, as the resync does."""
 
-    def __init__(self, cluster: LocalCluster, namespace: str, dashboard_url: str) -> None:
+    def __init__(
+        self, cluster: LocalCluster, namespace: str, dashboard_url: str, metrics_port: int
+    ) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.settings = Settings(dashboard_url=dashboard_url)
+        self.settings = Settings(
+            dashboard_url=dashboard_url,
+            metrics_url=f"http://127.0.0.1:{metrics_port}",
+            replica_metrics_url=f"http://{{ip}}:{metrics_port}",
+        )
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -98,6 +107,7 @@ class Passes:
         )
         client = Client(api)
         async with aiohttp.ClientSession() as http:
+            load = LoadTracker(lambda url: fetch_metrics(http, url))
             while not self.stop.is_set():
                 try:
                     body = await client.get_model_deployment(self.namespace, NAME)
@@ -108,6 +118,7 @@ class Passes:
                             settings=self.settings,
                             now=datetime.now(UTC),
                             dashboard_for=lambda url, token: Dashboard(url, token, http),
+                            load=load,
                         )
                 except Exception as error:  # reported by the test's last assertion
                     self.errors.append(error)
@@ -143,14 +154,16 @@ def ray_for(
     )
     config["applications"][0]["args"]["threads"] = 1
     dashboard_port = free_port()
+    metrics_port = free_port()
     server = start_server(
         config,
         workdir=workdir,
         num_cpus=2,
+        metrics_port=metrics_port,
         dashboard_port=dashboard_port,
         env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
     )
-    passes = Passes(cluster, namespace, f"http://127.0.0.1:{dashboard_port}")
+    passes = Passes(cluster, namespace, f"http://127.0.0.1:{dashboard_port}", metrics_port)
     passes.thread.start()
     try:
         yield server, passes
@@ -163,6 +176,11 @@ def ray_for(
 def phase(cluster: LocalCluster, namespace: str) -> str:
     status: dict[str, Any] = cluster.get_json("md", NAME, "-n", namespace).get("status") or {}
     return str(status.get("phase"))
+
+
+def status_load(cluster: LocalCluster, namespace: str) -> dict[str, float]:
+    status: dict[str, Any] = cluster.get_json("md", NAME, "-n", namespace).get("status") or {}
+    return dict(status.get("load") or {})
 
 
 def workers(cluster: LocalCluster, namespace: str) -> int:
@@ -186,15 +204,32 @@ def test_worker_pods_follow_serves_replicas_up_under_load_and_down_after(
             f"{server.endpoint}/predict",
             json_body(lambda n: {"inputs": [texts[n % len(texts)]]}),
             clients=16,
-            seconds=60,
+            seconds=100,  # a ceiling: leaving the block stops the clients
         )
         started = time.monotonic()
         with background:
             wait_for(lambda: workers(crds, namespace) == 2, timeout=50, what="a second worker")
             took = time.monotonic() - started
             print(f"worker Deployment at 2 replicas {took:.1f} s after the load step")
+            # Ray pushes its metrics every 10 s: a rate needs two pushes after the step.
+            measured = wait_for(
+                lambda: (
+                    figures
+                    if (figures := status_load(crds, namespace)).get("ongoingRequests", 0) > 0
+                    and figures.get("requestsPerSecond", 0) > 0
+                    else None
+                ),
+                timeout=40,
+                what="status.load to show the requests in flight and their rate",
+            )
+            measured_at = time.monotonic()
         result = background.result
         assert result.failed == 0, dict(result.statuses)
+        # The status's rate is the replicas' count over about the last 30 s, seen up to a
+        # push late: the same order as what the clients had answered.
+        answered = sum(1 for t in result.finished if measured_at - 30 <= t <= measured_at) / 30
+        print(f"status.load under 16 clients: {measured}; clients saw {answered:.0f}/s")
+        assert answered / 2 <= measured["requestsPerSecond"] <= answered * 2
         wait_for(
             lambda: workers(crds, namespace) == 1,
             timeout=60,

@@ -65,6 +65,62 @@ WORKER_CRASHING = ray_pod(
 )
 
 
+def with_memory_limit(pod: dict[str, Any], limit: str) -> dict[str, Any]:
+    name = pod["status"]["containerStatuses"][0]["name"]
+    pod["spec"] = {"containers": [{"name": name, "resources": {"limits": {"memory": limit}}}]}
+    return pod
+
+
+WORKER_OOM_LOOPING = with_memory_limit(
+    ray_pod(
+        "worker",
+        "m3m3",
+        phase="Running",
+        waiting=("CrashLoopBackOff", CRASH_BACKOFF),
+        last_exit=(137, "OOMKilled"),
+    ),
+    "300Mi",
+)
+RAY_OOM_ADVICE = (
+    "Refer to the documentation on how to address the out of memory issue: "
+    "https://docs.ray.io/en/latest/ray-observability/user-guides/debug-apps/debug-memory.html. "
+    "To adjust the kill threshold, set the environment variable `RAY_memory_usage_threshold` "
+    "when starting Ray."
+)
+REPLICA_KILLED_BY_RAY = (
+    "A replica failed to start with exception. Retrying 2 more time(s). Error:\n"
+    "ray::ServeReplica:sentiment:model.initialize_and_get_metadata() (pid=412, "
+    "ip=10.244.1.7, actor_id=8c3f0b5e, repr=<ServeReplica object at 0x7f3a>)\n"
+    "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n"
+    "\tclass_name: ServeReplica:sentiment:model\n"
+    "\tactor_id: 8c3f0b5e\n"
+    "\tpid: 412\n"
+    "\tip: 10.244.1.7\n"
+    "1 worker(s) were killed due to the node running low on memory. Memory on the node "
+    "(IP: 10.244.1.7, ID: 5f2e9a) was 0.29GB used / 0.30GB limit (0.966). " + RAY_OOM_ADVICE
+)
+"""Serve's message when Ray's memory monitor killed a starting replica (Ray 2.60)."""
+TASK_KILLED_BY_RAY = (
+    "Failed to update the deployments ['model']. Error:\n"
+    "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
+    "Memory on the node (IP: 10.244.1.7, ID: 5f2e9a) was 0.29GB / 0.30GB (0.966), which "
+    "exceeds the memory usage threshold of 0.95.\n" + RAY_OOM_ADVICE
+)
+"""The older wording: ray.exceptions.OutOfMemoryError for a killed task."""
+REPLICA_DIED_UNSEEN = (
+    "A replica failed to start with exception. Retrying 2 more time(s). Error:\n"
+    "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task. "
+    "Worker exit type: SYSTEM_ERROR. Some common causes include: (1) the process was killed "
+    "by the OOM killer due to high memory usage, (2) ray stop --force was called, or (3) "
+    "the worker crashed unexpectedly due to SIGSEGV or another unexpected error."
+)
+"""A replica that died of a cause Ray did not see: it lists the OOM killer as a guess."""
+HEALTH_CHECK_FAILED = (
+    "A replica's health check failed. This deployment will be UNHEALTHY until the replica "
+    "recovers or a new deploy happens."
+)
+
+
 CASES = [
     (
         "a missing training keeps it pending",
@@ -118,6 +174,44 @@ CASES = [
     (
         "a failed deployment is degraded and keeps the cluster",
         observe(serve=ServeState(status="DEPLOY_FAILED", message=TRACEBACK)),
+        "Degraded",
+        True,
+        c.REASON_APPLICATION_ERROR,
+    ),
+    (
+        "a worker OOM-killed while Serve deploys keeps it progressing and says so",
+        observe(serve=ServeState(status="DEPLOYING"), pods=(WORKER_OOM_LOOPING,)),
+        "Progressing",
+        True,
+        c.REASON_OOM_KILLED,
+    ),
+    (
+        "a replica Ray killed for memory while Serve retries keeps it progressing",
+        observe(serve=ServeState(status="DEPLOYING", message=REPLICA_KILLED_BY_RAY)),
+        "Progressing",
+        True,
+        c.REASON_OOM_KILLED,
+    ),
+    (
+        "Serve giving up on replicas Ray killed for memory is degraded for that reason",
+        observe(serve=ServeState(status="DEPLOY_FAILED", message=TASK_KILLED_BY_RAY)),
+        "Degraded",
+        True,
+        c.REASON_OOM_KILLED,
+    ),
+    (
+        "an unhealthy application with an OOM-killed worker pod is degraded for that reason",
+        observe(
+            serve=ServeState(status="UNHEALTHY", message=HEALTH_CHECK_FAILED),
+            pods=(WORKER_OOM_LOOPING,),
+        ),
+        "Degraded",
+        True,
+        c.REASON_OOM_KILLED,
+    ),
+    (
+        "a replica that died of an unseen cause is no OOM kill, whatever Ray guesses",
+        observe(serve=ServeState(status="DEPLOY_FAILED", message=REPLICA_DIED_UNSEEN)),
         "Degraded",
         True,
         c.REASON_APPLICATION_ERROR,
@@ -339,3 +433,88 @@ def test_pods_are_read_only_while_some_are_not_ready(
     head: dict[str, Any] | None, workers: dict[str, Any] | None, worth: bool
 ) -> None:
     assert pods_worth_reading(head, workers) is worth
+
+
+@pytest.mark.parametrize(
+    ("serve", "says"),
+    [
+        (
+            ServeState(status="DEPLOYING", message=REPLICA_KILLED_BY_RAY),
+            [
+                "Serve application deploying: a replica ran out of memory: 1 worker(s) were "
+                "killed due to the node running low on memory. Memory on the node "
+                "(IP: 10.244.1.7, ID: 5f2e9a) was 0.29GB used / 0.30GB limit (0.966); "
+                "raise spec.resources.memory"
+            ],
+        ),
+        (
+            ServeState(status="DEPLOY_FAILED", message=TASK_KILLED_BY_RAY),
+            [
+                "Serve reports DEPLOY_FAILED: a replica ran out of memory: "
+                "ray.exceptions.OutOfMemoryError: Task was killed",
+                "Memory on the node (IP: 10.244.1.7, ID: 5f2e9a) was 0.29GB / 0.30GB",
+                "raise spec.resources.memory",
+            ],
+        ),
+    ],
+    ids=["Ray 2.60's words for a killed replica", "the older words for a killed task"],
+)
+def test_a_replica_ray_killed_for_memory_is_named_without_rays_advice(
+    serve: ServeState, says: list[str]
+) -> None:
+    decision = derive_deployment_status(deployment(), observe(serve=serve), now=NOW)
+    ready = find_condition(decision.status.conditions, c.COND_READY)
+    assert ready is not None
+    assert ready.reason == c.REASON_OOM_KILLED
+    for text in says:
+        assert text in ready.message, ready.message
+    assert "RAY_memory_usage_threshold" not in ready.message
+    assert "actor_id" not in ready.message
+
+
+def test_an_oom_killed_worker_names_its_pod_and_memory_limit() -> None:
+    decision = derive_deployment_status(
+        deployment(),
+        observe(serve=ServeState(status="DEPLOYING"), pods=(WORKER_OOM_LOOPING,)),
+        now=NOW,
+    )
+    conditions = {cond.type: cond for cond in decision.status.conditions}
+    for type_ in (c.COND_READY, c.COND_PROGRESSING, c.COND_RECONCILING):
+        assert conditions[type_].reason == c.REASON_OOM_KILLED
+        assert conditions[type_].message == (
+            "pod sentiment-ray-worker-m3m3: container ray-worker was OOM-killed "
+            "(memory limit 300Mi); raise spec.resources.memory"
+        )
+    assert conditions[c.COND_STALLED].status == "False"  # the kubelet keeps restarting it
+
+
+def test_an_unhealthy_application_says_both_serves_words_and_the_oom_killed_pod() -> None:
+    decision = derive_deployment_status(
+        deployment(),
+        observe(
+            serve=ServeState(status="UNHEALTHY", message=HEALTH_CHECK_FAILED),
+            pods=(WORKER_OOM_LOOPING,),
+        ),
+        now=NOW,
+    )
+    stalled = find_condition(decision.status.conditions, c.COND_STALLED)
+    assert stalled is not None
+    assert (stalled.status, stalled.reason) == ("True", c.REASON_OOM_KILLED)
+    assert stalled.message.startswith("Serve reports UNHEALTHY: A replica's health check failed")
+    assert "pod sentiment-ray-worker-m3m3: container ray-worker was OOM-killed" in stalled.message
+    (event,) = decision.events
+    assert (event.type, event.reason) == ("Warning", c.REASON_OOM_KILLED)
+
+
+def test_a_serving_deployment_with_an_oom_killed_worker_stays_ready_and_names_it() -> None:
+    serve = ServeState(status="RUNNING", target_replicas=2, running_replicas=1)
+    decision = derive_deployment_status(
+        deployment(), observe(serve=serve, pods=(WORKER_OOM_LOOPING,)), now=NOW
+    )
+    ready = find_condition(decision.status.conditions, c.COND_READY)
+    assert ready is not None
+    assert (decision.status.phase, ready.status, ready.reason) == ("Ready", "True", "Serving")
+    assert ready.message == (
+        "serving with 1 replica(s); pod sentiment-ray-worker-m3m3: container ray-worker was "
+        "OOM-killed (memory limit 300Mi); raise spec.resources.memory"
+    )

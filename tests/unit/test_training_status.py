@@ -337,6 +337,16 @@ def rank(index: int, code: int, disrupted: tuple[str, str] | None = None) -> dic
     return make_pod(name, "Failed", index=index, exit_code=code, disrupted=disrupted)
 
 
+def oom_killed_rank(index: int, limit: str = "8Gi") -> dict[str, Any]:
+    """A rank whose trainer the kernel killed at its memory limit (the pod's spec)."""
+    pod = make_pod(f"demo-train-{index}-{'ab'[index]}", "Failed", index=index, container="trainer")
+    pod["status"]["containerStatuses"][0]["state"] = {
+        "terminated": {"exitCode": 137, "reason": "OOMKilled"}
+    }
+    pod["spec"] = {"containers": [{"name": "trainer", "resources": {"limits": {"memory": limit}}}]}
+    return pod
+
+
 GANG = training({"spec.resources.nodes": 2, "spec.maxRestarts": 1})
 ONE_NODE = training({"spec.maxRestarts": 1})
 FIRST = Observed(attempt=0, restarts=0)
@@ -399,6 +409,29 @@ FAILURES = [
         ("Pending", "Restarting", 1, 0, "attempt 1 failed (BackoffLimitExceeded"),
     ),
     (
+        "a rank the kernel OOM-killed fails the attempt for that reason, naming its limit",
+        GANG,
+        FIRST,
+        BACKOFF,
+        (rank(0, 1), oom_killed_rank(1)),
+        (
+            "Pending",
+            "OOMKilled",
+            1,
+            0,
+            "attempt 1 failed (pod demo-train-1-b: container trainer was OOM-killed (memory "
+            "limit 8Gi); raise spec.resources.memory); replacing the job",
+        ),
+    ),
+    (
+        "an OOM kill after the last allowed restart fails the training for that reason",
+        GANG,
+        AFTER_A_RESTART,
+        BACKOFF,
+        (oom_killed_rank(0),),
+        ("Failed", "OOMKilled", 1, 0, "last failure: pod demo-train-0-a: container trainer"),
+    ),
+    (
         "the config-error rule of the same policy is still a config error",
         GANG,
         FIRST,
@@ -434,3 +467,15 @@ def test_a_disrupted_attempt_is_replaced_whole_without_counting_a_restart(
     assert says in ready.message
     (event,) = decision.events
     assert event.type == "Warning"
+
+
+def test_an_oom_killed_rank_is_named_before_its_job_has_failed() -> None:
+    """Between the rank's end and the Job controller's verdict the attempt is not
+    running: it already says why."""
+    observed = Observed(attempt=0, job=job(), pods=(oom_killed_rank(0),))
+    decision = derive_training_status(training(), observed, now=NOW)
+    ready = next(cond for cond in decision.status.conditions if cond.type == "Ready")
+    assert (decision.status.phase, ready.reason) == ("Pending", c.REASON_OOM_KILLED)
+    assert "pod demo-train-0-a: container trainer was OOM-killed (memory limit 8Gi)" in (
+        ready.message
+    )

@@ -203,9 +203,10 @@ class Load(StatusModel):
     """Traffic the deployment sees."""
 
     ongoing_requests: float = 0.0
-    """Requests in flight across replicas."""
+    """Requests in flight or waiting for a replica, as Serve's autoscaler counts them (a
+    fixed-size deployment: the replicas' own count); read every few seconds."""
     requests_per_second: float = 0.0
-    """Recent request rate."""
+    """Requests the replicas answered per second, over about the last 30 seconds."""
 
 
 class ModelDeploymentStatus(StatusModel):

@@ -46,6 +46,7 @@ from modelplane_operator.dashboard import Dashboard
 from modelplane_operator.reconcile import status_patch
 from modelplane_operator.scaling import DELETION_COST_ANNOTATION, decide_workers, deletion_costs
 from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
+from modelplane_operator.serve_metrics import LoadTracker, replica_url, with_load
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.serving import (
     ModelWaiting,
@@ -148,8 +149,10 @@ async def reconcile_deployment(
     settings: Settings,
     now: datetime,
     dashboard_for: DashboardFor,
+    load: LoadTracker | None = None,
 ) -> str | None:
-    """Converge one ModelDeployment; return its phase after this pass."""
+    """Converge one ModelDeployment; return its phase after this pass. With `load`, the
+    head's and replicas' metrics give `status.load` (scraped every few seconds)."""
     deployment = ModelDeployment.model_validate(body)
     namespace = deployment.metadata.namespace or ""
     name = deployment.metadata.name or ""
@@ -163,6 +166,17 @@ async def reconcile_deployment(
     if head is not None and token_exists:
         url = settings.dashboard_url.format(head=names.head_service, namespace=namespace)
         serve = await dashboard_for(url, token).application(name)
+    if serve is not None and load is not None:
+        metrics = settings.metrics_url.format(head=names.head_service, namespace=namespace)
+        sample = await load.measure(
+            (namespace, name),
+            application=name,
+            head_url=f"{metrics.rstrip('/')}/metrics",
+            replica_urls=[
+                replica_url(settings.replica_metrics_url, ip) for ip in sorted(serve.replica_ips)
+            ],
+        )
+        serve = with_load(serve, sample, deployment.status.load if deployment.status else None)
     pods = (
         await client.list_pods(namespace, {c.LABEL_COMPONENT: "serving", c.LABEL_DEPLOYMENT: name})
         if pods_worth_reading(head, workers)

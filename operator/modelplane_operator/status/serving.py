@@ -10,11 +10,14 @@ Every phase drives a decision: Pending and Rejected roll nothing out; Progressin
 Ready keep the Ray cluster applied; Degraded keeps it too (Serve retries, and a fixed
 spec is pushed in place) while the condition carries Serve's own message.
 
-A Ray pod that cannot pull its image or keeps crashing is no phase of its own: the
-kubelet keeps retrying, as it does for a training's pods. While the deployment is
-Progressing, its conditions carry that pod's reason (ImagePullFailed, CrashLoopBackOff)
-and the kubelet's message instead of RollingOut; a Ready deployment stays Ready (it
-serves) and its message names the pod that keeps it from growing.
+A Ray pod that cannot pull its image, keeps crashing or was OOM-killed is no phase of
+its own: the kubelet keeps retrying, as it does for a training's pods. While the
+deployment is Progressing, its conditions carry that pod's reason (ImagePullFailed,
+CrashLoopBackOff, OOMKilled) and the kubelet's message instead of RollingOut; a Ready
+deployment stays Ready (it serves) and its message names the pod that keeps it from
+growing. Ray's own memory monitor may kill a replica before the kernel does: a Serve
+message that says so gives reason OOMKilled too (Progressing while Serve retries,
+Degraded once Serve gives up), as does a Degraded deployment with an OOM-killed pod.
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ from modelplane_operator.status.pods import PodProblem, pod_problem
 
 Manifest = dict[str, Any]
 MESSAGE_LIMIT = 1024
+SERVE_OOM_MARKERS = (
+    "OutOfMemoryError",  # ray.exceptions.OutOfMemoryError (a task the monitor killed)
+    "running low on memory",  # the raylet: "1 worker(s) were killed due to the node ..."
+)
+"""Ray's words when its memory monitor killed a worker (ray/exceptions.py, the raylet's
+"N worker(s) were killed due to the node running low on memory", older releases'
+"Task was killed due to the node running low on memory"). Ray's message for a worker
+that died of unknown causes lists "the OOM killer" as a mere possibility: no marker."""
+MEMORY_HINT = "raise spec.resources.memory"
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,21 @@ def summarize_serve_message(message: str) -> str:
     head, last = lines[0], lines[-1]
     text = head if last == head else f"{head.split(' Error:')[0]} ... {last}"
     return text[:MESSAGE_LIMIT]
+
+
+def serve_oom(message: str) -> str | None:
+    """Serve's message cut to Ray's out-of-memory line(s) when Ray's memory monitor killed
+    a replica, else None. Ray's advice that follows (thresholds, env vars) is dropped."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not any(marker in line for line in lines for marker in SERVE_OOM_MARKERS):
+        return None
+    found = [
+        line
+        for line in lines
+        if line.startswith("Memory on the node") or any(m in line for m in SERVE_OOM_MARKERS)
+    ]
+    text = " ".join(found).split(" Refer to the documentation")[0].rstrip(" .")
+    return f"a replica ran out of memory: {text}; {MEMORY_HINT}"[:MESSAGE_LIMIT]
 
 
 def resolve_from_training(
@@ -176,12 +203,15 @@ def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
         )
     serve = observed.serve
     problem = _pod_problem(observed.pods)
+    oom = serve_oom(serve.message) if serve is not None else None
     if serve is not None and serve.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-        return (
-            "Degraded",
-            c.REASON_APPLICATION_ERROR,
-            f"Serve reports {serve.status}: {summarize_serve_message(serve.message)}",
-        )
+        if oom is not None:
+            return "Degraded", c.REASON_OOM_KILLED, f"Serve reports {serve.status}: {oom}"
+        said = f"Serve reports {serve.status}: {summarize_serve_message(serve.message)}"
+        if problem is not None and problem.reason == c.REASON_OOM_KILLED:
+            # The kernel killed a replica's pod: Serve only saw its replica die.
+            return "Degraded", c.REASON_OOM_KILLED, f"{said}; {problem.message}"
+        return "Degraded", c.REASON_APPLICATION_ERROR, said
     if serve is not None and serve.status == "RUNNING" and serve.running_replicas > 0:
         return (
             "Ready",
@@ -191,6 +221,9 @@ def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
         )
     if problem is not None:
         return "Progressing", problem.reason, problem.message
+    if oom is not None and serve is not None:
+        doing = serve.status.lower().replace("_", " ")
+        return "Progressing", c.REASON_OOM_KILLED, f"Serve application {doing}: {oom}"
     if serve is None:
         return (
             "Progressing",

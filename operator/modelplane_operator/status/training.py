@@ -12,7 +12,9 @@ Succeeded and Failed are final: a later observation never moves them (the Job ma
 garbage-collected, the result stays in status). A disruption replaces the whole gang
 without counting against maxRestarts: the run did nothing wrong. A pod that cannot pull
 its image keeps the training Pending with the ImagePullFailed reason: the kubelet keeps
-retrying, and the Job never ends by itself.
+retrying, and the Job never ends by itself. An attempt that failed because the kernel
+OOM-killed a rank gives reason OOMKilled (restarting or failed) and names the pod and
+its memory limit: the Job's own message does not say why its pod failed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from modelplane_operator.api.common import ArtifactRef
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, Progress, TrainingPhase
 from modelplane_operator.conditions import Event, format_time, set_condition
-from modelplane_operator.status.pods import pod_problem
+from modelplane_operator.status.pods import oom_killed, pod_problem
 from modelplane_runtime.contract import ExitCode, TrainingResult
 
 Manifest = dict[str, Any]
@@ -233,18 +235,20 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
                 replace=True,
             )
         why = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
+        if (oom := oom_killed(pods)) is not None:
+            why = oom.message
         if observed.restarts < training.spec.max_restarts:
             status.restarts = observed.restarts + 1
             return _Verdict(
                 "Pending",
-                c.REASON_RESTARTING,
+                c.REASON_OOM_KILLED if oom else c.REASON_RESTARTING,
                 f"attempt {observed.attempt + 1} failed ({why}); replacing the job, which "
                 "resumes from its newest checkpoint",
                 replace=True,
             )
         return _Verdict(
             "Failed",
-            c.REASON_RESTARTS_EXHAUSTED,
+            c.REASON_OOM_KILLED if oom else c.REASON_RESTARTS_EXHAUSTED,
             f"failed after {observed.restarts} restart(s) (maxRestarts "
             f"{training.spec.max_restarts}); last failure: {why}",
         )
