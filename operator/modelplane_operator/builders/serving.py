@@ -314,10 +314,22 @@ def build_workers(
             {"name": "http", "containerPort": SERVE_HTTP_PORT},
         ],
         "resources": _worker_resources(deployment),
+        # Seen on the real node: the agent answers 20-40 s after the container starts on a
+        # busy 2-CPU node, so a liveness probe alone killed every new worker once before
+        # it joined. The startup probe gives `ray start` up to 180 s; liveness takes over
+        # after.
+        "startupProbe": _http_get("/api/local_raylet_healthz", AGENT_PORT, period=2, failures=90),
         "livenessProbe": _http_get("/api/local_raylet_healthz", AGENT_PORT, period=10),
         "readinessProbe": _http_get("/-/healthz", SERVE_HTTP_PORT),
     }
     pod = _pod_spec(deployment, settings, container=container, config=False, model_uri=model_uri)
+    # A worker whose head went away cannot rejoin the new head's cluster (a new GCS, no
+    # state kept): its raylet exits once the GCS stays unreachable this long, and the
+    # kubelet restarts it to join the new head. Ray's default (60 s) made a deleted head
+    # cost 89 s to Ready on the real node; a short blip (the head busy on 2 CPUs) still
+    # passes.
+    (worker,) = pod["containers"]
+    worker["env"].append({"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": "20"})
     if deployment.spec.autoscaling.spare_workers:
         # Spares are worth keeping only warm; without them a new replica waits for its
         # pod, whose workers start with it, so warming gains nothing and costs memory:

@@ -93,12 +93,26 @@ async def _token(client: Client, deployment: ModelDeployment) -> tuple[str, bool
     return (existing, True) if existing else (secrets.token_urlsafe(32), False)
 
 
-def _children_hash(deployment: ModelDeployment, config: dict[str, Any], settings: Settings) -> str:
-    """What the Ray cluster is built from: the spec, the Serve config and the image."""
+def _children_hash(
+    deployment: ModelDeployment, config: dict[str, Any], settings: Settings, *, model_uri: str
+) -> str:
+    """What the Ray cluster is built from: the spec, the Serve config, the image, and the
+    children as this operator's builders render them (the workers at a fixed size), so
+    an upgraded operator whose builders render something new (a probe, a policy)
+    re-applies running deployments once, with no version number to remember."""
+    rendered = [
+        build_head(deployment, settings=settings, model_uri=model_uri),
+        build_workers(deployment, settings=settings, model_uri=model_uri, replicas=0),
+        build_head_service(deployment),
+        build_http_service(deployment),
+        *build_network_policies(deployment),
+        build_worker_disruption_budget(deployment),
+    ]
     material = {
         "spec": deployment.spec.model_dump(mode="json"),
         "config": config,
         "image": pod_image(deployment.spec.resources, settings.runtime_image),
+        "children": rendered,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -196,7 +210,7 @@ async def reconcile_deployment(
         config = render_serve_config(
             deployment, model, replica_cpus=REPLICA_RAY_CPUS, threads=replica_threads(deployment)
         )
-        wanted = _children_hash(deployment, config, settings)
+        wanted = _children_hash(deployment, config, settings, model_uri=model.uri)
         # The scaling loop runs every second: apply the cluster only when what it was
         # built from changed, not on every pass.
         current_hash = ((head or {}).get("metadata") or {}).get("annotations", {})

@@ -3,7 +3,8 @@
 Starts (or joins) a Ray cluster with the serving environment, starts Serve with the
 config's HTTP options, deploys the config's applications, waits until they run, prints
 one JSON line `{"event": "ready", "endpoint": ...}` (or `"failed"` with Serve's own
-message), and keeps serving until SIGINT/SIGTERM. When the config file changes it is
+message; a local Ray then stops with exit code 3, a joined cluster keeps running), and
+keeps serving until SIGINT/SIGTERM. When the config file changes it is
 deployed again, in place: Serve applies new `user_config` (batching) live and rolls
 replicas for new `args` (a new model) without dropping requests.
 """
@@ -195,8 +196,15 @@ def run(
         ok, message = _deploy(config, ready_timeout_s=ready_timeout_s)
         if not ok:
             _emit("failed", message=message)
-            return 3
-        _emit("ready", endpoint=endpoint, applications=[a.name for a in config.applications])
+            if address is None:
+                return 3
+            # Joined to a cluster (the head pod): the cluster outlives a failed deploy.
+            # Exiting would restart the head and take every worker's replicas and Serve's
+            # own account of the failure (read by the operator through the dashboard)
+            # with it; instead keep following the config, whose next version (a fixed
+            # spec) is deployed in place.
+        else:
+            _emit("ready", endpoint=endpoint, applications=[a.name for a in config.applications])
         _follow(config_path, endpoint=endpoint, ready_timeout_s=ready_timeout_s)
         return 0
     except _SignalledError:
