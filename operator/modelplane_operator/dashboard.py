@@ -35,6 +35,7 @@ def serve_state(details: dict[str, Any], application: str) -> ServeState | None:
         message="\n".join(m for m in messages if m),
         target_replicas=int(deployment.get("target_num_replicas") or 0),
         running_replicas=sum(1 for r in replicas if r.get("state") == "RUNNING"),
+        listed_replicas=len(replicas),
         replica_ips=frozenset(
             str(r["node_ip"]) for r in replicas if r.get("state") == "RUNNING" and r.get("node_ip")
         ),

@@ -165,7 +165,8 @@ async def _scaling_loop() -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Peering (several replicas, one reconciling) is chosen by `kopf.run`'s arguments in
-    # __main__; its priority is random there so that two replicas never tie.
+    # __main__; its priority ranks the oldest instance first (a restarted one joins as the
+    # standby), with a random tie-breaker.
     settings.posting.enabled = False  # the reconcile records its own Events
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=c.ANNOTATION_PREFIX

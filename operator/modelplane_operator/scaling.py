@@ -8,6 +8,14 @@ dropped — Serve has waited out the delay, and its replica on that worker is go
 the idle workers named first, so Kubernetes removes them rather than busy ones.
 `autoscaling.spareWorkers` keeps that many workers more (up to `replicas.max`): warm
 places where the next replicas start at once.
+
+Serve's target is not all it places: a rollout surges (the new version's replicas start
+before the old ones stop) and a replica being removed drains before it goes. Every
+replica Serve lists, whatever its state, holds a worker, so the workers never drop below
+that count: a surging replica gets a worker (beyond `replicas.max` for the rollout if
+need be, unless a spare takes it) instead of waiting forever for a place — seen on the
+real node, where a one-worker deployment's rollout never finished — and a draining
+replica keeps its pod until Serve lets it go.
 """
 
 from __future__ import annotations
@@ -35,23 +43,29 @@ class ScaleDecision:
 
 
 def decide_workers(
-    deployment: ModelDeployment, *, target_replicas: int | None, current_workers: int
+    deployment: ModelDeployment,
+    *,
+    target_replicas: int | None,
+    current_workers: int,
+    listed_replicas: int = 0,
 ) -> ScaleDecision:
-    """Workers for Serve's replica target (None: the head did not answer; keep them)."""
+    """Workers for Serve's replica target (None: the head did not answer; keep them),
+    never fewer than the replicas Serve lists in any state (surging, draining)."""
     spec = deployment.spec.replicas
     if target_replicas is None:
         return ScaleDecision(workers=current_workers, message="")
     spare = deployment.spec.autoscaling.spare_workers
-    wanted = min(max(target_replicas, spec.min) + spare, spec.max)
+    wanted = max(min(max(target_replicas, spec.min) + spare, spec.max), listed_replicas)
     if wanted == current_workers:
         return ScaleDecision(workers=current_workers, message="")
     direction = "up" if wanted > current_workers else "down"
+    placed = f", {listed_replicas} placed" if listed_replicas > target_replicas else ""
     return ScaleDecision(
         workers=wanted,
         message=(
             f"scaled workers {direction} from {current_workers} to {wanted}: Serve wants "
-            f"{target_replicas} replica(s) (bounds {spec.min}..{spec.max}), one per worker"
-            + (f", plus up to {spare} spare" if spare else "")
+            f"{target_replicas} replica(s){placed} (bounds {spec.min}..{spec.max}), one per "
+            "worker" + (f", plus up to {spare} spare" if spare else "")
         ),
     )
 

@@ -32,6 +32,8 @@ def test_the_state_counts_running_replicas_and_where_they_run() -> None:
     assert (state.status, state.target_replicas, state.running_replicas) == ("RUNNING", 3, 2)
     assert state.replica_ips == frozenset({"10.0.0.5", "10.0.0.6"})
     assert state.message == "Upscaling from 2 to 3 replicas."
+    # Each listed replica, whatever its state, holds a worker pod.
+    assert state.listed_replicas == 3
 
 
 def test_an_application_the_head_does_not_know_is_none() -> None:

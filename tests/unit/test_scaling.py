@@ -90,3 +90,27 @@ def test_the_message_counts_the_spare() -> None:
 def test_pods_without_a_replica_are_deleted_first() -> None:
     costs = deletion_costs({"w-a": "10.0.0.1", "w-b": "10.0.0.2"}, {"10.0.0.2"})
     assert costs == {"w-a": IDLE_COST, "w-b": BUSY_COST}
+
+
+def test_a_rollouts_surging_replica_gets_a_worker_even_beyond_max() -> None:
+    # min = max = 1: the old replica runs, the new version's replica waits for a place.
+    decision = decide_workers(
+        deployment(low=1, high=1), target_replicas=1, current_workers=1, listed_replicas=2
+    )
+    assert decision.workers == 2
+    assert "Serve wants 1 replica(s), 2 placed" in decision.message
+
+
+def test_a_spare_takes_the_surging_replica() -> None:
+    decision = decide_workers(
+        with_spares(1, low=1, high=2), target_replicas=1, current_workers=2, listed_replicas=2
+    )
+    assert (decision.workers, decision.changed) == (2, False)
+
+
+def test_a_draining_replica_keeps_its_worker_until_serve_lets_it_go() -> None:
+    # Serve lowered its target from 3 to 2; the third replica is still stopping.
+    draining = decide_workers(deployment(), target_replicas=2, current_workers=3, listed_replicas=3)
+    assert (draining.workers, draining.changed) == (3, False)
+    gone = decide_workers(deployment(), target_replicas=2, current_workers=3, listed_replicas=2)
+    assert (gone.workers, gone.changed) == (2, True)

@@ -411,7 +411,7 @@ def _network_policy(
     if operator_ports:
         ingress.append({"from": [_OPERATOR], "ports": _tcp(*operator_ports)})
     # Anyone: requests through the `<name>` Service, and Prometheus, wherever it runs,
-    # scraping Serve's and the app's metrics (nothing the operator reads).
+    # scraping Serve's and the app's metrics (the operator reads them too, for status.load).
     ingress.append({"ports": _tcp(SERVE_HTTP_PORT, METRICS_PORT)})
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -439,7 +439,8 @@ def build_network_policies(deployment: ModelDeployment) -> list[Manifest]:
     names = names_for(deployment.metadata.name or "")
     return [
         _network_policy(deployment, name=names.head, role="head", operator_ports=(DASHBOARD_PORT,)),
-        # The operator never calls a worker: workers hold replicas, not the Serve API.
+        # The operator reads a worker only on its metrics port (replicas' request counts for
+        # status.load), which the policy opens to everyone (Prometheus scrapes it too).
         _network_policy(deployment, name=names.worker, role="worker", operator_ports=()),
     ]
 

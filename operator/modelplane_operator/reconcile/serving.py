@@ -242,6 +242,7 @@ async def reconcile_deployment(
             deployment,
             target_replicas=serve.target_replicas if serve is not None else None,
             current_workers=current,
+            listed_replicas=serve.listed_replicas if serve is not None else 0,
         )
         if scale.changed and scale.workers < current and serve is not None:
             await _mark_idle_workers(client, deployment, serve.replica_ips)

@@ -73,6 +73,8 @@ class ServeState:
     requests_per_second: float = 0.0
     replica_ips: frozenset[str] = frozenset()
     """Node IPs of the running replicas (a worker pod's IP when it hosts one)."""
+    listed_replicas: int = 0
+    """Replicas Serve lists in any state: running, starting (a rollout's surge), stopping."""
 
 
 @dataclass(frozen=True)
