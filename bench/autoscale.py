@@ -3,6 +3,7 @@
     .venv/bin/python bench/autoscale.py                  # both parts, ~12 minutes on 2 cores
     .venv/bin/python bench/autoscale.py --only serve     # part 1 only
     .venv/bin/python bench/autoscale.py --only operator --cycles 4
+    .venv/bin/python bench/autoscale.py --only realnode  # part 3, ~8 minutes, needs root
 
 Part 1, Serve replicas, on a Ray cluster laid out like a ModelDeployment's pods
 (bench/raycluster.py: a head with no CPUs running the app's Serve config, and worker
@@ -38,6 +39,16 @@ does. For each of --cycles load steps (16 clients until the worker Deployment gr
 none until it shrinks), a 0.1 s sampler records when Serve's replica target first differs
 from the worker Deployment's replicas and when the Deployment is patched to match. Worker
 pods are simulated (kwok), so this measures the decision, not a pod start.
+
+Part 3, on real pods (`--only realnode`; not in the default run, it needs root): a
+cluster with one real node, the chart's operator pod and the images built here; the
+quickstart training, then the deployment with replicas 1..2 and 250m-CPU worker pods,
+with `spareWorkers: 1` and without, one after the other. Load from inside the node's
+network namespace to the Service's ClusterIP (modelplane_harness.realserving): 1 client
+for 10 s, 16 for --step-seconds, then 1 until the worker pods are back to one. Reported
+from the step: Serve's target at 2 (decision), the worker Deployment at 2 (the operator),
+the second worker pod Running (the kubelet), 2 replicas Running (capacity), p99
+recovered; the scale-down's duration; failed requests over the whole run.
 """
 
 from __future__ import annotations
@@ -64,7 +75,14 @@ sys.path.insert(0, str(HERE))
 
 from modelplane.serving import start_server  # noqa: E402
 from modelplane_harness.cluster import LocalCluster, build_binaries, repo_root  # noqa: E402
-from modelplane_harness.loadgen import BackgroundLoad, LoadResult, json_body, percentile  # noqa: E402
+from modelplane_harness.loadgen import (  # noqa: E402
+    BackgroundLoad,
+    LoadResult,
+    between,
+    json_body,
+    percentile,
+)
+from modelplane_harness.loadgen import recovery_s as recovered_s  # noqa: E402
 from modelplane_harness.operator import install_chart, service_account_kubeconfig  # noqa: E402
 from modelplane_operator.api.resources import ModelDeployment  # noqa: E402
 from modelplane_operator.dashboard import serve_state  # noqa: E402
@@ -185,27 +203,11 @@ def p99(latencies: list[float]) -> float:
     return percentile(latencies, 99)
 
 
-def between(result: LoadResult, start: float, end: float) -> list[float]:
-    """Latencies of the requests answered in [start, end)."""
-    return [
-        latency
-        for finished, latency in zip(result.finished, result.latencies, strict=True)
-        if start <= finished < end
-    ]
-
-
 def recovery_s(result: LoadResult, step: float, end: float, after: float) -> float | None:
-    """Seconds from the step to the end of the first 5 s window, starting at or after
-    `after` (capacity reached), whose p99 is within RECOVERED_WITHIN of the p99 of the
-    step's last 30 s."""
-    reference = p99(between(result, end - 30, end))
-    start = after
-    while start + RECOVERY_WINDOW_S <= end:
-        window = between(result, start, start + RECOVERY_WINDOW_S)
-        if window and p99(window) <= RECOVERED_WITHIN * reference:
-            return start + RECOVERY_WINDOW_S - step
-        start += 1
-    return None
+    """loadgen's recovery_s with this benchmark's window and tolerance."""
+    return recovered_s(
+        result, step, end, after, within=RECOVERED_WITHIN, window_s=RECOVERY_WINDOW_S
+    )
 
 
 # variant -> (spare workers, Ray's own autoscaling defaults)
@@ -431,11 +433,78 @@ def fmt(value: float | None) -> str:
     return "never" if value is None else f"{value:5.1f}"
 
 
+def realnode_variants(step_s: float, workdir: Path) -> list[dict[str, Any]]:
+    from modelplane_harness.images import build_images, import_image  # noqa: PLC0415
+    from modelplane_harness.realserving import load_step  # noqa: PLC0415
+
+    root = repo_root()
+    images = build_images(["operator", "runtime"])
+    cluster = LocalCluster(workdir / "real-cluster", build_binaries(root), real_node=True)
+    cluster.start(log=say)
+    rows = []
+    try:
+        assert cluster.node is not None
+        for image in images:
+            import_image(image, containerd_address=cluster.node.containerd_address)
+        install_chart(cluster)
+        cluster.kubectl(
+            "-n", "modelplane-system", "rollout", "status", "deployment/modelplane-operator",
+            "--timeout=180s",
+        )  # fmt: skip
+        ns = "bench-realnode"
+        cluster.kubectl("create", "namespace", ns)
+        wait_until(
+            lambda: cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
+            60,
+            "the namespace's service account",
+        )
+        examples = root / "examples"
+        cluster.kubectl("apply", "-n", ns, "-f", str(examples / "cluster" / "models-pvc.yaml"))
+        cluster.kubectl("apply", "-n", ns, "-f", str(examples / "quickstart-training.yaml"))
+        cluster.kubectl(
+            "wait", "-n", ns, "--for=condition=Ready", "mt/quickstart", "--timeout=600s"
+        )
+        for variant, spare in (("modelplane-spare", 1), ("modelplane", 0)):
+            manifest = yaml.safe_load((examples / "quickstart-deployment.yaml").read_text())
+            manifest["spec"]["resources"] = {"cpu": "250m", "memory": "2Gi"}
+            manifest["spec"]["autoscaling"] = {
+                "targetOngoingRequests": 2,
+                "upscaleDelaySeconds": 1,
+                "downscaleDelaySeconds": 5,
+                "spareWorkers": spare,
+            }
+            cluster.kubectl("apply", "-n", ns, "-f", "-", input_text=yaml.safe_dump(manifest))
+            cluster.kubectl(
+                "wait", "-n", ns, "--for=condition=Ready", "md/quickstart", "--timeout=600s"
+            )
+            # Let a spare worker's prestarted Ray worker import the app first.
+            time.sleep(20)
+            say(f"[realnode {variant}] load step: {CLIENTS} clients for {step_s:.0f} s")
+            step = load_step(
+                cluster, ns, "quickstart", body=body(), minimum=1 + spare, maximum=2,
+                clients=CLIENTS, step_s=step_s,
+            )  # fmt: skip
+            rows.append({"variant": variant, **step.figures})
+            cluster.kubectl("delete", "-n", ns, "md/quickstart", "--wait=true")
+            wait_until(
+                lambda: (
+                    not cluster.get_json("pods", "-n", ns, "-l", "modelplane.io/component=serving")[
+                        "items"
+                    ]
+                ),
+                180,
+                "the Ray pods gone",
+            )
+    finally:
+        cluster.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--step-seconds", type=float, default=90.0)
     parser.add_argument("--cycles", type=int, default=8)
-    parser.add_argument("--only", choices=["serve", "operator"])
+    parser.add_argument("--only", choices=["serve", "operator", "realnode"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mp-bench-autoscale-"))
@@ -443,11 +512,13 @@ def main() -> None:
     path, digest = train(work / "model")
     uri = f"file://{path}"
     report: dict[str, Any] = {}
-    if args.only != "operator":
+    if args.only == "realnode":
+        report["realnode"] = realnode_variants(args.step_seconds, work)
+    if args.only not in ("operator", "realnode"):
         report["serve"] = [
             step_variant(variant, uri, digest, args.step_seconds, work) for variant in VARIANTS
         ]
-    if args.only != "serve":
+    if args.only not in ("serve", "realnode"):
         report["operator"] = operator_cycles(uri, digest, args.cycles, work)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
@@ -479,6 +550,17 @@ def main() -> None:
                     f"({default / ours:.1f}x); goal <= {GOALS['capacity_s']:.0f} s, "
                     f"ratio to goal {ours / GOALS['capacity_s']:.2f}"
                 )
+    for row in report.get("realnode", []):
+        print(
+            f"real pods, {row['variant']}: decision {fmt(row['decision_s'])} s, workers "
+            f"wanted {fmt(row['workers_wanted_s'])} s, pod Running {fmt(row['pod_running_s'])} "
+            f"s, replica Running (capacity) {fmt(row['replica_running_s'])} s (goal <= "
+            f"{GOALS['capacity_s']:.0f} s with a spare), p99 recovered "
+            f"{fmt(row['p99_recovered_s'])} s; p99 {row['baseline_p99_ms']:.0f} ms at 1 client, "
+            f"{row['p99_before_capacity_ms']:.0f} before capacity, "
+            f"{row['p99_after_capacity_ms']:.0f} after; scale-down {row['scale_down_s']:.0f} s; "
+            f"{row['requests']} requests, {row['failed']} failed"
+        )
     if "operator" in report:
         op = report["operator"]
         print(

@@ -8,7 +8,9 @@ latency at a fixed concurrency are both read off one run.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -40,6 +42,8 @@ class LoadResult:
     """HTTP status (0 for a connection error) -> count."""
     retry_after: set[str] = field(default_factory=set)
     """Retry-After values seen on 503s."""
+    bare_503: int = 0
+    """503s without a Retry-After (an ingress with no backend, not our app's backpressure)."""
     items: int = 0
     """Inputs answered (a request may carry several)."""
 
@@ -62,6 +66,38 @@ class LoadResult:
 
     def percentile(self, q: float) -> float:
         return percentile(self.latencies, q)
+
+
+def between(result: LoadResult, start: float, end: float) -> list[float]:
+    """Latencies of the requests answered in [start, end) (`time.monotonic()`)."""
+    return [
+        latency
+        for finished, latency in zip(result.finished, result.latencies, strict=True)
+        if start <= finished < end
+    ]
+
+
+def recovery_s(
+    result: LoadResult,
+    step: float,
+    end: float,
+    after: float,
+    *,
+    within: float = 1.25,
+    window_s: float = 5.0,
+    reference_s: float = 30.0,
+) -> float | None:
+    """Seconds from a load step to the end of the first `window_s` window, starting at or
+    after `after` (capacity reached), whose p99 is within `within` of the p99 of the
+    step's last `reference_s`; None if it never recovered before `end`."""
+    reference = percentile(between(result, end - reference_s, end), 99)
+    start = after
+    while start + window_s <= end:
+        window = between(result, start, start + window_s)
+        if window and percentile(window, 99) <= within * reference:
+            return start + window_s - step
+        start += 1
+    return None
 
 
 Body = Callable[[int], tuple[bytes, int]]
@@ -94,6 +130,9 @@ async def _client(
                     result.items += items
                 elif response.status == 503 and "Retry-After" in response.headers:
                     result.retry_after.add(response.headers["Retry-After"])
+                    await asyncio.sleep(0.01)
+                elif response.status == 503:
+                    result.bare_503 += 1
                     await asyncio.sleep(0.01)
         except (aiohttp.ClientError, TimeoutError):
             result.statuses[0] += 1
@@ -152,19 +191,54 @@ def load(
     return asyncio.run(run_load(url, body, clients=clients, seconds=seconds, stop=stop))
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(path: str) -> None:
+    """Move the calling thread (only it: setns is per thread) into the network namespace
+    at `path`, so the sockets it opens from now on live there. A real node's ClusterIPs
+    and pod IPs route only inside its namespace; a load thread that enters it reaches
+    them as a pod would, with no kubectl port-forward (one stream, one pod) in between."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns({path}): {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
 class BackgroundLoad:
     """`load` in a thread for as long as a `with` block lasts; `result` afterwards.
 
-    `seconds` is only a ceiling: leaving the block stops the clients."""
+    `seconds` is only a ceiling: leaving the block stops the clients. With `netns` (a
+    path like /run/netns/NAME) the clients run inside that network namespace."""
 
-    def __init__(self, url: str, body: Body, *, clients: int, seconds: float = 300) -> None:
+    def __init__(
+        self,
+        url: str,
+        body: Body,
+        *,
+        clients: int,
+        seconds: float = 300,
+        netns: str | None = None,
+    ) -> None:
         self._stop = threading.Event()
         self._results: list[LoadResult] = []
-        self._thread = threading.Thread(
-            target=lambda: self._results.append(
-                load(url, body, clients=clients, seconds=seconds, stop=self._stop)
-            )
-        )
+        self._errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                if netns is not None:
+                    enter_netns(netns)
+                self._results.append(
+                    load(url, body, clients=clients, seconds=seconds, stop=self._stop)
+                )
+            except BaseException as exc:  # re-raised by `result`
+                self._errors.append(exc)
+
+        self._thread = threading.Thread(target=run, daemon=True)
 
     def __enter__(self) -> BackgroundLoad:
         self._thread.start()
@@ -176,5 +250,7 @@ class BackgroundLoad:
 
     @property
     def result(self) -> LoadResult:
+        if self._errors:
+            raise self._errors[0]
         (result,) = self._results
         return result
