@@ -363,12 +363,14 @@ def test_the_ray_cluster_refuses_requests_without_its_token(stack: Stack) -> Non
         "    except urllib.error.HTTPError as e:\n"
         "        return e.code\n"
         "token = os.environ['RAY_AUTH_TOKEN']\n"
-        "gcs = subprocess.run(['ray', 'status', '--address', "
-        f"'{NAME}-ray-head:6379'], capture_output=True, text=True, timeout=60,\n"
-        "    env={**os.environ, 'RAY_AUTH_TOKEN': 'not-the-token'})\n"
+        "def gcs(token):\n"
+        "    return subprocess.run(['ray', 'status', '--address', "
+        f"'{NAME}-ray-head:6379'], capture_output=True, text=True, timeout=90,\n"
+        "        env={**os.environ, 'RAY_AUTH_TOKEN': token})\n"
+        "wrong, right = gcs('not-the-token'), gcs(token)\n"
         "print(json.dumps({'none': get({}), 'wrong': get({'Authorization': 'Bearer nope'}),\n"
-        "    'right': get({'Authorization': f'Bearer {token}'}), 'gcs_wrong': gcs.returncode,\n"
-        "    'gcs_says': (gcs.stdout + gcs.stderr)[-400:]}))\n"
+        "    'right': get({'Authorization': f'Bearer {token}'}), 'gcs_wrong': wrong.returncode,\n"
+        "    'gcs_right': right.returncode, 'gcs_says': (wrong.stdout + wrong.stderr)[-600:]}))\n"
     )
     pod = {
         "apiVersion": "v1",
@@ -405,7 +407,7 @@ def test_the_ray_cluster_refuses_requests_without_its_token(stack: Stack) -> Non
             cluster.get_json("pod", "stranger", "-n", ns)["status"].get("phase")
             in ("Succeeded", "Failed")
         ),
-        timeout=180,
+        timeout=240,
         what="the stranger pod",
     )
     out = cluster.kubectl("logs", "stranger", "-n", ns).stdout
@@ -413,6 +415,8 @@ def test_the_ray_cluster_refuses_requests_without_its_token(stack: Stack) -> Non
     assert answers["none"] in (401, 403), answers
     assert answers["wrong"] in (401, 403), answers
     assert answers["right"] == 200, answers
+    # The same GCS client: with the token it reads the cluster, with another it is refused.
+    assert answers["gcs_right"] == 0, answers
     assert answers["gcs_wrong"] != 0, answers
     # The operator's metrics endpoint reads, and takes no writes.
     node = cluster.node
