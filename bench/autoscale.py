@@ -4,6 +4,7 @@
     .venv/bin/python bench/autoscale.py --only serve     # part 1 only
     .venv/bin/python bench/autoscale.py --only operator --cycles 4
     .venv/bin/python bench/autoscale.py --only realnode  # part 3, ~8 minutes, needs root
+    .venv/bin/python bench/autoscale.py --only realnode --worker-cpu 500m
 
 Part 1, Serve replicas, on a Ray cluster laid out like a ModelDeployment's pods
 (bench/raycluster.py: a head with no CPUs running the app's Serve config, and worker
@@ -433,7 +434,7 @@ def fmt(value: float | None) -> str:
     return "never" if value is None else f"{value:5.1f}"
 
 
-def realnode_variants(step_s: float, workdir: Path) -> list[dict[str, Any]]:
+def realnode_variants(step_s: float, workdir: Path, worker_cpu: str) -> list[dict[str, Any]]:
     from modelplane_harness.images import build_images, import_image  # noqa: PLC0415
     from modelplane_harness.realserving import load_step  # noqa: PLC0415
 
@@ -466,7 +467,7 @@ def realnode_variants(step_s: float, workdir: Path) -> list[dict[str, Any]]:
         )
         for variant, spare in (("modelplane-spare", 1), ("modelplane", 0)):
             manifest = yaml.safe_load((examples / "quickstart-deployment.yaml").read_text())
-            manifest["spec"]["resources"] = {"cpu": "250m", "memory": "2Gi"}
+            manifest["spec"]["resources"] = {"cpu": worker_cpu, "memory": "2Gi"}
             manifest["spec"]["autoscaling"] = {
                 "targetOngoingRequests": 2,
                 "upscaleDelaySeconds": 1,
@@ -484,7 +485,7 @@ def realnode_variants(step_s: float, workdir: Path) -> list[dict[str, Any]]:
                 cluster, ns, "quickstart", body=body(), minimum=1 + spare, maximum=2,
                 clients=CLIENTS, step_s=step_s,
             )  # fmt: skip
-            rows.append({"variant": variant, **step.figures})
+            rows.append({"variant": variant, "worker_cpu": worker_cpu, **step.figures})
             cluster.kubectl("delete", "-n", ns, "md/quickstart", "--wait=true")
             wait_until(
                 lambda: (
@@ -506,6 +507,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=8)
     parser.add_argument("--only", choices=["serve", "operator", "realnode"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--worker-cpu", default="250m", help="realnode: each worker pod's CPU (500m fits 2)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mp-bench-autoscale-"))
     say("training the benchmark model")
@@ -513,7 +517,7 @@ def main() -> None:
     uri = f"file://{path}"
     report: dict[str, Any] = {}
     if args.only == "realnode":
-        report["realnode"] = realnode_variants(args.step_seconds, work)
+        report["realnode"] = realnode_variants(args.step_seconds, work, args.worker_cpu)
     if args.only not in ("operator", "realnode"):
         report["serve"] = [
             step_variant(variant, uri, digest, args.step_seconds, work) for variant in VARIANTS
@@ -552,7 +556,8 @@ def main() -> None:
                 )
     for row in report.get("realnode", []):
         print(
-            f"real pods, {row['variant']}: decision {fmt(row['decision_s'])} s, workers "
+            f"real pods, {row['variant']} ({row['worker_cpu']} CPU workers): decision "
+            f"{fmt(row['decision_s'])} s, workers "
             f"wanted {fmt(row['workers_wanted_s'])} s, pod Running {fmt(row['pod_running_s'])} "
             f"s, replica Running (capacity) {fmt(row['replica_running_s'])} s (goal <= "
             f"{GOALS['capacity_s']:.0f} s with a spare), p99 recovered "
