@@ -67,7 +67,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import yaml
 
@@ -85,6 +85,7 @@ from modelplane_harness.loadgen import (  # noqa: E402
 )
 from modelplane_harness.loadgen import recovery_s as recovered_s  # noqa: E402
 from modelplane_harness.operator import install_chart, service_account_kubeconfig  # noqa: E402
+from modelplane_harness.waiting import InThread  # noqa: E402
 from modelplane_operator.api.resources import ModelDeployment  # noqa: E402
 from modelplane_operator.dashboard import serve_state  # noqa: E402
 from modelplane_operator.scaling import decide_workers  # noqa: E402
@@ -144,24 +145,6 @@ class Sample:
     target: int | None
     running: int | None
     workers: int | None = None
-
-
-class InThread:
-    """`with obj:` runs `obj._run` in a thread until the block ends and sets `_stop`."""
-
-    _stop: threading.Event
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass

@@ -13,12 +13,12 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from modelplane_harness.cluster import LocalCluster
 from modelplane_harness.loadgen import BackgroundLoad, Body, LoadResult, between, percentile
 from modelplane_harness.loadgen import recovery_s as recovered_s
-from modelplane_harness.waiting import wait_for
+from modelplane_harness.waiting import InThread, wait_for
 
 
 def worker_deployment(name: str) -> str:
@@ -106,7 +106,7 @@ COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
 @dataclass
-class Watcher:
+class Watcher(InThread):
     """`with Watcher(...) as w:` samples the deployment every `interval` s in a thread."""
 
     cluster: LocalCluster
@@ -115,15 +115,6 @@ class Watcher:
     interval: float = 0.5
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.is_set():
