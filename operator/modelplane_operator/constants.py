@@ -86,3 +86,7 @@ REASON_ROLLING_OUT: Final = "RollingOut"
 REASON_SERVING: Final = "Serving"
 REASON_APPLICATION_ERROR: Final = "ApplicationError"
 REASON_SCALED: Final = "Scaled"
+# Terminal: the spec cannot run as written; nothing is retried until it changes.
+REASON_INVALID_SPEC: Final = "InvalidSpec"
+# Terminal: the Job completed but rank 0 left no readable result (after a grace period).
+REASON_RESULT_MISSING: Final = "ResultMissing"

@@ -23,6 +23,7 @@ from modelplane_operator.status.training import (
     rank0_result,
 )
 from modelplane_operator.tuning import TrialRecord, should_stop
+from modelplane_runtime.contract import TrainingResult
 
 FINAL_TRIAL_PHASES = ("Succeeded", "Failed", "Stopped")
 REASON_SEARCHING = "Searching"
@@ -35,6 +36,33 @@ def trial_name(training_name: str, index: int) -> str:
     return child_name(training_name, f"t{index}", max_length=40)
 
 
+def conclude_trial(
+    trial: TrialStatus,
+    *,
+    result: TrainingResult | None = None,
+    failure: str | None = None,
+    stopped: str | None = None,
+) -> TrialStatus:
+    """A trial that ended: Stopped (`stopped` says why), Failed (`failure` says why) or
+    Succeeded with rank 0's `result`. One rule for the operator (from a trial's Job) and
+    for local mode (from the processes' exit): the same result gives the same phase."""
+    if stopped is not None:
+        return trial.model_copy(update={"phase": "Stopped", "reason": stopped})
+    if failure is not None or result is None:
+        reason = failure or "the run ended without a result"
+        return trial.model_copy(update={"phase": "Failed", "reason": reason})
+    return trial.model_copy(
+        update={
+            "phase": "Succeeded",
+            "metrics": dict(result.metrics),
+            # Every epoch's objective, not only those the progress polls caught: the
+            # median rule compares trials at equal steps.
+            "intermediate": {**trial.intermediate, **result.objective_by_step},
+            "artifact": ArtifactRef(uri=result.artifact_uri, digest=result.digest),
+        }
+    )
+
+
 def observe_trial(
     trial: TrialStatus, job: Manifest | None, pods: tuple[Manifest, ...]
 ) -> TrialStatus:
@@ -42,28 +70,14 @@ def observe_trial(
     if trial.phase in FINAL_TRIAL_PHASES or job is None:
         return trial
     if (message := config_error(job, pods)) is not None:
-        return trial.model_copy(update={"phase": "Failed", "reason": message})
+        return conclude_trial(trial, failure=message)
     if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
         result = rank0_result(pods)
         if result is None:
             return trial.model_copy(update={"phase": "Running"})
-        return trial.model_copy(
-            update={
-                "phase": "Succeeded",
-                "metrics": dict(result.metrics),
-                # Every epoch's objective, not only those the progress polls caught: the
-                # median rule compares trials at equal steps.
-                "intermediate": {**trial.intermediate, **result.objective_by_step},
-                "artifact": ArtifactRef(uri=result.artifact_uri, digest=result.digest),
-            }
-        )
+        return conclude_trial(trial, result=result)
     if failed := job_condition(job, "Failed"):
-        return trial.model_copy(
-            update={
-                "phase": "Failed",
-                "reason": f"{failed.get('reason')}: {failed.get('message', '')}",
-            }
-        )
+        return conclude_trial(trial, failure=f"{failed.get('reason')}: {failed.get('message', '')}")
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
     return trial.model_copy(update={"phase": "Running" if running else "Pending"})
 
