@@ -121,7 +121,7 @@ def run(
     if bad:
         raise typer.Exit(1)
     from modelplane.local import (  # noqa: PLC0415
-        best_trial,
+        exit_code,
         print_summary,
         print_tuning_summary,
         run_training,
@@ -140,20 +140,19 @@ def run(
             raise TypeError(f"unexpected resource {type(resource).__name__}")
         name = resource.metadata.name or "training"
         if resource.spec.tuning is not None:
-            trials = run_tuning(resource, console=out)
-            code = print_tuning_summary(resource, trials, out)
+            search = run_tuning(resource, console=out)
+            code = print_tuning_summary(resource, search, out)
             if code != 0:
                 raise typer.Exit(code)
-            best = best_trial(resource, trials)
+            best = search.best
             if best is not None and best.run.result is not None:
                 record_training(name, best.run.result)
             continue
         outcome = run_training(resource, console=out)
         print_summary(outcome, out)
-        if outcome.exit_code != 0:
-            raise typer.Exit(outcome.exit_code)
-        if outcome.result is not None:
-            record_training(name, outcome.result)
+        if outcome.result is None:
+            raise typer.Exit(exit_code(outcome))
+        record_training(name, outcome.result)
 
 
 def _inputs(values: list[str]) -> list[Any]:

@@ -2,8 +2,11 @@
 
 The resource renders to the same RunConfig the operator would put in a ConfigMap;
 `nodes x max(1, gpusPerNode)` runtime processes start with torchrun's environment
-(Gloo when there is more than one), `pvc://<claim>/...` maps to `<pvc root>/<claim>/...`,
-and a progress bar follows rank 0's `/progress`.
+(Gloo when there is more than one), URIs resolve as the runtime resolves them (with
+`pvc://<claim>/...` under a pvc root of local mode's own), and a progress bar follows
+rank 0's `/progress`. A search's trials end, and the search is judged, by the operator's
+own rules (`conclude_trial`, `derive_tuning_status`): the same runs give the same verdict
+here and on a cluster.
 """
 
 from __future__ import annotations
@@ -18,19 +21,25 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.api.training import ModelTrainingStatus, TrialStatus
+from modelplane_operator.constants import COND_READY
 from modelplane_operator.render import render_run_config
-from modelplane_runtime.contract import ExitCode, RunConfig
+from modelplane_runtime.contract import ExitCode, RunConfig, TrainingResult
+from modelplane_runtime.storage import ENV_PVC_ROOT, local_path
 
-ENV_PVC_ROOT = "MODELPLANE_PVC_ROOT"
 DEFAULT_PVC_ROOT = Path("runs")
+RESULT_FILE = "result.json"
 
 
 def _free_port() -> int:
@@ -47,12 +56,15 @@ class LocalRun:
     config: RunConfig
     artifact: Path
     logs: Path
-    result: dict[str, Any] | None
+    result: TrainingResult | None
+    """Rank 0's result (the file beside the artifact), when the run succeeded and left a
+    valid one."""
     stopped: str | None = None
     """Why the run was stopped early (a tuning trial the median rule stopped)."""
 
 
 def pvc_root() -> Path:
+    """Where local mode keeps `pvc://` claims (./runs unless MODELPLANE_PVC_ROOT says)."""
     return Path(os.environ.get(ENV_PVC_ROOT, DEFAULT_PVC_ROOT)).resolve()
 
 
@@ -135,11 +147,9 @@ def run_training(
         for process in processes:
             process.wait()
         raise
-    artifact = root / config.output_uri.removeprefix("pvc://") / name
-    if config.output_uri.startswith("file://"):
-        artifact = Path("/" + config.output_uri.removeprefix("file://").lstrip("/")) / name
-    result_file = artifact / "result.json"
-    result = json.loads(result_file.read_text()) if code == 0 and result_file.exists() else None
+    # Where the runtime put it: its own resolution of output.uri, under the root it got.
+    artifact = local_path(config.output_uri, field="output.uri", root=root) / name
+    result = read_result(artifact) if code == 0 else None
     return LocalRun(
         exit_code=code,
         config=config,
@@ -148,6 +158,16 @@ def run_training(
         result=result,
         stopped=stopped,
     )
+
+
+def read_result(artifact: Path) -> TrainingResult | None:
+    """The TrainingResult a run wrote beside its artifact; None when it is missing or not
+    a valid result (the operator's rank0_result reads the termination message the same
+    way: no result is no result, whatever the exit code)."""
+    try:
+        return TrainingResult.model_validate_json((artifact / RESULT_FILE).read_text())
+    except (OSError, ValidationError):
+        return None
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -207,44 +227,84 @@ def _worst(codes: list[int]) -> int:
     return int(ExitCode.CONFIG_ERROR) if ExitCode.CONFIG_ERROR in codes else codes[0]
 
 
+def failure(run: LocalRun) -> str | None:
+    """Why the run failed, in a sentence (its first error line), or None when it exited 0."""
+    if run.exit_code == 0:
+        return None
+    lines = _error_lines(run.logs)
+    return f"{_kind(run)} (exit {run.exit_code})" + (f": {lines[0][1]}" if lines else "")
+
+
+def _kind(run: LocalRun) -> str:
+    return "configuration error" if run.exit_code == ExitCode.CONFIG_ERROR else "failure"
+
+
+def _error_lines(logs: Path) -> list[tuple[str, str]]:
+    """(log name, line) of each rank's errors, or its last lines when it logged none."""
+    found = []
+    for log in sorted(logs.glob("rank-*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        errors = [ln for ln in lines if " ERROR " in ln] or lines[-5:]
+        found += [(log.name, line) for line in errors[:5]]
+    return found
+
+
 def print_summary(run: LocalRun, console: Console) -> None:
     if run.exit_code != 0:
-        kind = "configuration error" if run.exit_code == ExitCode.CONFIG_ERROR else "failure"
-        console.print(f"[red]training ended with a {kind}[/red] (exit {run.exit_code}):")
-        for log in sorted(run.logs.glob("rank-*.log")):
-            lines = log.read_text(errors="replace").splitlines()
-            errors = [ln for ln in lines if " ERROR " in ln] or lines[-5:]
-            for line in errors[:5]:
-                console.print(f"  {log.name}: {line}", markup=False)
+        console.print(f"[red]training ended with a {_kind(run)}[/red] (exit {run.exit_code}):")
+        for name, line in _error_lines(run.logs):
+            console.print(f"  {name}: {line}", markup=False)
+        return
+    if run.result is None:
+        console.print(
+            f"[red]training ended without a result[/red]: {run.artifact / RESULT_FILE} is "
+            "missing or not a TrainingResult"
+        )
         return
     table = Table(title=f"{run.config.name}: validation metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in (run.result or {}).get("metrics", {}).items():
+    for name, value in run.result.metrics.items():
         table.add_row(name, f"{value:.4f}")
     console.print(table)
     console.print(f"artifact: {run.artifact}")
-    console.print(f"digest:   {(run.result or {}).get('digest')}")
+    console.print(f"digest:   {run.result.digest}")
     console.print(f"curves:   {run.artifact / 'curves.png'}")
+
+
+def exit_code(run: LocalRun) -> int:
+    """The exit code of `modelplane run` for one training: the runtime's, or 1 when it
+    exited 0 without a result (Failed on a cluster too)."""
+    return run.exit_code or (0 if run.result is not None else 1)
 
 
 @dataclass
 class LocalTrial:
-    name: str
-    params: dict[str, Any]
     run: LocalRun
+    status: TrialStatus
+    """The trial as the operator would record it (`conclude_trial` of the run)."""
+
+
+@dataclass
+class LocalSearch:
+    """A search run here: its trials and the status the operator would derive from them."""
+
+    trials: list[LocalTrial]
+    status: ModelTrainingStatus
 
     @property
-    def metrics(self) -> dict[str, float]:
-        return dict((self.run.result or {}).get("metrics", {}))
+    def best(self) -> LocalTrial | None:
+        return next((t for t in self.trials if t.status.name == self.status.best_trial), None)
 
 
-def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]:
+def run_tuning(training: ModelTraining, *, console: Console) -> LocalSearch:
     """Run the search of spec.tuning locally, one trial after another, with the same
-    suggestions the operator would make for the same history."""
-    from modelplane_operator.api.training import TrialStatus  # noqa: PLC0415
+    suggestions the operator would make for the same history. Like the operator, no new
+    trial starts once more than maxFailedTrials have failed."""
     from modelplane_operator.status.tuning import (  # noqa: PLC0415
         apply_early_stopping,
+        conclude_trial,
+        derive_tuning_status,
         history,
         record_progress,
         trial_name,
@@ -256,8 +316,12 @@ def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]
         raise ValueError("run_tuning needs spec.tuning")
     name = training.metadata.name or "training"
     trials: list[LocalTrial] = []
-    statuses: list[TrialStatus] = []
-    while len(trials) < tuning.max_trials:
+    exhausted = False
+    while (
+        len(trials) < tuning.max_trials
+        and sum(t.status.phase == "Failed" for t in trials) <= tuning.max_failed_trials
+    ):
+        statuses = [t.status for t in trials]
         suggestion = suggest(
             tuning,
             seed=training.spec.hyperparameters.seed,
@@ -265,91 +329,75 @@ def run_tuning(training: ModelTraining, *, console: Console) -> list[LocalTrial]
             count=1,
         )
         if not suggestion:
-            break  # a grid has no point left
+            exhausted = True  # a grid has no point left
+            break
         params = suggestion[0]
         trial = trial_name(name, len(trials))
         console.print(f"[bold]trial {len(trials) + 1}/{tuning.max_trials}[/bold] {params}")
         current = TrialStatus(name=trial, params=params, phase="Running")
 
-        def stop_check(snapshot: dict[str, Any]) -> str | None:
+        def stop_check(
+            snapshot: dict[str, Any], earlier: list[TrialStatus] = statuses
+        ) -> str | None:
             nonlocal current
             current = record_progress(tuning, current, snapshot)
-            (*_, decided) = apply_early_stopping(tuning, [*statuses, current])
+            (*_, decided) = apply_early_stopping(tuning, [*earlier, current])
             return decided.reason if decided.phase == "Stopped" else None
 
         run = run_training(
             training, console=console, run_name=trial, hyperparameters=params, stop_check=stop_check
         )
-        local = LocalTrial(name=trial, params=params, run=run)
-        trials.append(local)
-        phase = "Stopped" if run.stopped else "Succeeded" if run.exit_code == 0 else "Failed"
-        statuses.append(
-            current.model_copy(
-                update={
-                    "metrics": local.metrics,
-                    "phase": phase,
-                    "reason": run.stopped or "",
-                    # Every epoch's objective (the run reports them all), not only
-                    # those a progress poll caught.
-                    "intermediate": {
-                        **current.intermediate,
-                        **(run.result or {}).get("objective_by_step", {}),
-                    },
-                }
-            )
+        ended = conclude_trial(
+            current, result=run.result, failure=failure(run), stopped=run.stopped
         )
-        if run.exit_code == ExitCode.CONFIG_ERROR:
-            break  # every other trial would fail the same way
-    return trials
+        trials.append(LocalTrial(run=run, status=ended))
+    status = derive_tuning_status(
+        training, [t.status for t in trials], exhausted=exhausted, now=datetime.now(tz=UTC)
+    ).status
+    return LocalSearch(trials=trials, status=status)
 
 
-def best_trial(training: ModelTraining, trials: list[LocalTrial]) -> LocalTrial | None:
-    """The trial with the best objective value, or None when none reported it."""
-    tuning = training.spec.tuning
-    if tuning is None:
-        raise ValueError("best_trial needs spec.tuning")
-    metric = tuning.objective.metric
-    scored = [t for t in trials if metric in t.metrics]
-    sign = 1.0 if tuning.objective.goal == "maximize" else -1.0
-    return max(scored, key=lambda t: sign * t.metrics[metric]) if scored else None
+def _outcome(trial: LocalTrial) -> str:
+    if trial.status.phase == "Stopped":
+        return "stopped early"
+    if trial.status.phase == "Succeeded":
+        return "ok"
+    return f"exit {trial.run.exit_code}" if trial.run.exit_code else "no result"
 
 
-def print_tuning_summary(
-    training: ModelTraining, trials: list[LocalTrial], console: Console
-) -> int:
-    """The table of every trial and the best one; the exit code of the search."""
+def print_tuning_summary(training: ModelTraining, search: LocalSearch, console: Console) -> int:
+    """The table of every trial, the best one, and the search's verdict (the phase and
+    reason a cluster would show); returns the exit code of the search."""
     tuning = training.spec.tuning
     if tuning is None:
         raise ValueError("print_tuning_summary needs spec.tuning")
     metric = tuning.objective.metric
     table = Table(
-        title=f"{training.metadata.name}: {len(trials)} trials, objective "
+        title=f"{training.metadata.name}: {len(search.trials)} trials, objective "
         f"{metric} ({tuning.objective.goal})"
     )
     for column in ("trial", "parameters", metric, "result"):
         table.add_column(column)
-    best = best_trial(training, trials)
-    for trial in trials:
-        value = trial.metrics.get(metric)
+    best = search.best
+    for trial in search.trials:
+        value = trial.status.metrics.get(metric)
         table.add_row(
-            trial.name + (" (best)" if trial is best else ""),
+            trial.status.name + (" (best)" if trial is best else ""),
             ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in trial.params.items()
+                for k, v in trial.status.params.items()
             ),
             f"{value:.4f}" if value is not None else "-",
-            "stopped early"
-            if trial.run.stopped
-            else "ok"
-            if trial.run.exit_code == 0
-            else f"exit {trial.run.exit_code}",
+            _outcome(trial),
         )
     console.print(table)
-    if best is None:
-        console.print("[red]no trial succeeded[/red]")
-        failures = [t.run for t in trials if t.run.exit_code != 0]
-        if failures:
-            print_summary(failures[-1], console)
-        return failures[-1].exit_code if failures else 1
-    console.print(f"best: {best.name}; artifact: {best.run.artifact}")
-    return 0
+    if search.status.phase == "Succeeded" and best is not None:
+        console.print(f"best: {best.status.name}; artifact: {best.run.artifact}")
+        return 0
+    ready = next((c for c in search.status.conditions if c.type == COND_READY), None)
+    verdict = f"{search.status.phase} ({ready.reason})" if ready else str(search.status.phase)
+    console.print(Text.assemble((verdict, "red"), f": {ready.message if ready else ''}"))
+    failed = [t.run for t in search.trials if t.status.phase == "Failed"]
+    if failed:
+        print_summary(failed[-1], console)
+    return exit_code(failed[-1]) if failed else 1

@@ -23,13 +23,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from modelplane.local import ENV_PVC_ROOT, pvc_root
+from modelplane.local import pvc_root
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
 from modelplane_operator.status.serving import summarize_serve_message
+from modelplane_runtime.contract import TrainingResult
+from modelplane_runtime.errors import ConfigError
+from modelplane_runtime.storage import ENV_PVC_ROOT, local_path
 
 READY_TIMEOUT_S = 300.0
 EXIT_REJECTED = 4
@@ -52,20 +56,21 @@ def _record_path(name: str) -> Path:
     return pvc_root() / ".local" / "trainings" / f"{name}.json"
 
 
-def record_training(name: str, result: dict[str, Any]) -> Path:
-    """Remember a Succeeded local training (its TrainingResult) for `fromTraining`."""
+def record_training(name: str, result: TrainingResult) -> Path:
+    """Remember a Succeeded local training (its TrainingResult: the artifact and metrics
+    its status would hold on a cluster) for `fromTraining`."""
     path = _record_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    path.write_text(result.model_dump_json(indent=2))
     return path
 
 
 def local_artifact(uri: str) -> Path:
-    if uri.startswith("pvc://"):
-        return pvc_root() / uri.removeprefix("pvc://")
-    if uri.startswith("file://"):
-        return Path("/" + uri.removeprefix("file://").lstrip("/"))
-    raise LocalServeError(f"model.uri: {uri!r} is neither pvc:// nor file://")
+    """The folder of `uri` as the replica resolves it, under local mode's pvc root."""
+    try:
+        return local_path(uri, field="model.uri", root=pvc_root())
+    except ConfigError as error:
+        raise LocalServeError(str(error)) from error
 
 
 def resolve_model(deployment: ModelDeployment) -> ResolvedModel:
@@ -77,9 +82,15 @@ def resolve_model(deployment: ModelDeployment) -> ResolvedModel:
                 f"model.fromTraining: no local training named {source.from_training!r} has "
                 f"succeeded under {pvc_root()}; run `modelplane run` on its file first"
             )
-        result = json.loads(path.read_text())
+        try:
+            result = TrainingResult.model_validate_json(path.read_text())
+        except ValidationError as error:
+            raise LocalServeError(
+                f"model.fromTraining: the record of {source.from_training!r} ({path}) is not "
+                f"a TrainingResult; run `modelplane run` on its file again ({error})"
+            ) from error
         return ResolvedModel(
-            uri=result["artifact_uri"], digest=result["digest"], metrics=result["metrics"]
+            uri=result.artifact_uri, digest=result.digest, metrics=dict(result.metrics)
         )
     uri = source.uri or ""
     card_path = local_artifact(uri) / "model_card.json"

@@ -33,8 +33,10 @@ def split_uri(uri: str) -> tuple[str, str]:
     return scheme, rest
 
 
-def local_path(uri: str, *, field: str) -> Path:
-    """The local path of a file:// or pvc:// URI. `field` names the spec field in errors."""
+def local_path(uri: str, *, field: str, root: Path | None = None) -> Path:
+    """The local path of a file:// or pvc:// URI. `field` names the spec field in errors;
+    `root` is where claims live when not this process's pvc_root() (local mode resolves
+    paths for the runtime processes it starts, which get the root in their environment)."""
     scheme, rest = split_uri(uri)
     if scheme == "file":
         return Path("/" + rest.lstrip("/"))
@@ -42,5 +44,5 @@ def local_path(uri: str, *, field: str) -> Path:
         claim, _, path = rest.partition("/")
         if not claim:
             raise ConfigError(f"{field}: {uri!r} names no claim (pvc://<claim>/<path>)")
-        return pvc_root() / claim / path
+        return (root if root is not None else pvc_root()) / claim / path
     raise ConfigError(f"{field}: {uri!r} is a built-in data set, not a storage location")

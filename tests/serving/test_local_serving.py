@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from modelplane.cli import app
 from modelplane.serving import record_training
 from modelplane_harness.cluster import free_port
+from modelplane_runtime.contract import TrainingResult
 from tests.factories import make_deployment, make_training
 
 runner = CliRunner()
@@ -29,7 +30,12 @@ def test_a_model_below_require_metrics_is_rejected_before_anything_starts(
     monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
     record_training(
         "weak",
-        {"artifact_uri": "pvc://models/weak/weak", "digest": "sha256:ab", "metrics": {"f1": 0.61}},
+        TrainingResult(
+            run="weak",
+            artifact_uri="pvc://models/weak/weak",
+            digest="sha256:ab",
+            metrics={"f1": 0.61},
+        ),
     )
     deployment = make_deployment(
         {"spec.model": {"fromTraining": "weak"}, "spec.requireMetrics": {"f1": 0.9}}

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from typer.testing import CliRunner
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
 
+from modelplane import local
 from modelplane.cli import app
-from tests.factories import EXAMPLES, INVALID_EXAMPLES
+from modelplane.local import LocalRun
+from modelplane.serving import LocalServeError, local_artifact
+from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.render import render_run_config
+from modelplane_runtime.contract import TrainingResult
+from tests.factories import EXAMPLES, INVALID_EXAMPLES, make_training, make_tuning
 
 runner = CliRunner()
 
@@ -30,3 +40,126 @@ def test_crds_check_fails_on_a_stale_folder_and_passes_after_writing(tmp_path: P
     assert runner.invoke(app, ["crds", "--dir", str(tmp_path), "--check"]).exit_code == 1
     assert runner.invoke(app, ["crds", "--dir", str(tmp_path)]).exit_code == 0
     assert runner.invoke(app, ["crds", "--dir", str(tmp_path), "--check"]).exit_code == 0
+
+
+# Local mode's verdicts, with the runtime processes replaced by a scripted outcome per run:
+# the trial phases, the best trial and the search's phase come from the operator's rules.
+
+
+def fake_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outcomes: list[tuple[int, float | None]]
+) -> list[str]:
+    """Replace run_training: run i exits outcomes[i][0] and, when outcomes[i][1] is a
+    number, leaves a result with that f1. Returns the names of the runs started."""
+    started: list[str] = []
+
+    def run_training(training: ModelTraining, **kwargs: Any) -> LocalRun:
+        code, f1 = outcomes[len(started)]
+        config = render_run_config(
+            training,
+            progress_port=0,
+            run_name=kwargs.get("run_name"),
+            hyperparameters=kwargs.get("hyperparameters"),
+        )
+        started.append(config.name)
+        logs = tmp_path / "logs" / config.name
+        logs.mkdir(parents=True)
+        (logs / "rank-0.log").write_text(f"t ERROR run {config.name} broke\n")
+        artifact = tmp_path / "models" / config.name
+        result = None
+        if f1 is not None:
+            result = TrainingResult(
+                run=config.name,
+                artifact_uri=f"pvc://models/demo/{config.name}",
+                digest="sha256:" + "0" * 64,
+                metrics={"f1": f1},
+            )
+        return LocalRun(exit_code=code, config=config, artifact=artifact, logs=logs, result=result)
+
+    monkeypatch.setattr(local, "run_training", run_training)
+    return started
+
+
+def run_file(tmp_path: Path, resource: dict[str, Any]) -> Result:
+    path = tmp_path / "resource.yaml"
+    path.write_text(yaml.safe_dump(resource))
+    return runner.invoke(app, ["run", str(path)])
+
+
+def searching(**tuning: Any) -> dict[str, Any]:
+    return make_training({"spec.tuning": {**make_tuning(), **tuning}}, name="search")
+
+
+def test_local_tuning_stops_after_max_failed_trials_as_the_operator_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    started = fake_runs(monkeypatch, tmp_path, [(1, None)] * 5)
+    result = run_file(tmp_path, searching(maxTrials=5, maxFailedTrials=1))
+    assert result.exit_code == 1, result.output
+    assert started == ["search-t0", "search-t1"]  # no trial starts after the second failure
+    assert "Failed (TooManyFailedTrials): 2 trials failed (maxFailedTrials 1)" in result.output
+    assert "run search-t1 broke" in result.output
+
+
+def test_a_trial_that_exits_0_without_a_result_failed_and_the_search_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    fake_runs(monkeypatch, tmp_path, [(0, None), (0, None)])
+    result = run_file(tmp_path, searching(maxTrials=2))
+    assert result.exit_code == 1, result.output
+    assert result.output.count("no result") == 2
+    assert "Failed (NoTrialSucceeded): no trial succeeded" in result.output
+
+
+def test_local_tuning_records_the_operators_best_trial_for_from_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    fake_runs(monkeypatch, tmp_path, [(0, 0.7), (1, None), (0, 0.9), (0, 0.8)])
+    result = run_file(tmp_path, searching(maxTrials=4))
+    assert result.exit_code == 0, result.output
+    assert "search-t2 (best)" in result.output
+    assert "exit 1" in result.output
+    record = TrainingResult.model_validate_json(
+        (tmp_path / ".local" / "trainings" / "search.json").read_text()
+    )
+    assert (record.run, record.metrics) == ("search-t2", {"f1": 0.9})
+
+
+def test_a_training_that_exits_0_without_a_result_fails_and_is_not_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    fake_runs(monkeypatch, tmp_path, [(0, None)])
+    result = run_file(tmp_path, make_training(name="quiet"))
+    assert result.exit_code == 1, result.output
+    assert "training ended without a result" in result.output
+    assert not (tmp_path / ".local" / "trainings" / "quiet.json").exists()
+
+
+def test_a_result_file_that_is_not_a_training_result_is_no_result(tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text(json.dumps({"metrics": {"f1": 0.9}}))
+    assert local.read_result(tmp_path) is None
+    good = TrainingResult(run="r", artifact_uri="pvc://m/r", digest="sha256:00")
+    (tmp_path / "result.json").write_text(good.model_dump_json())
+    assert local.read_result(tmp_path) == good
+
+
+def test_local_mode_reads_the_result_file_the_runtime_writes() -> None:
+    from modelplane_runtime.artifacts import RESULT  # noqa: PLC0415  (imports torch)
+
+    assert local.RESULT_FILE == RESULT
+
+
+def test_local_mode_resolves_model_uris_as_the_replica_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    assert local_artifact("pvc://models/demo/run") == tmp_path / "models" / "demo" / "run"
+    assert local_artifact("file:///srv/models/run") == Path("/srv/models/run")
+    with pytest.raises(LocalServeError, match="'s3://b/run' is not a supported URI"):
+        local_artifact("s3://b/run")
+    with pytest.raises(LocalServeError, match=r"model\.uri: 'pvc:///run' names no claim"):
+        local_artifact("pvc:///run")
