@@ -12,8 +12,10 @@ from rich.console import Console
 
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.apidocs import api_reference_is_stale, write_api_reference
+from modelplane_operator.constants import REASON_INVALID_SPEC
 from modelplane_operator.crdgen import stale_crds, write_crds
-from modelplane_operator.validation import check_file
+from modelplane_operator.judge import judge_training
+from modelplane_operator.validation import Checked, Problem, check_file
 
 app = typer.Typer(
     help="modelplane: train, tune, evaluate and serve PyTorch models on Kubernetes.",
@@ -94,6 +96,35 @@ def validate(
         raise typer.Exit(1)
 
 
+def verdict(checked: Checked) -> tuple[str, tuple[Problem, ...]]:
+    """What a cluster would say of one resource before running anything: `refused` (the
+    API server refuses it at apply), `InvalidSpec` (the operator accepts it, then fails it
+    with that reason and these problems) or `ok` (it would run)."""
+    if not checked.ok:
+        return "refused", checked.problems
+    if isinstance(checked.resource, ModelTraining):
+        judged = tuple(judge_training(checked.resource))
+        if judged:
+            return REASON_INVALID_SPEC, judged
+    return "ok", ()
+
+
+def _print_verdict(checked: Checked, said: str, problems: tuple[Problem, ...]) -> None:
+    console = out if said == "ok" else err
+    if said == "ok":
+        console.print(f"[green]ok[/green]      {checked.source}: {checked.name}: would run")
+        return
+    if said == "refused":
+        console.print(f"[red]invalid[/red] {checked.source}: {checked.name}: refused at apply")
+    else:
+        console.print(
+            f"[red]Failed ({said})[/red] {checked.source}: {checked.name}: the spec cannot "
+            "run as written"
+        )
+    for problem in problems:
+        console.print(f"  - {problem}", markup=False)
+
+
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="A ModelTraining or ModelDeployment YAML file.")],
@@ -106,20 +137,33 @@ def run(
         ),
     ] = None,
     port: Annotated[int, typer.Option(help="ModelDeployment: local HTTP port.")] = 8000,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Run nothing: print each resource's verdict (ok, refused at apply, or "
+            "Failed with reason InvalidSpec) and exit 0 only if every one would run.",
+        ),
+    ] = False,
 ) -> None:
     """Run a ModelTraining or ModelDeployment on this machine, without a cluster.
 
-    Documents run in order, so one file can train a model and then serve it.
+    Documents run in order, so one file can train a model and then serve it. Nothing
+    runs unless every resource passes what a cluster checks first: the API server's
+    rules (as `modelplane validate`) and the operator's judgement of the spec (a
+    resource it would fail with reason InvalidSpec is refused here with the same field
+    and message, exit 1). `--check` stops there and prints each verdict.
     pvc://<claim>/<path> maps to ./runs/<claim>/<path> (set MODELPLANE_PVC_ROOT to move it).
     """
     results = list(check_file(file))
-    bad = [c for c in results if not c.ok]
-    for checked in bad:
-        err.print(f"[red]invalid[/red] {checked.source}: {checked.name}")
-        for problem in checked.problems:
-            err.print(f"  - {problem}", markup=False)
-    if bad:
+    verdicts = [(checked, *verdict(checked)) for checked in results]
+    for checked, said, problems in verdicts:
+        if check or said != "ok":
+            _print_verdict(checked, said, problems)
+    if any(said != "ok" for _, said, _ in verdicts):
         raise typer.Exit(1)
+    if check:
+        return
     from modelplane.local import (  # noqa: PLC0415
         exit_code,
         print_summary,

@@ -15,6 +15,7 @@ from modelplane.cli import app
 from modelplane.local import LocalRun
 from modelplane.serving import LocalServeError, local_artifact
 from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.judge import judge_training
 from modelplane_operator.render import render_run_config
 from modelplane_runtime.contract import TrainingResult
 from tests.factories import EXAMPLES, INVALID_EXAMPLES, make_training, make_tuning
@@ -80,10 +81,10 @@ def fake_runs(
     return started
 
 
-def run_file(tmp_path: Path, resource: dict[str, Any]) -> Result:
+def run_file(tmp_path: Path, resource: dict[str, Any], *options: str) -> Result:
     path = tmp_path / "resource.yaml"
     path.write_text(yaml.safe_dump(resource))
-    return runner.invoke(app, ["run", str(path)])
+    return runner.invoke(app, ["run", *options, str(path)])
 
 
 def searching(**tuning: Any) -> dict[str, Any]:
@@ -163,3 +164,54 @@ def test_local_mode_resolves_model_uris_as_the_replica_does(
         local_artifact("s3://b/run")
     with pytest.raises(LocalServeError, match=r"model\.uri: 'pvc:///run' names no claim"):
         local_artifact("pvc:///run")
+
+
+# `modelplane run` refuses what a cluster would refuse or fail, before anything runs.
+
+UNKNOWN_DATA = {"spec.data.train.uri": "builtin://nope"}
+
+
+def test_run_check_says_a_valid_example_would_run_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    started = fake_runs(monkeypatch, tmp_path, [])
+    result = runner.invoke(app, ["run", "--check", str(EXAMPLES / "quickstart-training.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "ModelTraining/quickstart: would run" in result.output
+    assert started == []
+
+
+def test_run_check_names_the_field_the_api_server_refuses(tmp_path: Path) -> None:
+    path = INVALID_EXAMPLES / "deployment-replicas-min-above-max.yaml"
+    result = runner.invoke(app, ["run", "--check", str(path)])
+    assert result.exit_code == 1
+    assert "refused at apply" in result.output
+    assert "spec.replicas.min: min must be less than or equal to max" in result.output
+
+
+def test_run_check_fails_a_spec_the_operator_would_fail_with_its_field_and_message(
+    tmp_path: Path,
+) -> None:
+    training = ModelTraining.model_validate(make_training(UNKNOWN_DATA))
+    (problem,) = judge_training(training)
+    result = run_file(tmp_path, make_training(UNKNOWN_DATA), "--check")
+    assert result.exit_code == 1, result.output
+    assert "Failed (InvalidSpec)" in result.output
+    assert f"spec.data.train.uri: {problem.message}" in result.output
+
+
+def test_run_refuses_a_judged_spec_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    started = fake_runs(monkeypatch, tmp_path, [(0, 0.9)])
+    good = make_training(name="first")
+    bad = make_training(UNKNOWN_DATA, name="second")
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump_all([good, bad]))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "ModelTraining/second" in result.output
+    assert "unknown built-in data set 'nope'" in result.output
+    assert started == []  # not even the valid first document
