@@ -7,13 +7,21 @@ seconds; that is also when rank 0's /progress is polled. A second loop re-runs e
 ModelDeployment each second: the scaling loop (read Serve's target, size the workers;
 every few seconds also its load from Ray's metrics, whose request counters are the one
 thing kept in memory between passes: a restarted operator measures afresh).
+
+A training that ends (Succeeded, or Failed, InvalidSpec included) leaves the resync set,
+and its later events return before any log line or write. A pass that raises for any
+other reason (the API server, a network error) is retried with a per-resource backoff
+(5 s doubling to 5 minutes), logged once per step; a change to the resource (a new
+generation) is tried at once. The backoff is in memory: a restarted operator tries afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +41,29 @@ log = logging.getLogger("modelplane.operator")
 RESYNC_SECONDS = 5.0
 SCALING_SECONDS = 1.0
 RESYNC_CONCURRENCY = 16
+BACKOFF_FIRST_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A training whose passes keep raising: when to try again, and for which spec."""
+
+    failures: int
+    until: float
+    """time.monotonic() before which no pass runs (unless the spec changes)."""
+    generation: int | None
+
+    @classmethod
+    def after(cls, previous: Backoff | None, *, generation: int | None, now: float) -> Backoff:
+        failures = previous.failures + 1 if previous is not None else 1
+        delay = min(BACKOFF_FIRST_SECONDS * 2 ** (failures - 1), BACKOFF_MAX_SECONDS)
+        return cls(failures=failures, until=now + delay, generation=generation)
+
+    def holds(self, *, generation: int | None, now: float) -> bool:
+        """Whether a pass should wait; a new generation (the user changed the spec) not."""
+        changed = generation is not None and generation != self.generation
+        return now < self.until and not changed
 
 
 class State:
@@ -43,6 +74,8 @@ class State:
         self.settings = Settings.from_environ()
         self.locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self.unfinished: set[tuple[str, str]] = set()
+        self.backoff: dict[tuple[str, str], Backoff] = {}
+        """Trainings whose last pass raised, by key; cleared by a pass that does not."""
         self.deployments: set[tuple[str, str]] = set()
         """Every ModelDeployment: each resync reads its Serve state (serving never ends)."""
         self.http: aiohttp.ClientSession | None = None
@@ -79,10 +112,17 @@ async def run_training(
     state = _state()
     key = (namespace, name)
     async with state.locks[key]:
+        waiting = state.backoff.get(key)
+        if body is None and waiting is not None and time.monotonic() < waiting.until:
+            return  # a child event or the resync, before the backoff's end: not even a GET
         body = body if body is not None else await state.client.get_training(namespace, name)
         if body is None:
             state.unfinished.discard(key)
+            state.backoff.pop(key, None)
             obs.record_phase(c.KIND_TRAINING, namespace, name, None)
+            return
+        generation = body["metadata"].get("generation")
+        if waiting is not None and waiting.holds(generation=generation, now=time.monotonic()):
             return
         with obs.reconciling(c.KIND_TRAINING, namespace, name):
             try:
@@ -95,9 +135,18 @@ async def run_training(
                 )
             except Exception:
                 obs.failed(c.KIND_TRAINING)
-                log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
+                backoff = Backoff.after(waiting, generation=generation, now=time.monotonic())
+                state.backoff[key] = backoff
+                log.exception(
+                    "%s/%s: reconcile failed (%d in a row); retrying in %.0f s",
+                    namespace,
+                    name,
+                    backoff.failures,
+                    backoff.until - time.monotonic(),
+                )
                 state.unfinished.add(key)
                 return
+        state.backoff.pop(key, None)
         obs.record_phase(c.KIND_TRAINING, namespace, name, phase)
         if phase in ("Succeeded", "Failed"):
             state.unfinished.discard(key)
@@ -198,6 +247,7 @@ async def training_event(body: kopf.Body, **kwargs: Any) -> None:
     meta = body["metadata"]
     if kwargs.get("type") == "DELETED":
         _state().unfinished.discard((meta["namespace"], meta["name"]))
+        _state().backoff.pop((meta["namespace"], meta["name"]), None)
         obs.record_phase(c.KIND_TRAINING, meta["namespace"], meta["name"], None)
         return
     await run_training(meta["namespace"], meta["name"], dict(body))

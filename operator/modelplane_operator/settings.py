@@ -8,6 +8,12 @@ from dataclasses import dataclass
 # The image the chart sets by default (runtime.image, flavor cuda), so an operator run
 # outside the chart (`python -m modelplane_operator`) starts the same pods.
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/modelplane/runtime:0.1.0-cuda"
+# How long a Job that completed may go without rank 0's result before the training fails
+# with ResultMissing. The kubelet writes the termination message as it records the
+# container's termination, before the pod (and so the Job) can count as succeeded: a
+# message missing once the Job is Complete is almost always missing for good. The grace
+# only covers a watch that delivered the Job's update before the pod's.
+RESULT_GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,9 @@ class Settings:
     replica_metrics_url: str = "http://{ip}:8080"
     """How to reach the metrics of a node hosting a Serve replica: a template over the
     worker pod's IP. Tests point it at a local Ray's port."""
+    result_grace_seconds: float = RESULT_GRACE_SECONDS
+    """Seconds a completed Job may lack rank 0's result before the run fails with
+    ResultMissing, counted from the Job's Complete condition."""
 
     @classmethod
     def from_environ(cls) -> Settings:
@@ -44,5 +53,8 @@ class Settings:
             metrics_url=env.get("MODELPLANE_METRICS_URL", defaults.metrics_url),
             replica_metrics_url=env.get(
                 "MODELPLANE_REPLICA_METRICS_URL", defaults.replica_metrics_url
+            ),
+            result_grace_seconds=float(
+                env.get("MODELPLANE_RESULT_GRACE_SECONDS", defaults.result_grace_seconds)
             ),
         )

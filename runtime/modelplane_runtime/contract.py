@@ -35,6 +35,25 @@ class ExitCode(IntEnum):
     """The configuration or the data is wrong: never worth a retry."""
 
 
+DataKind = Literal["text", "image", "tabular"]
+"""What a data set's examples are; each task reads one kind."""
+DATA_KIND_BY_TASK: dict[str, DataKind] = {
+    "text-classification": "text",
+    "masked-lm": "text",
+    "image-classification": "image",
+    "tabular-classification": "tabular",
+}
+BUILTIN_DATA_KINDS: dict[str, DataKind] = {
+    "sentiment": "text",
+    "digits": "image",
+    "breast-cancer": "tabular",
+}
+"""The data sets `builtin://<name>` names, and the kind each holds. The operator judges
+a spec's builtin:// URIs from this table before any pod starts (it cannot import the
+runtime's data modules, which need numpy and scikit-learn); a unit test holds it equal to
+`modelplane_runtime.data.builtin.BUILTIN` and `data.raw.KIND_BY_TASK`."""
+
+
 class _Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

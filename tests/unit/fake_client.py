@@ -82,3 +82,7 @@ class FakeClient(Client):
         self, *, owner: Manifest, type_: str, reason: str, message: str, now: datetime
     ) -> None:
         self.events.append((type_, reason, message))
+
+    async def suspend_job(self, namespace: str, name: str, *, suspend: bool) -> None:
+        self.writes += 1
+        self.objects[("Job", name)]["spec"]["suspend"] = suspend

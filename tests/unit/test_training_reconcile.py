@@ -4,13 +4,18 @@ as disruptions and crashes replace its Job."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import copy
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from modelplane_operator import constants as c
+from modelplane_operator.conditions import format_time
 from modelplane_operator.reconcile.training import reconcile_training
 from modelplane_operator.settings import Settings
-from tests.factories import make_training
+from tests.factories import changed, make_training, make_tuning
 from tests.unit.fake_client import FakeClient
 from tests.unit.pods import make_pod
 
@@ -107,3 +112,208 @@ def test_a_disruption_replaces_the_gang_free_and_a_crash_spends_a_restart() -> N
     failed = next(cond for cond in gang.body["status"]["conditions"] if cond["type"] == "Failed")
     assert failed["reason"] == "RestartsExhausted"
     assert "failed after 1 restart(s) (maxRestarts 1)" in failed["message"]
+
+
+class Training(Gang):
+    """One training (tuned or not) and its cluster, from a body built by `changes`."""
+
+    def __init__(
+        self, changes: dict[str, Any] | None = None, *, settings: Settings = SETTINGS
+    ) -> None:
+        body = make_training(changes, name="demo")
+        body["metadata"].update({"namespace": "ml", "uid": "uid-t", "generation": 1})
+        self.body = body
+        self.client = FakeClient()
+        self.settings = settings
+
+    def run(self) -> str | None:
+        self.client.status_patches.clear()
+        self.client.events.clear()
+        self.client.writes = 0
+        phase = asyncio.run(
+            reconcile_training(self.client, self.body, settings=self.settings, now=NOW)
+        )
+        for patch in self.client.status_patches:
+            merged = {**(self.body.get("status") or {}), **patch}
+            self.body["status"] = {k: v for k, v in merged.items() if v is not None}
+        return phase
+
+    def change(self, changes: dict[str, Any]) -> None:
+        """The user applies a changed spec: a new generation."""
+        generation = self.body["metadata"]["generation"] + 1
+        status = self.body.get("status")
+        self.body = changed(self.body, changes)
+        self.body["metadata"]["generation"] = generation
+        if status is not None:
+            self.body["status"] = status
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next(c for c in self.body["status"]["conditions"] if c["type"] == type_)
+
+    def complete(self, job: str, *, since: datetime, message: str = "") -> None:
+        """The Job completed at `since`; its rank 0 left `message`."""
+        manifest = self.client.applied("Job", job)
+        manifest["status"] = {
+            "conditions": [
+                {
+                    "type": "Complete",
+                    "status": "True",
+                    "lastTransitionTime": format_time(since),
+                }
+            ]
+        }
+        pod = make_pod(f"{job}-0-a", "Succeeded", index=0, exit_code=0)
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = message
+        pod["metadata"]["labels"] = dict(manifest["spec"]["template"]["metadata"]["labels"])
+        self.client.pods.append(pod)
+
+
+INVALID = [
+    (
+        "a body that does not parse (an older CRD let it in)",
+        {"spec.hyperparameters.epochs": 0},
+        "spec.hyperparameters.epochs",
+    ),
+    (
+        "a spec the judge refuses",
+        {"spec.data.train.uri": "builtin://mnist"},
+        "spec.data.train.uri: unknown built-in data set 'mnist'",
+    ),
+    (
+        "a spec a builder cannot build",
+        {"spec.output.uri": "pvc://Models_X/out"},
+        "spec.output.uri: 'Models_X' is not a PersistentVolumeClaim name",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_an_invalid_spec_is_failed_once_and_then_left_alone(
+    changes: dict[str, Any], field: str
+) -> None:
+    training = Training(changes)
+    assert training.run() == "Failed"
+    assert training.client.objects == {}  # no child, not even a ConfigMap
+    assert len(training.client.status_patches) == 1
+    failed = training.condition("Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidSpec")
+    assert field in failed["message"]
+    assert training.condition("Stalled")["reason"] == "InvalidSpec"
+    assert training.body["status"]["observedGeneration"] == 1
+    assert [e[1] for e in training.client.events] == ["InvalidSpec"]
+
+    for _ in range(3):  # every later pass of the same generation: nothing at all
+        assert training.run() == "Failed"
+        assert (training.client.writes, training.client.events) == (0, [])
+
+
+def test_a_fixed_spec_after_an_invalid_verdict_is_judged_again_and_runs() -> None:
+    training = Training({"spec.data.train.uri": "builtin://mnist"})
+    assert training.run() == "Failed"
+    training.change({"spec.data.train.uri": "builtin://nope"})
+    assert training.run() == "Failed"
+    assert "'nope'" in training.condition("Failed")["message"]
+    assert training.body["status"]["observedGeneration"] == 2
+
+    training.change({"spec.data.train.uri": "builtin://breast-cancer"})
+    assert training.run() == "Pending"
+    assert list(training.jobs()) == ["demo-train"]
+    assert training.condition("Failed")["status"] == "False"
+    assert training.body["status"]["observedGeneration"] == 3
+
+
+def test_a_job_complete_without_a_result_fails_after_the_configured_grace() -> None:
+    patient = Training(settings=Settings(result_grace_seconds=60))
+    patient.run()
+    patient.complete("demo-train", since=NOW - timedelta(seconds=10))
+    assert patient.run() == "Running"
+
+    brief = Training(settings=Settings(result_grace_seconds=5))
+    brief.run()
+    brief.complete("demo-train", since=NOW - timedelta(seconds=10), message="{oops")
+    assert brief.run() == "Failed"
+    failed = brief.condition("Failed")
+    assert failed["reason"] == "ResultMissing"
+    assert "is not a training result: '{oops'" in failed["message"]
+    assert brief.run() == "Failed"
+    assert brief.client.writes == 0
+
+
+TUNED = {"spec.tuning": {**make_tuning(), "maxTrials": 2, "parallelTrials": 1}}
+
+
+def test_a_trial_failed_by_the_infrastructure_gets_max_restarts_new_attempts() -> None:
+    search = Training({**TUNED, "spec.maxRestarts": 1})
+    search.run()  # records trial 0
+    search.run()  # creates its Job
+    assert search.jobs() == {"demo-t0-train": "0"}
+
+    crash = make_pod("demo-t0-train-0-a", "Failed", index=0, exit_code=1)
+    search.fail("demo-t0-train", "BackoffLimitExceeded", "backoff limit", crash)
+    search.run()
+    assert search.jobs() == {"demo-t0-train-1": "1"}  # the next attempt, after 1 restart
+    assert search.client.deleted == ["demo-t0-train"]
+    trial = search.body["status"]["trials"][0]
+    assert (trial["phase"], trial["restarts"]) == ("Pending", 1)
+    run_config = search.client.applied("ConfigMap", "demo-t0-train-1-config")["data"]["run.json"]
+    assert '"name": "demo-t0"' in run_config  # the same run: it resumes its checkpoints
+
+    crash = make_pod("demo-t0-train-1-0-a", "Failed", index=0, exit_code=1)
+    search.fail("demo-t0-train-1", "BackoffLimitExceeded", "backoff limit", crash)
+    search.run()
+    trial = search.body["status"]["trials"][0]
+    assert trial["phase"] == "Failed"
+    assert trial["reason"].startswith("failed after 1 restart(s) (maxRestarts 1)")
+    assert search.jobs() == {"demo-t0-train-1": "1"}  # no third attempt
+    assert [t["name"] for t in search.body["status"]["trials"]] == ["demo-t0", "demo-t1"]
+
+
+def test_a_replacement_killed_before_deleting_the_old_attempt_keeps_the_newest() -> None:
+    search = Training({**TUNED, "spec.maxRestarts": 2})
+    search.run()
+    search.run()
+    crash = make_pod("demo-t0-train-0-a", "Failed", index=0, exit_code=1)
+    search.fail("demo-t0-train", "BackoffLimitExceeded", "backoff limit", crash)
+    before = copy.deepcopy(search.body["status"])
+    search.run()
+    old = search.client.deleted.pop()
+    search.client.objects[("Job", old)] = {"metadata": {"name": old, "labels": {
+        c.LABEL_RUN: "demo-t0", c.LABEL_ATTEMPT: "0"}}, "spec": {}}  # fmt: skip
+    search.body["status"] = before  # and before its status patch
+    search.run()
+    assert search.jobs() == {"demo-t0-train-1": "1"}
+    assert search.body["status"]["trials"][0]["restarts"] == 1
+
+
+def test_suspending_a_search_suspends_its_running_trials_and_starts_none() -> None:
+    search = Training({**TUNED, "spec.tuning.parallelTrials": 2, "spec.tuning.maxTrials": 4})
+    search.run()
+    search.run()
+    assert sorted(search.jobs()) == ["demo-t0-train", "demo-t1-train"]
+
+    search.change({"spec.suspend": True})
+    assert search.run() == "Suspended"
+    assert all(
+        job["spec"]["suspend"] for (kind, _), job in search.client.objects.items() if kind == "Job"
+    )
+    assert search.condition("Suspended")["status"] == "True"
+    search.complete("demo-t0-train", since=NOW, message=json.dumps(TRIAL_RESULT))
+    assert search.run() == "Suspended"
+    assert len(search.body["status"]["trials"]) == 2  # no trial replaces the finished one
+
+    search.change({"spec.suspend": False})
+    search.run()
+    assert not search.client.applied("Job", "demo-t1-train")["spec"]["suspend"]
+    assert [t["name"] for t in search.body["status"]["trials"]][-1] == "demo-t2"
+    assert search.condition("Suspended")["status"] == "False"
+
+
+TRIAL_RESULT = {
+    "version": 1,
+    "run": "demo-t0",
+    "metrics": {"f1": 0.8},
+    "artifact_uri": "pvc://models/demo/demo-t0",
+    "digest": "sha256:1",
+}

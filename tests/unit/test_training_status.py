@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,13 +11,22 @@ import pytest
 from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.builders.training import build_job
+from modelplane_operator.conditions import format_time
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
-from modelplane_operator.status.training import Observed, derive_training_status, rank0_ip
+from modelplane_operator.status.training import (
+    Observed,
+    derive_training_status,
+    invalid_spec_status,
+    rank0_ip,
+    without_invalid_verdict,
+)
+from modelplane_operator.validation import Problem
 from tests.factories import make_training
 from tests.unit.pods import NO_SUCH_IMAGE, make_pod
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+GRACE = timedelta(seconds=60)
 RESULT = {
     "version": 1,
     "run": "demo",
@@ -40,13 +49,20 @@ def training(
     return ModelTraining.model_validate(obj)
 
 
-def job(*conditions: tuple[str, str]) -> dict[str, Any]:
+def job(*conditions: tuple[str, str], since: datetime = NOW) -> dict[str, Any]:
+    """A Job whose `conditions` (type, reason) turned True at `since`."""
     return {
         "metadata": {"name": "demo-train"},
         "spec": {},
         "status": {
             "conditions": [
-                {"type": t, "status": "True", "reason": r, "message": f"{t} because {r}"}
+                {
+                    "type": t,
+                    "status": "True",
+                    "reason": r,
+                    "message": f"{t} because {r}",
+                    "lastTransitionTime": format_time(since),
+                }
                 for t, r in conditions
             ]
         },
@@ -124,6 +140,38 @@ CASES = [
         False,
     ),
     (
+        "a complete job without a termination message past the grace is ResultMissing",
+        training(),
+        Observed(
+            attempt=0,
+            job=job(("Complete", "CompletionsReached"), since=NOW - GRACE),
+            pods=(pod(0, "Succeeded", exit_code=0),),
+        ),
+        "Failed",
+        "ResultMissing",
+        False,
+    ),
+    (
+        "a complete job whose rank 0 left garbage past the grace is ResultMissing",
+        training(),
+        Observed(
+            attempt=0,
+            job=job(("Complete", "CompletionsReached"), since=NOW - GRACE),
+            pods=(pod(0, "Succeeded", exit_code=0, message="Traceback: oops"),),
+        ),
+        "Failed",
+        "ResultMissing",
+        False,
+    ),
+    (
+        "a complete job whose rank 0 pod is gone past the grace is ResultMissing",
+        training(),
+        Observed(attempt=0, job=job(("Complete", "CompletionsReached"), since=NOW - GRACE)),
+        "Failed",
+        "ResultMissing",
+        False,
+    ),
+    (
         "the config-error exit code fails at once",
         training(),
         Observed(
@@ -191,7 +239,7 @@ CASES = [
 def test_phase_machine(
     t: ModelTraining, observed: Observed, phase: str, reason: str, replace: bool
 ) -> None:
-    decision = derive_training_status(t, observed, now=NOW)
+    decision = derive_training_status(t, observed, now=NOW, result_grace=GRACE)
     assert decision.status.phase == phase
     assert decision.replace_job is replace
     ready = next(c for c in decision.status.conditions if c.type == "Ready")
@@ -479,3 +527,68 @@ def test_an_oom_killed_rank_is_named_before_its_job_has_failed() -> None:
     assert "pod demo-train-0-a: container trainer was OOM-killed (memory limit 8Gi)" in (
         ready.message
     )
+
+
+@pytest.mark.parametrize(
+    ("message", "missing"),
+    [
+        ("", "exited 0 without a termination message"),
+        ("x" * 300, "is not a training result: '" + "x" * 200 + "'"),
+    ],
+    ids=["no message says so", "an unparsable message is quoted, first 200 characters"],
+)
+def test_a_missing_result_says_what_is_missing_and_where_the_artifact_may_be(
+    message: str, missing: str
+) -> None:
+    observed = Observed(
+        attempt=0,
+        job=job(("Complete", "CompletionsReached"), since=NOW - GRACE),
+        pods=(pod(0, "Succeeded", exit_code=0, message=message),),
+    )
+    decision = derive_training_status(training(), observed, now=NOW, result_grace=GRACE)
+    failed = next(c for c in decision.status.conditions if c.type == "Failed")
+    assert failed.reason == "ResultMissing"
+    assert missing in failed.message
+    assert "x" * 201 not in failed.message
+    assert "may still be under pvc://models/demo/demo" in failed.message
+    assert decision.events[0].reason == "ResultMissing"
+
+
+def test_the_result_grace_is_measured_from_the_jobs_completion_not_the_operator() -> None:
+    observed = Observed(
+        attempt=0,
+        job=job(("Complete", "CompletionsReached"), since=NOW - GRACE + timedelta(seconds=1)),
+        pods=(pod(0, "Succeeded", exit_code=0),),
+    )
+    waiting = derive_training_status(training(), observed, now=NOW, result_grace=GRACE)
+    assert waiting.status.phase == "Running"
+    later = NOW + timedelta(seconds=1)
+    assert derive_training_status(
+        training(), observed, now=later, result_grace=GRACE
+    ).status.phase == ("Failed")
+
+
+def test_an_invalid_spec_is_failed_and_stalled_naming_each_field() -> None:
+    problems = [
+        Problem("spec.data.train.uri", "unknown built-in data set 'nope'"),
+        Problem("spec.tuning.space.batchSize.min", "0 is not a valid batchSize"),
+    ]
+    decision = invalid_spec_status(None, problems, generation=3, now=NOW)
+    status = decision.status
+    assert (status.phase, status.observed_generation) == ("Failed", 3)
+    states = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert states["Failed"] == ("True", "InvalidSpec")
+    assert states["Stalled"] == ("True", "InvalidSpec")
+    assert states["Reconciling"][0] == "False"
+    failed = next(c for c in status.conditions if c.type == "Failed")
+    assert "spec.data.train.uri: unknown built-in data set 'nope'" in failed.message
+    assert "spec.tuning.space.batchSize.min" in failed.message
+    assert [e.reason for e in decision.events] == ["InvalidSpec"]
+
+
+def test_a_changed_spec_after_an_invalid_verdict_starts_afresh_but_other_failures_stay() -> None:
+    verdict = invalid_spec_status(None, [Problem("spec.x", "bad")], generation=1, now=NOW)
+    judged = training(status=verdict.status.model_dump(mode="json", by_alias=True))
+    assert without_invalid_verdict(judged).status is None
+    exhausted = training(status={"phase": "Failed", "restarts": 3})
+    assert without_invalid_verdict(exhausted).status == exhausted.status

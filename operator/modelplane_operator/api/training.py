@@ -458,6 +458,9 @@ class TrialStatus(StatusModel):
     intermediate: dict[str, float] = Field(default_factory=dict)
     """The objective by optimizer step, read from the trial's progress; the median rule
     compares trials on it."""
+    restarts: int = 0
+    """Times the trial's job was replaced after an infrastructure failure; at most
+    spec.maxRestarts, after which the trial fails."""
 
 
 class ModelTrainingStatus(StatusModel):

@@ -4,6 +4,11 @@ Every trigger (the resource changed, a child changed, the resync timer) runs thi
 function. It reads the children, lets the pure phase machine decide, applies what is
 missing, and patches status once, only when it changed. Killed at any point and run
 again, it finds the same deterministic children and continues.
+
+A spec that cannot run as written (a body that does not parse, a problem `judge_training`
+finds before the first child, a builder's SpecError) ends Failed with reason InvalidSpec
+for its generation, written once: later passes over the same generation return at once,
+without a log line or a write. A new generation is judged afresh.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.api.training import ModelTrainingStatus
 from modelplane_operator.builders.training import (
     build_config_map,
     build_job,
@@ -27,6 +33,7 @@ from modelplane_operator.builders.training import (
 )
 from modelplane_operator.client import Client
 from modelplane_operator.conditions import set_condition
+from modelplane_operator.judge import SpecError, judge_training
 from modelplane_operator.reconcile import status_patch
 from modelplane_operator.reconcile.tuning import reconcile_tuning
 from modelplane_operator.render import render_run_config
@@ -35,8 +42,13 @@ from modelplane_operator.status.training import (
     FINAL_PHASES,
     Observed,
     derive_training_status,
+    invalid_spec_status,
+    job_attempt,
+    job_restarts,
     rank0_ip,
+    without_invalid_verdict,
 )
+from modelplane_operator.validation import Problem, problems_of
 
 log = logging.getLogger("modelplane.training")
 Manifest = dict[str, Any]
@@ -48,17 +60,6 @@ def spec_hash(training: ModelTraining) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _attempt(job: Manifest) -> int:
-    return int(job["metadata"].get("labels", {}).get(c.LABEL_ATTEMPT, "0"))
-
-
-def _restarts(job: Manifest) -> int:
-    """Failures counted before this attempt. A Job from before disruptions were told
-    apart has no annotation: every replacement before it counted."""
-    recorded = job["metadata"].get("annotations", {}).get(c.ANNOTATION_RESTARTS)
-    return int(recorded) if recorded is not None else _attempt(job)
-
-
 async def create_attempt(
     client: Client, training: ModelTraining, *, attempt: int, restarts: int, settings: Settings
 ) -> Manifest:
@@ -66,13 +67,16 @@ async def create_attempt(
     failures (kept on the Job, so a pass killed before its status patch loses no count);
     return the Job."""
     run_config = render_run_config(training, progress_port=settings.progress_port)
-    await client.apply(build_config_map(training, run_config, attempt=attempt))
+    # Every child is built before any is applied: a SpecError leaves nothing behind.
+    children = [build_config_map(training, run_config, attempt=attempt)]
     if needs_service(training):
-        await client.apply(build_service(training, attempt=attempt, settings=settings))
+        children.append(build_service(training, attempt=attempt, settings=settings))
     job = build_job(training, run_config, attempt=attempt, settings=settings)
     job["metadata"].setdefault("annotations", {}).update(
         {c.ANNOTATION_SPEC_HASH: spec_hash(training), c.ANNOTATION_RESTARTS: str(restarts)}
     )
+    for child in children:
+        await client.apply(child)
     return await client.apply(job)
 
 
@@ -90,31 +94,76 @@ async def reconcile_training(
     of child events never waits on pods' HTTP endpoints.
     """
     meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    try:
-        training = ModelTraining.model_validate(body)
-    except ValidationError as exc:
-        # The CRD's schema and CEL normally refuse such objects; an older CRD might not.
-        log.error("%s/%s: invalid spec: %s", namespace, name, exc)
-        return None
     current_status = body.get("status") or {}
     if current_status.get("phase") in FINAL_PHASES and current_status.get(
         "observedGeneration"
     ) == meta.get("generation"):
         return str(current_status["phase"])
-
-    if training.spec.tuning is not None:
-        return await reconcile_tuning(
+    try:
+        training = ModelTraining.model_validate(body)
+    except ValidationError as exc:
+        # The CRD's schema and CEL normally refuse such objects; an older CRD might not.
+        return await refuse(client, body, problems_of(exc), now=now)
+    training = without_invalid_verdict(training)
+    status = training.status
+    started = status is not None and (status.job_name is not None or bool(status.trials))
+    if not started and (problems := judge_training(training)):
+        return await refuse(client, body, problems, now=now)
+    try:
+        if training.spec.tuning is not None:
+            return await reconcile_tuning(
+                client, body, training, settings=settings, now=now, poll_progress=poll_progress
+            )
+        return await _reconcile_run(
             client, body, training, settings=settings, now=now, poll_progress=poll_progress
         )
+    except SpecError as exc:
+        return await refuse(client, body, [exc.problem], now=now)
+
+
+async def refuse(client: Client, body: Manifest, problems: list[Problem], *, now: datetime) -> str:
+    """Write the terminal InvalidSpec status of `body`'s generation (the body may not
+    parse: only its metadata and status are read) and record why, once."""
+    meta = body["metadata"]
+    current_status = body.get("status") or {}
+    try:
+        previous: ModelTrainingStatus | None = ModelTrainingStatus.model_validate(current_status)
+    except ValidationError:
+        previous = None  # a status the operator cannot read is replaced whole
+    decision = invalid_spec_status(
+        previous, problems, generation=int(meta.get("generation") or 0), now=now
+    )
+    new_status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    patch = status_patch(current_status, new_status)
+    if patch is not None:
+        await client.patch_training_status(meta["namespace"], meta["name"], patch)
+    for event in decision.events:
+        await client.event(
+            owner=body, type_=event.type, reason=event.reason, message=event.message, now=now
+        )
+    return "Failed"
+
+
+async def _reconcile_run(
+    client: Client,
+    body: Manifest,
+    training: ModelTraining,
+    *,
+    settings: Settings,
+    now: datetime,
+    poll_progress: bool,
+) -> str | None:
+    """One pass over a training without tuning: its current attempt's Job and pods."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    current_status = body.get("status") or {}
     jobs = await client.list_jobs(namespace, {c.LABEL_TRAINING: name})
     recorded = training.status
     attempt = max(
-        [recorded.restarts + recorded.disruptions if recorded else 0, *map(_attempt, jobs)]
+        [recorded.restarts + recorded.disruptions if recorded else 0, *map(job_attempt, jobs)]
     )
-    job = next((j for j in jobs if _attempt(j) == attempt), None)
-    restarts = _restarts(job) if job is not None else (recorded.restarts if recorded else 0)
-    if job is None and current_status.get("phase") not in FINAL_PHASES:
+    job = next((j for j in jobs if job_attempt(j) == attempt), None)
+    restarts = job_restarts(job) if job is not None else (recorded.restarts if recorded else 0)
+    if job is None and (recorded.phase if recorded else None) not in FINAL_PHASES:
         job = await create_attempt(
             client, training, attempt=attempt, restarts=restarts, settings=settings
         )
@@ -147,6 +196,7 @@ async def reconcile_training(
             job_warnings=tuple(warnings),
         ),
         now=now,
+        result_grace=timedelta(seconds=settings.result_grace_seconds),
     )
     status = decision.status
     if job is not None and _spec_changed(job, training):

@@ -4,12 +4,17 @@ Restart safety comes from the order of writes: a new trial is first recorded in
 status.trials (name and sampled parameters), and only a later pass creates its Job, with
 a name derived from the trial's. A restarted operator finds either the trial without a
 Job (and creates it) or both; it never samples a trial twice and never loses one.
+
+A trial's failed Job is replaced by the next attempt's (`<trial>-train-<n>`, labelled
+with the attempt and annotated with the restarts before it) before the failed one is
+deleted: a pass killed in between leaves both, and the next one keeps the newest. With
+spec.suspend every active trial's Job is suspended and no trial is added.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from modelplane_operator import constants as c
@@ -25,7 +30,7 @@ from modelplane_operator.client import Client
 from modelplane_operator.reconcile import status_patch
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
-from modelplane_operator.status.training import rank0_ip
+from modelplane_operator.status.training import job_attempt, rank0_ip
 from modelplane_operator.status.tuning import (
     FINAL_TRIAL_PHASES,
     apply_early_stopping,
@@ -42,18 +47,84 @@ Manifest = dict[str, Any]
 
 
 async def create_trial_run(
-    client: Client, training: ModelTraining, trial: TrialStatus, *, settings: Settings
+    client: Client,
+    training: ModelTraining,
+    trial: TrialStatus,
+    *,
+    attempt: int,
+    restarts: int,
+    settings: Settings,
 ) -> Manifest:
+    """Apply the ConfigMap, Service and Job of the trial's `attempt`, which follows
+    `restarts` counted failures (kept on the Job); return the Job. The run keeps the
+    trial's name whatever the attempt, so a replacement resumes from its checkpoints."""
     run_config = render_run_config(
         training,
         run_name=trial.name,
         hyperparameters=dict(trial.params),
         progress_port=settings.progress_port,
     )
-    await client.apply(build_config_map(training, run_config, attempt=0))
+    children = [build_config_map(training, run_config, attempt=attempt)]
     if needs_service(training):
-        await client.apply(build_service(training, attempt=0, settings=settings, run=trial.name))
-    return await client.apply(build_job(training, run_config, attempt=0, settings=settings))
+        children.append(build_service(training, attempt=attempt, settings=settings, run=trial.name))
+    job = build_job(training, run_config, attempt=attempt, settings=settings)
+    job["metadata"].setdefault("annotations", {})[c.ANNOTATION_RESTARTS] = str(restarts)
+    for child in children:
+        await client.apply(child)
+    return await client.apply(job)
+
+
+async def _trial_pass(
+    client: Client,
+    training: ModelTraining,
+    trial: TrialStatus,
+    *,
+    settings: Settings,
+    now: datetime,
+    poll_progress: bool,
+) -> TrialStatus:
+    """Converge one active trial's Job; return the trial as it now stands."""
+    namespace = training.metadata.namespace or ""
+    jobs = await client.list_jobs(namespace, {c.LABEL_RUN: trial.name})
+    attempt = max([0, *map(job_attempt, jobs)])
+    job = next((j for j in jobs if job_attempt(j) == attempt), None)
+    for stale in jobs:
+        if stale is not job:  # an attempt replaced by a pass killed before deleting it
+            await client.delete_job(namespace, stale["metadata"]["name"])
+    if job is None:
+        job = await create_trial_run(
+            client, training, trial, attempt=attempt, restarts=trial.restarts, settings=settings
+        )
+    elif bool(job["spec"].get("suspend")) != training.spec.suspend:
+        await client.suspend_job(namespace, job["metadata"]["name"], suspend=training.spec.suspend)
+    pods = await client.list_pods(
+        namespace, {c.LABEL_RUN: trial.name, c.LABEL_ATTEMPT: str(attempt)}
+    )
+    decision = observe_trial(
+        trial,
+        training=training,
+        job=job,
+        pods=tuple(pods),
+        attempt=attempt,
+        now=now,
+        result_grace=timedelta(seconds=settings.result_grace_seconds),
+    )
+    observed = decision.trial
+    if decision.replace:
+        await create_trial_run(
+            client,
+            training,
+            observed,
+            attempt=attempt + 1,
+            restarts=observed.restarts,
+            settings=settings,
+        )
+        await client.delete_job(namespace, job["metadata"]["name"])
+    if poll_progress and observed.phase == "Running" and training.spec.tuning is not None:
+        ip = rank0_ip(pods)
+        progress = await client.progress(ip, settings.progress_port) if ip else None
+        observed = record_progress(training.spec.tuning, observed, progress)
+    return observed
 
 
 async def reconcile_tuning(
@@ -73,19 +144,10 @@ async def reconcile_tuning(
     status = training.status or ModelTrainingStatus()
     trials = list(status.trials)
     for index, trial in enumerate(trials):
-        if trial.phase in FINAL_TRIAL_PHASES:
-            continue
-        jobs = await client.list_jobs(namespace, {c.LABEL_RUN: trial.name})
-        job = jobs[0] if jobs else None
-        if job is None:
-            job = await create_trial_run(client, training, trial, settings=settings)
-        pods = await client.list_pods(namespace, {c.LABEL_RUN: trial.name})
-        observed = observe_trial(trial, job, tuple(pods))
-        if poll_progress and observed.phase == "Running":
-            ip = rank0_ip(pods)
-            progress = await client.progress(ip, settings.progress_port) if ip else None
-            observed = record_progress(tuning, observed, progress)
-        trials[index] = observed
+        if trial.phase not in FINAL_TRIAL_PHASES:
+            trials[index] = await _trial_pass(
+                client, training, trial, settings=settings, now=now, poll_progress=poll_progress
+            )
     before = [t.phase for t in trials]
     trials = apply_early_stopping(tuning, trials)
     for trial, phase in zip(trials, before, strict=True):
@@ -97,7 +159,7 @@ async def reconcile_tuning(
     failed = sum(t.phase == "Failed" for t in trials)
     room = min(tuning.parallel_trials - active, tuning.max_trials - len(trials))
     exhausted = False
-    if room > 0 and failed <= tuning.max_failed_trials:
+    if room > 0 and failed <= tuning.max_failed_trials and not training.spec.suspend:
         new = suggest(
             tuning,
             seed=training.spec.hyperparameters.seed,

@@ -1,6 +1,8 @@
 """ModelTraining status from what its children show: a pure phase machine.
 
+    (spec judged invalid) ──────────────────────────────► Failed InvalidSpec
     Pending ──pods running──► Running ──Job complete──► Succeeded
+       │                        ├─ Job complete, no result past the grace ─► Failed ResultMissing
        │                        │
        │                        ├─ a pod disrupted (evicted, preempted) ──► (replace Job) Pending
        │                        ├─ infrastructure failure, restarts left ─► (replace Job) Pending
@@ -15,13 +17,20 @@ its image keeps the training Pending with the ImagePullFailed reason: the kubele
 retrying, and the Job never ends by itself. An attempt that failed because the kernel
 OOM-killed a rank gives reason OOMKilled (restarting or failed) and names the pod and
 its memory limit: the Job's own message does not say why its pod failed.
+
+A spec the operator judges unrunnable (judge.py, or a builder's SpecError) is Failed
+with reason InvalidSpec for its generation; a new generation is judged afresh. A Job
+that completed without rank 0's readable result is Failed with reason ResultMissing once
+`result_grace` has passed since its Complete condition: measured from the Job, so a
+restarted operator decides the same.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,13 +39,17 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.common import ArtifactRef
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, Progress, TrainingPhase
-from modelplane_operator.conditions import Event, format_time, set_condition
+from modelplane_operator.conditions import Event, find_condition, format_time, set_condition
+from modelplane_operator.settings import RESULT_GRACE_SECONDS
 from modelplane_operator.status.pods import oom_killed, pod_problem
+from modelplane_operator.validation import Problem
 from modelplane_runtime.contract import ExitCode, TrainingResult
 
 Manifest = dict[str, Any]
 FINAL_PHASES = ("Succeeded", "Failed")
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+RESULT_GRACE = timedelta(seconds=RESULT_GRACE_SECONDS)
+QUOTED_MESSAGE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,18 @@ class Decision:
     """True when the current Job failed for an infrastructure reason and another attempt
     is allowed: the caller creates the next attempt's children, counting
     `status.restarts` failures before it."""
+
+
+def job_attempt(job: Manifest) -> int:
+    """The attempt a Job is (its label): every replacement of a run counts."""
+    return int(job["metadata"].get("labels", {}).get(c.LABEL_ATTEMPT, "0"))
+
+
+def job_restarts(job: Manifest) -> int:
+    """Failures counted before this attempt. A Job from before disruptions were told
+    apart has no annotation: every replacement before it counted."""
+    recorded = job["metadata"].get("annotations", {}).get(c.ANNOTATION_RESTARTS)
+    return int(recorded) if recorded is not None else job_attempt(job)
 
 
 def job_condition(job: Manifest | None, type_: str) -> Manifest | None:
@@ -139,17 +164,60 @@ def disruption(job: Manifest | None, pods: tuple[Manifest, ...]) -> str | None:
     return None
 
 
-def rank0_result(pods: tuple[Manifest, ...]) -> TrainingResult | None:
-    for pod in pods:
-        if (pod.get("metadata") or {}).get("annotations", {}).get(COMPLETION_INDEX) != "0":
-            continue
+def rank0_outcome(pods: tuple[Manifest, ...]) -> TrainingResult | str:
+    """Rank 0's result from its termination message, or what is missing instead."""
+    rank0 = [
+        pod
+        for pod in pods
+        if (pod.get("metadata") or {}).get("annotations", {}).get(COMPLETION_INDEX) == "0"
+    ]
+    why = "no pod of rank 0 is left to read its result from"
+    for pod in rank0:
+        name = (pod.get("metadata") or {}).get("name") or "of rank 0"
         state = _terminated(pod)
-        if state and state.get("exitCode") == 0 and state.get("message"):
-            try:
-                return TrainingResult.model_validate(json.loads(state["message"]))
-            except (ValueError, ValidationError):
-                return None
+        if not state or state.get("exitCode") != 0:
+            continue
+        message = str(state.get("message") or "")
+        if not message.strip():
+            why = f"rank 0 (pod {name}) exited 0 without a termination message"
+            continue
+        try:
+            return TrainingResult.model_validate(json.loads(message))
+        except (ValueError, ValidationError):
+            why = (
+                f"rank 0's termination message (pod {name}) is not a training result: "
+                f"{message[:QUOTED_MESSAGE_CHARS]!r}"
+            )
+    return why
+
+
+def rank0_result(pods: tuple[Manifest, ...]) -> TrainingResult | None:
+    outcome = rank0_outcome(pods)
+    return outcome if isinstance(outcome, TrainingResult) else None
+
+
+def completed_at(job: Manifest | None) -> datetime | None:
+    """When the Job completed (its Complete or SuccessCriteriaMet condition's time)."""
+    for type_ in ("Complete", "SuccessCriteriaMet"):
+        cond = job_condition(job, type_)
+        if cond and cond.get("lastTransitionTime"):
+            return datetime.fromisoformat(str(cond["lastTransitionTime"]))
     return None
+
+
+def result_missing(
+    job: Manifest | None, why: str, *, output_uri: str, now: datetime, grace: timedelta
+) -> str | None:
+    """The ResultMissing message once `grace` has passed since the Job completed without
+    rank 0's result (`why` says what is missing), or None while it may still come. A Job
+    without the condition's time has nothing to wait from: its result is missing now."""
+    done = completed_at(job)
+    if done is not None and now - done < grace:
+        return None
+    return (
+        f"the job completed, but {why} (waited {grace.total_seconds():g} s); the artifact "
+        f"may still be under {output_uri}"
+    )
 
 
 def rank0_ip(pods: list[Manifest]) -> str | None:
@@ -195,7 +263,12 @@ class _Verdict:
 
 
 def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
-    training: ModelTraining, observed: Observed, status: ModelTrainingStatus, now: datetime
+    training: ModelTraining,
+    observed: Observed,
+    status: ModelTrainingStatus,
+    *,
+    now: datetime,
+    result_grace: timedelta,
 ) -> _Verdict:
     """The phase the observation implies; fills result fields of `status` on success."""
     job, pods = observed.job, observed.pods
@@ -206,8 +279,17 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
     if (config_message := config_error(job, pods)) is not None:
         return _Verdict("Failed", c.REASON_CONFIG_ERROR, config_message)
     if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
-        result = rank0_result(pods)
-        if result is None:
+        result = rank0_outcome(pods)
+        if isinstance(result, str):
+            missing = result_missing(
+                job,
+                result,
+                output_uri=f"{training.spec.output.uri.rstrip('/')}/{training.metadata.name}",
+                now=now,
+                grace=result_grace,
+            )
+            if missing is not None:
+                return _Verdict("Failed", c.REASON_RESULT_MISSING, missing)
             return _Verdict(
                 "Running", c.REASON_TRAINING, "the job completed; waiting for rank 0's result"
             )
@@ -260,9 +342,14 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
 
 
 def derive_training_status(
-    training: ModelTraining, observed: Observed, *, now: datetime
+    training: ModelTraining,
+    observed: Observed,
+    *,
+    now: datetime,
+    result_grace: timedelta = RESULT_GRACE,
 ) -> Decision:
-    """The status `training` should have given `observed`, and what to do about it."""
+    """The status `training` should have given `observed`, and what to do about it.
+    `result_grace`: how long a completed Job may lack rank 0's result."""
     previous = training.status or ModelTrainingStatus()
     generation = training.metadata.generation or 0
     if previous.phase in FINAL_PHASES:
@@ -273,7 +360,7 @@ def derive_training_status(
     status.restarts = observed.restarts
     status.disruptions = observed.attempt - observed.restarts
     status.job_name = (observed.job or {}).get("metadata", {}).get("name")
-    verdict = _verdict(training, observed, status, now)
+    verdict = _verdict(training, observed, status, now=now, result_grace=result_grace)
     if observed.progress and verdict.phase == "Running":
         status.progress = Progress.model_validate(
             {
@@ -289,27 +376,14 @@ def derive_training_status(
                 )
             }
         )
-    status.phase = verdict.phase
-    for type_, holds, always_explain in (
-        (c.COND_READY, verdict.phase == "Succeeded", True),
-        (c.COND_PROGRESSING, verdict.phase in ("Pending", "Running"), True),
-        (c.COND_FAILED, verdict.phase == "Failed", False),
-        (c.COND_SUSPENDED, verdict.phase == "Suspended", False),
-        (c.COND_RECONCILING, verdict.phase in ("Pending", "Running"), False),
-        (c.COND_STALLED, verdict.phase == "Failed", False),
-    ):
-        # Ready and Progressing always say where the run stands; Failed and Suspended
-        # carry the detail only while they hold.
-        explain = holds or always_explain
-        status.conditions = set_condition(
-            status.conditions,
-            type_=type_,
-            status="True" if holds else "False",
-            reason=verdict.reason if explain else f"Not{type_}",
-            message=verdict.message if explain else "",
-            observed_generation=generation,
-            now=now,
-        )
+    set_phase(
+        status,
+        verdict.phase,
+        reason=verdict.reason,
+        message=verdict.message,
+        generation=generation,
+        now=now,
+    )
     events: tuple[Event, ...] = ()
     # An Event per transition worth telling; a new resource becoming Pending is not one
     # (its creation is already in the audit trail, and every Event is an API write).
@@ -318,3 +392,81 @@ def derive_training_status(
         warning = verdict.phase == "Failed" or verdict.replace
         events = (Event("Warning" if warning else "Normal", verdict.reason, verdict.message),)
     return Decision(status=status, events=events, replace_job=verdict.replace)
+
+
+def set_phase(
+    status: ModelTrainingStatus,
+    phase: TrainingPhase,
+    *,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> None:
+    """Set `status.phase` and the conditions that follow from it (a search's too)."""
+    status.phase = phase
+    for type_, holds, always_explain in (
+        (c.COND_READY, phase == "Succeeded", True),
+        (c.COND_PROGRESSING, phase in ("Pending", "Running"), True),
+        (c.COND_FAILED, phase == "Failed", False),
+        (c.COND_SUSPENDED, phase == "Suspended", False),
+        (c.COND_RECONCILING, phase in ("Pending", "Running"), False),
+        (c.COND_STALLED, phase == "Failed", False),
+    ):
+        # Ready and Progressing always say where the run stands; Failed and Suspended
+        # carry the detail only while they hold.
+        explain = holds or always_explain
+        status.conditions = set_condition(
+            status.conditions,
+            type_=type_,
+            status="True" if holds else "False",
+            reason=reason if explain else f"Not{type_}",
+            message=message if explain else "",
+            observed_generation=generation,
+            now=now,
+        )
+
+
+def invalid_spec_status(
+    previous: ModelTrainingStatus | None,
+    problems: Sequence[Problem],
+    *,
+    generation: int,
+    now: datetime,
+) -> Decision:
+    """Failed with reason InvalidSpec for `generation`, naming every problem's field: the
+    spec cannot run as written, and nothing is retried until a new generation."""
+    status = (previous or ModelTrainingStatus()).model_copy(deep=True)
+    status.observed_generation = generation
+    message = (
+        "the spec cannot run as written: "
+        + "; ".join(str(p) for p in problems)
+        + ". Fix the field and apply again."
+    )
+    set_phase(
+        status,
+        "Failed",
+        reason=c.REASON_INVALID_SPEC,
+        message=message,
+        generation=generation,
+        now=now,
+    )
+    events: tuple[Event, ...] = ()
+    if previous is None or previous.model_dump() != status.model_dump():
+        events = (Event("Warning", c.REASON_INVALID_SPEC, message),)
+    return Decision(status=status, events=events)
+
+
+def judged_invalid(status: ModelTrainingStatus | None) -> bool:
+    """The status is an InvalidSpec verdict (of some generation)."""
+    failed = find_condition(status.conditions, c.COND_FAILED) if status else None
+    return failed is not None and failed.status == "True" and failed.reason == c.REASON_INVALID_SPEC
+
+
+def without_invalid_verdict(training: ModelTraining) -> ModelTraining:
+    """`training` to reconcile: an InvalidSpec verdict (of an older generation, or the
+    reconcile would not get this far) judged a spec that has since changed, so the changed
+    spec starts afresh instead of staying Failed."""
+    if judged_invalid(training.status):
+        return training.model_copy(update={"status": None})
+    return training

@@ -3,24 +3,38 @@
 Pure: observed trial Jobs and pods in, TrialStatus and the resource's status out. The
 search is Succeeded when every trial it will run has ended and at least one succeeded;
 its metrics and artifact are then the best trial's.
+
+A trial follows the rules of a training without tuning: a Job failed by the
+infrastructure is replaced by the next attempt (resuming from the trial's checkpoints)
+up to spec.maxRestarts times, a disrupted one without counting, a config error fails the
+trial at once, and a Job that completed without rank 0's result fails it with
+ResultMissing after the grace period. spec.suspend suspends every running trial's Job
+and starts no new trial; the search is Suspended until it is false again.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from modelplane_operator import constants as c
 from modelplane_operator.api.common import ArtifactRef
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, TrialStatus, Tuning
-from modelplane_operator.conditions import Event, format_time, set_condition
+from modelplane_operator.conditions import Event, format_time
 from modelplane_operator.naming import child_name
+from modelplane_operator.status.pods import oom_killed
 from modelplane_operator.status.training import (
+    RESULT_GRACE,
     Decision,
     Manifest,
     config_error,
+    disruption,
     job_condition,
-    rank0_result,
+    job_restarts,
+    rank0_outcome,
+    result_missing,
+    set_phase,
 )
 from modelplane_operator.tuning import TrialRecord, should_stop
 from modelplane_runtime.contract import TrainingResult
@@ -54,6 +68,7 @@ def conclude_trial(
     return trial.model_copy(
         update={
             "phase": "Succeeded",
+            "reason": "",  # a note of an earlier attempt's failure no longer applies
             "metrics": dict(result.metrics),
             # Every epoch's objective, not only those the progress polls caught: the
             # median rule compares trials at equal steps.
@@ -63,23 +78,73 @@ def conclude_trial(
     )
 
 
-def observe_trial(
-    trial: TrialStatus, job: Manifest | None, pods: tuple[Manifest, ...]
-) -> TrialStatus:
-    """The trial's phase from its Job (one attempt: a failed trial is not retried)."""
+@dataclass(frozen=True)
+class TrialDecision:
+    """A trial as its Job shows it, and what to do about the Job."""
+
+    trial: TrialStatus
+    replace: bool = False
+    """The Job failed for an infrastructure reason (or was disrupted) and another attempt
+    is allowed: the caller creates the next attempt after `trial.restarts` failures."""
+
+
+def observe_trial(  # noqa: PLR0911  (one return per edge of the trial's phase machine)
+    trial: TrialStatus,
+    *,
+    training: ModelTraining,
+    job: Manifest | None,
+    pods: tuple[Manifest, ...],
+    attempt: int = 0,
+    now: datetime,
+    result_grace: timedelta = RESULT_GRACE,
+) -> TrialDecision:
+    """The trial's phase from its current attempt's Job and pods."""
     if trial.phase in FINAL_TRIAL_PHASES or job is None:
-        return trial
+        return TrialDecision(trial)
+    restarts = job_restarts(job)
+    trial = trial.model_copy(update={"restarts": restarts})
     if (message := config_error(job, pods)) is not None:
-        return conclude_trial(trial, failure=message)
+        return TrialDecision(conclude_trial(trial, failure=message))
     if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
-        result = rank0_result(pods)
-        if result is None:
-            return trial.model_copy(update={"phase": "Running"})
-        return conclude_trial(trial, result=result)
+        outcome = rank0_outcome(pods)
+        if not isinstance(outcome, str):
+            return TrialDecision(conclude_trial(trial, result=outcome))
+        artifact = f"{training.spec.output.uri.rstrip('/')}/{trial.name}"
+        missing = result_missing(job, outcome, output_uri=artifact, now=now, grace=result_grace)
+        if missing is not None:
+            return TrialDecision(
+                conclude_trial(trial, failure=f"{c.REASON_RESULT_MISSING}: {missing}")
+            )
+        return TrialDecision(trial.model_copy(update={"phase": "Running"}))
     if failed := job_condition(job, "Failed"):
-        return conclude_trial(trial, failure=f"{failed.get('reason')}: {failed.get('message', '')}")
+        if (disrupted := disruption(job, pods)) is not None:
+            note = (
+                f"attempt {attempt + 1} was disrupted ({disrupted}); replaced, resuming from "
+                "its newest checkpoint (not counted against maxRestarts)"
+            )
+            return TrialDecision(
+                trial.model_copy(update={"phase": "Pending", "reason": note}), replace=True
+            )
+        why = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
+        if (oom := oom_killed(pods)) is not None:
+            why = oom.message
+        max_restarts = training.spec.max_restarts
+        if restarts < max_restarts:
+            note = (
+                f"attempt {attempt + 1} failed ({why}); replaced, resuming from its newest "
+                f"checkpoint (restart {restarts + 1} of {max_restarts})"
+            )
+            update = {"phase": "Pending", "reason": note, "restarts": restarts + 1}
+            return TrialDecision(trial.model_copy(update=update), replace=True)
+        return TrialDecision(
+            conclude_trial(
+                trial,
+                failure=f"failed after {restarts} restart(s) (maxRestarts {max_restarts}); "
+                f"last failure: {why}",
+            )
+        )
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
-    return trial.model_copy(update={"phase": "Running" if running else "Pending"})
+    return TrialDecision(trial.model_copy(update={"phase": "Running" if running else "Pending"}))
 
 
 def objective_value(tuning: Tuning, trial: TrialStatus) -> float | None:
@@ -184,6 +249,12 @@ def derive_tuning_status(
         status.metrics = dict(best.metrics)
         status.artifact = best.artifact
         status.completion_time = format_time(now)
+    elif training.spec.suspend:
+        phase, reason = "Suspended", c.REASON_SUSPENDED
+        message = (
+            f"spec.suspend is true: {active} trial(s) suspended, {len(ended)} of "
+            f"{tuning.max_trials} ended; no trial starts until it is false"
+        )
     else:
         running = any(t.phase == "Running" for t in trials)
         phase = "Running" if running else "Pending"
@@ -191,24 +262,14 @@ def derive_tuning_status(
         message = f"{len(ended)} of {tuning.max_trials} trials ended, {active} running"
         if running:
             status.start_time = status.start_time or format_time(now)
-    status.phase = phase  # type: ignore[assignment]
-    for type_, holds in (
-        (c.COND_READY, phase == "Succeeded"),
-        (c.COND_PROGRESSING, phase in ("Pending", "Running")),
-        (c.COND_FAILED, phase == "Failed"),
-        (c.COND_RECONCILING, phase in ("Pending", "Running")),
-        (c.COND_STALLED, phase == "Failed"),
-    ):
-        explain = holds or type_ in (c.COND_READY, c.COND_PROGRESSING)
-        status.conditions = set_condition(
-            status.conditions,
-            type_=type_,
-            status="True" if holds else "False",
-            reason=reason if explain else f"Not{type_}",
-            message=message if explain else "",
-            observed_generation=generation,
-            now=now,
-        )
+    set_phase(
+        status,
+        phase,  # type: ignore[arg-type]
+        reason=reason,
+        message=message,
+        generation=generation,
+        now=now,
+    )
     events: tuple[Event, ...] = ()
     if phase != previous.phase and previous.phase is not None:
         events = (Event("Warning" if phase == "Failed" else "Normal", reason, message),)

@@ -1,0 +1,142 @@
+"""What the API server cannot refuse but a pod would: judged from the spec alone.
+
+The CRD's schema and CEL rules refuse what they can see in one object. Some problems
+need knowledge the API server does not have: the data sets the runtime ships and the
+kind of examples each holds, the limits of a hyperparameter that a tuning space only
+names, the number of training processes a batch is split over. Left alone, each ends in
+a pod's config error minutes later, or in every trial of a search failing alike. The
+operator (before it creates any child) and local mode (before it starts any process) ask
+`judge_training`; each problem it finds names the field and the fix, and the resource
+ends Failed with reason InvalidSpec.
+
+Pure: no I/O, no clock; the same spec always gives the same problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydantic import ValidationError
+
+from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.api.training import Hyperparameters, ModelTrainingSpec, ParamSpec
+from modelplane_operator.validation import Problem
+from modelplane_runtime.contract import BUILTIN_DATA_KINDS, DATA_KIND_BY_TASK
+
+
+class SpecError(ValueError):
+    """A spec the API accepted that cannot be built or run as written. Builders raise it;
+    the reconcile turns it into the terminal InvalidSpec status instead of retrying."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.problem = Problem(field, message)
+
+
+def judge_training(training: ModelTraining) -> list[Problem]:
+    """Every problem of `training`'s spec that only a pod (or a trial) would find."""
+    spec = training.spec
+    return [
+        *_data_problems(spec),
+        *_storage_problems(spec),
+        *_batch_problems(spec),
+        *_space_problems(spec),
+    ]
+
+
+def _data_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:
+    """builtin:// data sets the runtime does not ship, or whose kind the task cannot read."""
+    needed = DATA_KIND_BY_TASK[spec.model.task]
+    sources = [("spec.data.train.uri", spec.data.train.uri)]
+    if spec.data.validation is not None:
+        sources.append(("spec.data.validation.uri", spec.data.validation.uri))
+    for field, uri in sources:
+        scheme, _, name = uri.partition("://")
+        if scheme != "builtin":
+            continue
+        kind = BUILTIN_DATA_KINDS.get(name)
+        if kind is None:
+            known = ", ".join(f"builtin://{n}" for n in sorted(BUILTIN_DATA_KINDS))
+            yield Problem(field, f"unknown built-in data set {name!r}; known: {known}")
+        elif kind != needed:
+            fitting = [f"builtin://{n}" for n, k in BUILTIN_DATA_KINDS.items() if k == needed]
+            yield Problem(
+                field,
+                f"builtin://{name} holds {kind} data, but {spec.model.task} needs {needed} "
+                f"data (use {' or '.join(fitting) or 'a file of ' + needed + ' data'})",
+            )
+
+
+def _storage_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:
+    """pvc:// URIs without a claim, which no pod can mount. (The API refuses a builtin://
+    output or init location itself.)"""
+    uris = [
+        ("spec.data.train.uri", spec.data.train.uri),
+        ("spec.data.validation.uri", spec.data.validation.uri if spec.data.validation else None),
+        ("spec.output.uri", spec.output.uri),
+        ("spec.model.init.uri", spec.model.init.uri if spec.model.init else None),
+    ]
+    for field, uri in uris:
+        scheme, _, rest = (uri or "").partition("://")
+        if scheme == "pvc" and not rest.partition("/")[0]:
+            yield Problem(field, f"{uri!r} names no claim; use pvc://<claim>/<path>")
+
+
+def _batch_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:
+    """The global batch is split evenly over every training process (nodes x
+    gpusPerNode, one process per CPU-only node): a batch that does not divide fails in
+    every rank's sampler."""
+    processes = spec.resources.nodes * max(1, spec.resources.gpus_per_node)
+    if processes == 1:
+        return
+    searched = spec.tuning.space.get("batchSize") if spec.tuning else None
+    candidates: list[tuple[str, float]] = []
+    if searched is None:
+        candidates = [("spec.hyperparameters.batchSize", spec.hyperparameters.batch_size)]
+    elif searched.type == "choice":
+        candidates = [
+            (f"spec.tuning.space.batchSize.values[{i}]", value)
+            for i, value in enumerate(searched.values or [])
+        ]
+    for field, value in candidates:
+        if value % processes:
+            yield Problem(
+                field,
+                f"batch size {value:g} must be divisible by the {processes} training "
+                "processes (resources.nodes x gpusPerNode)",
+            )
+
+
+def _space_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:
+    """Each bound and candidate of the tuning space, held to the limits the hyperparameter
+    itself has (the same field of spec.hyperparameters): a trial sampled outside them
+    would fail in its pod, and so would every other trial sampled there."""
+    if spec.tuning is None:
+        return
+    for name, param in spec.tuning.space.items():
+        field = f"spec.tuning.space.{name}"
+        for where, value in _candidates(param):
+            if (message := _refusal(name, value)) is not None:
+                yield Problem(f"{field}.{where}", f"{value!r} is not a valid {name}: {message}")
+
+
+def _candidates(param: ParamSpec) -> Iterator[tuple[str, float | int | str]]:
+    if param.type == "choice":
+        for i, number in enumerate(param.values or []):
+            yield f"values[{i}]", number
+        for i, option in enumerate(param.options or []):
+            yield f"options[{i}]", option
+        return
+    for where, bound in (("min", param.min), ("max", param.max)):
+        if bound is not None:
+            # An int range samples integers between its bounds: they must be integers.
+            yield where, (int(bound) if param.type == "int" and bound.is_integer() else bound)
+
+
+def _refusal(name: str, value: float | int | str) -> str | None:
+    """Why spec.hyperparameters would refuse `name: value`, or None."""
+    try:
+        Hyperparameters.model_validate({name: value})
+    except ValidationError as exc:
+        return "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+    return None
