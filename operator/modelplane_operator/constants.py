@@ -90,3 +90,9 @@ REASON_SCALED: Final = "Scaled"
 REASON_INVALID_SPEC: Final = "InvalidSpec"
 # Terminal: the Job completed but rank 0 left no readable result (after a grace period).
 REASON_RESULT_MISSING: Final = "ResultMissing"
+# Terminal for a ModelDeployment: its fromTraining names a training that Failed.
+REASON_TRAINING_FAILED: Final = "TrainingFailed"
+# Terminal for a ModelDeployment: requireMetrics names a metric the model does not report.
+REASON_METRIC_MISSING: Final = "MetricMissing"
+# Terminal for a ModelDeployment: its model's task is not one serving answers (masked-lm).
+REASON_UNSERVABLE_MODEL: Final = "UnservableModel"

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelplane_operator.api.resources import ModelDeployment
+from modelplane_operator.judge import SpecError
 from modelplane_runtime.contract import (
     SERVE_DEPLOYMENT,
     SERVE_HTTP_PORT,
     SERVE_IMPORT_PATH,
     BatchingConfig,
+    GateFailure,
     ServeArgs,
 )
+from modelplane_runtime.contract import gate_failures as contract_gate_failures
 
 # Seconds a client told "503, overloaded" waits before trying again.
 RETRY_AFTER_S = 1.0
@@ -38,21 +41,15 @@ class ResolvedModel:
     metrics: dict[str, float]
 
 
+def gate(deployment: ModelDeployment, model: ResolvedModel) -> list[GateFailure]:
+    """What keeps the model from being rolled out: each unmet requireMetrics entry."""
+    return contract_gate_failures(deployment.spec.require_metrics, model.metrics)
+
+
 def gate_failures(deployment: ModelDeployment, model: ResolvedModel) -> list[str]:
-    """What keeps the model from being rolled out: one sentence per unmet requireMetrics
-    entry, naming the metric, its value and the threshold. Empty means accepted."""
-    failures = []
-    for name, minimum in sorted(deployment.spec.require_metrics.items()):
-        value = model.metrics.get(name)
-        if value is None:
-            known = ", ".join(sorted(model.metrics)) or "none"
-            failures.append(
-                f"{name} is required to be at least {minimum}, but the model "
-                f"reports no {name} (it reports: {known})"
-            )
-        elif value < minimum:
-            failures.append(f"{name} is {value:.4g}, below the required {minimum}")
-    return failures
+    """One sentence per unmet requireMetrics entry, naming the metric, its value and the
+    threshold. Empty means accepted."""
+    return [str(failure) for failure in gate(deployment, model)]
 
 
 def autoscaling_config(deployment: ModelDeployment) -> dict[str, Any]:
@@ -77,7 +74,9 @@ def render_serve_args(
     spec = deployment.spec
     name = deployment.metadata.name
     if not name:
-        raise ValueError("a ModelDeployment needs metadata.name to render its Serve config")
+        raise SpecError(
+            "metadata.name", "a ModelDeployment needs a name to render its Serve config"
+        )
     return ServeArgs(
         model_name=name,
         model_uri=model.uri,
@@ -87,6 +86,7 @@ def render_serve_args(
         quantization=spec.optimization.quantization,
         compile=spec.optimization.compile,
         threads=threads,
+        require_metrics=dict(spec.require_metrics),
     )
 
 

@@ -10,6 +10,8 @@ round-trip them in tests; a change that breaks an older reader bumps `CONTRACT_V
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
@@ -192,6 +194,48 @@ class ServeArgs(_Contract):
     """Most inputs in one request; more get 413."""
     threads: int = Field(default=0, ge=0, le=256)
     """Torch threads per replica; 0 means the CPUs Ray gave the replica (at least 1)."""
+    require_metrics: dict[str, float] = Field(default_factory=dict)
+    """spec.requireMetrics: the replica refuses to start when the model card's metrics do
+    not meet them (`gate_failures`), so a `model.uri` model is gated as its card says on
+    a cluster too, where the operator cannot read the card."""
+
+
+REQUIRE_METRICS_REFUSAL = "modelplane: the model does not meet requireMetrics:"
+"""The stable start of the error a replica raises for a model below requireMetrics. It
+reaches Serve's application message (a traceback's last line); the operator finds it
+there and rejects the deployment with the sentences that follow it."""
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    """One unmet requireMetrics entry."""
+
+    metric: str
+    required: float
+    value: float | None
+    """None: the model reports no such metric."""
+    reported: tuple[str, ...] = ()
+    """The metrics the model does report (named when this one is missing)."""
+
+    def __str__(self) -> str:
+        if self.value is None:
+            known = ", ".join(self.reported) or "none"
+            return (
+                f"{self.metric} is required to be at least {self.required}, but the model "
+                f"reports no {self.metric} (it reports: {known})"
+            )
+        return f"{self.metric} is {self.value:.4g}, below the required {self.required}"
+
+
+def gate_failures(required: Mapping[str, float], metrics: Mapping[str, float]) -> list[GateFailure]:
+    """The one gate, for the operator (a training's metrics), local mode and the replica
+    (the model card's metrics): each unmet entry, by metric name. Empty means accepted."""
+    failures = []
+    for name, minimum in sorted(required.items()):
+        value = metrics.get(name)
+        if value is None or value < minimum:
+            failures.append(GateFailure(name, minimum, value, tuple(sorted(metrics))))
+    return failures
 
 
 class BatchingConfig(_Contract):

@@ -105,9 +105,9 @@ def test_a_fixed_replica_count_needs_no_autoscaler() -> None:
 
 
 def test_gpus_per_replica_reserve_gpus_and_select_cuda() -> None:
-    config = render({"spec.resources": {"gpusPerReplica": 0.5}}, replica_cpus=4.0)
+    config = render({"spec.resources": {"gpusPerReplica": 2}}, replica_cpus=4.0)
     options = only_deployment(config)
-    assert options["ray_actor_options"] == {"num_cpus": 4.0, "num_gpus": 0.5}
+    assert options["ray_actor_options"] == {"num_cpus": 4.0, "num_gpus": 2}
     assert config["applications"][0]["args"]["device"] == "cuda"
 
 
@@ -130,3 +130,9 @@ def test_gpus_per_replica_reserve_gpus_and_select_cuda() -> None:
 def test_the_gate_names_each_unmet_metric(required: dict[str, float], expected: list[str]) -> None:
     deployment = ModelDeployment.model_validate(make_deployment({"spec.requireMetrics": required}))
     assert gate_failures(deployment, MODEL) == expected
+
+
+def test_the_replica_is_given_require_metrics_to_check_against_the_model_card() -> None:
+    config = render({"spec.requireMetrics": {"f1": 0.9, "accuracy": 0.8}})
+    args = config["applications"][0]["args"]
+    assert args["require_metrics"] == {"f1": 0.9, "accuracy": 0.8}

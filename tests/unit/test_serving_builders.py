@@ -109,24 +109,24 @@ def test_a_long_name_still_gives_dns_safe_child_names() -> None:
 
 
 def test_workers_offer_one_replica_each_with_the_spec_resources() -> None:
-    d = deployment({"spec.resources": {"gpusPerReplica": 0.5, "cpu": "4", "memory": "16Gi"}})
+    d = deployment({"spec.resources": {"gpusPerReplica": 2, "cpu": "4", "memory": "16Gi"}})
     workers = build_workers(d, settings=SETTINGS, model_uri=MODEL.uri, replicas=3)
     assert workers["spec"]["replicas"] == 3
     resources = container(workers)["resources"]
     assert resources["requests"] == {"cpu": "4", "memory": "16Gi"}
-    assert resources["limits"]["nvidia.com/gpu"] == 1  # half a GPU still needs a device
+    assert resources["limits"]["nvidia.com/gpu"] == 2
     command = container(workers)["command"][-1]
     assert "--address=sentiment-ray-head:6379" in command
     # Ray sees one replica slot per pod (and so prestarts one worker); the pod's CPUs
     # are the replica's torch threads.
     assert "--num-cpus=1 " in command
-    assert "--num-gpus=0.5 " in command
+    assert "--num-gpus=2 " in command
     # What Ray reserves per replica in the Serve config is what a worker offers.
     config = render_serve_config(
         d, MODEL, replica_cpus=REPLICA_RAY_CPUS, threads=replica_threads(d)
     )
     options = config["applications"][0]["deployments"][0]["ray_actor_options"]
-    assert options == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert options == {"num_cpus": 1.0, "num_gpus": 2}
     assert config["applications"][0]["args"]["threads"] == 4
 
 

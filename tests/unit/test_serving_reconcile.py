@@ -151,3 +151,55 @@ def test_the_first_pass_guards_the_ray_cluster_with_policies_and_a_budget() -> N
     assert head_policy["spec"]["podSelector"]["matchLabels"] == head
     assert worker_policy["spec"]["podSelector"]["matchLabels"] == workers["labels"]
     assert budget["spec"]["selector"]["matchLabels"] == workers["labels"]
+
+
+def test_a_body_that_does_not_parse_is_rejected_once_and_then_left_alone() -> None:
+    body = deployment_body({"fromTraining": "quickstart"})
+    body["spec"]["replicas"] = {"min": 3, "max": 1}
+    client = FakeClient(trainings=(succeeded_training(),))
+    assert one_pass(client, body) == "Rejected"
+    (patch,) = client.status_patches
+    ready = next(cond for cond in patch["conditions"] if cond["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", c.REASON_INVALID_SPEC)
+    assert "spec.replicas" in ready["message"]
+    assert [event[1] for event in client.events] == [c.REASON_INVALID_SPEC]
+    assert client.objects == {}
+
+    writes = client.writes
+    body["status"] = patch
+    for _ in range(3):
+        assert one_pass(client, body) == "Rejected"
+    assert (client.writes, len(client.events)) == (writes, 1)
+
+
+def test_a_spec_the_builders_refuse_is_rejected_with_nothing_applied() -> None:
+    body = deployment_body({"fromTraining": "quickstart"})
+    body["spec"]["resources"] = {"memory": "100Mi"}
+    client = FakeClient(trainings=(succeeded_training(),))
+    assert one_pass(client, body) == "Rejected"
+    (patch,) = client.status_patches
+    stalled = next(cond for cond in patch["conditions"] if cond["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", c.REASON_INVALID_SPEC)
+    assert stalled["message"].startswith("spec.resources.memory")
+    assert client.objects == {}
+    body["status"] = patch
+    writes = client.writes
+    one_pass(client, body)
+    assert client.writes == writes
+
+
+def test_a_failed_training_rejects_until_it_is_recreated_and_succeeds() -> None:
+    failed = succeeded_training()
+    failed["status"] = {"phase": "Failed"}
+    client = FakeClient(trainings=(failed,))
+    body = deployment_body({"fromTraining": "quickstart"})
+    assert one_pass(client, body) == "Rejected"
+    (patch,) = client.status_patches
+    assert next(x for x in patch["conditions"] if x["type"] == "Ready")["reason"] == (
+        c.REASON_TRAINING_FAILED
+    )
+    assert client.objects == {}
+    body["status"] = patch
+    client.trainings["quickstart"] = succeeded_training()
+    assert one_pass(client, body) == "Progressing"
+    assert ("Deployment", NAMES.head) in client.objects

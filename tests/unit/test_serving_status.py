@@ -13,10 +13,12 @@ from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.conditions import find_condition
 from modelplane_operator.serve_config import ResolvedModel
 from modelplane_operator.status.serving import (
+    ModelRefused,
     ModelWaiting,
     ObservedDeployment,
     ServeState,
     derive_deployment_status,
+    derive_invalid_deployment,
     pods_worth_reading,
     resolve_from_training,
     summarize_serve_message,
@@ -26,6 +28,7 @@ from tests.unit.pods import CRASH_BACKOFF, NO_SUCH_IMAGE, make_pod
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 MODEL = ResolvedModel(uri="pvc://models/s/s", digest="sha256:ab", metrics={"f1": 0.93})
+WEAK_MODEL = ResolvedModel(uri="pvc://models/s/w", digest="sha256:cd", metrics={"f1": 0.7})
 ENDPOINT = "http://sentiment.ml.svc:8000"
 TRACEBACK = (
     "Failed to update the deployments ['model']. Error:\n"
@@ -37,6 +40,8 @@ TRACEBACK = (
 
 
 def deployment(status: dict[str, Any] | None = None, **changes: Any) -> ModelDeployment:
+    """A fromTraining deployment that requires f1 >= 0.9 (MODEL meets it)."""
+    changes = {"requireMetrics": {"f1": 0.9}, **changes}
     obj = make_deployment({f"spec.{k}": v for k, v in changes.items()}, name="sentiment")
     obj["metadata"].update({"namespace": "ml", "uid": "u", "generation": 3})
     if status:
@@ -131,7 +136,7 @@ CASES = [
     ),
     (
         "a model below the gate is rejected",
-        observe(gate_failures=("f1 is 0.7, below the required 0.9",)),
+        observe(model=WEAK_MODEL),
         "Rejected",
         False,
         c.REASON_METRICS_BELOW_THRESHOLD,
@@ -247,11 +252,7 @@ def test_each_observation_has_one_phase_and_decision(
 
 
 def test_a_rejection_names_metric_value_and_threshold_and_warns() -> None:
-    decision = derive_deployment_status(
-        deployment(),
-        observe(gate_failures=("f1 is 0.7, below the required 0.9",)),
-        now=NOW,
-    )
+    decision = derive_deployment_status(deployment(), observe(model=WEAK_MODEL), now=NOW)
     accepted = find_condition(decision.status.conditions, c.COND_MODEL_ACCEPTED)
     assert accepted is not None
     assert accepted.status == "False"
@@ -281,7 +282,7 @@ def test_status_carries_the_model_replicas_workers_and_load() -> None:
         requests_per_second=240,
     )
     status = derive_deployment_status(
-        deployment(), observe(serve=serve, workers=workers), now=NOW
+        deployment(replicas={"min": 1, "max": 3}), observe(serve=serve, workers=workers), now=NOW
     ).status
     assert status.model is not None
     assert (status.model.uri, status.model.digest, status.model.metrics) == (
@@ -320,9 +321,8 @@ def training(status: dict[str, Any] | None) -> ModelTraining:
     [
         (None, "to succeed (it is new)"),
         ({"phase": "Running"}, "to succeed (it is Running)"),
-        ({"phase": "Failed"}, "it failed, so fix and re-run it"),
     ],
-    ids=["a new training", "a running training", "a failed training"],
+    ids=["a new training", "a running training"],
 )
 def test_from_training_waits_until_it_succeeded(
     status: dict[str, Any] | None, waiting_for: str
@@ -518,3 +518,211 @@ def test_a_serving_deployment_with_an_oom_killed_worker_stays_ready_and_names_it
         "serving with 1 replica(s); pod sentiment-ray-worker-m3m3: container ray-worker was "
         "OOM-killed (memory limit 300Mi); raise spec.resources.memory"
     )
+
+
+def training_with(task: str = "text-classification", **status: Any) -> ModelTraining:
+    obj = make_training(
+        {
+            "spec.model": {"architecture": "bert", "task": task},
+            "spec.data.train.uri": "builtin://sentiment",
+        },
+        name="sentiment",
+    )
+    if status:
+        obj["status"] = status
+    return ModelTraining.model_validate(obj)
+
+
+def stalled(status: Any) -> tuple[str | None, str, str, str]:
+    ready = find_condition(status.conditions, c.COND_READY)
+    stall = find_condition(status.conditions, c.COND_STALLED)
+    assert ready is not None
+    assert stall is not None
+    return status.phase, ready.status, stall.status, stall.reason
+
+
+@pytest.mark.parametrize(
+    ("training", "reason", "named"),
+    [
+        (training_with(phase="Failed"), c.REASON_TRAINING_FAILED, "'sentiment' failed"),
+        (training_with("masked-lm"), c.REASON_UNSERVABLE_MODEL, "task masked-lm"),
+        (
+            training_with("masked-lm", phase="Succeeded", artifact={"uri": "pvc://m/m"}),
+            c.REASON_UNSERVABLE_MODEL,
+            "task masked-lm",
+        ),
+    ],
+    ids=[
+        "a failed training rejects the deployment",
+        "a masked-lm training is refused before it ends",
+        "a succeeded masked-lm training is refused too",
+    ],
+)
+def test_a_training_that_can_never_give_a_servable_model_is_terminal(
+    training: ModelTraining, reason: str, named: str
+) -> None:
+    refused = resolve_from_training("sentiment", training)
+    assert isinstance(refused, ModelRefused)
+    decision = derive_deployment_status(deployment(), observe(model=refused), now=NOW)
+    assert stalled(decision.status) == ("Rejected", "False", "True", reason)
+    assert "spec.model.fromTraining" in refused.message
+    assert named in refused.message
+    assert (decision.roll_out, decision.actions) == (False, None)
+    (event,) = decision.events
+    assert (event.type, event.reason) == ("Warning", reason)
+
+
+def test_a_recreated_training_that_succeeds_lifts_the_rejection() -> None:
+    refused = resolve_from_training("sentiment", training_with(phase="Failed"))
+    rejected = derive_deployment_status(deployment(), observe(model=refused), now=NOW).status
+    previous = rejected.model_dump(by_alias=True, exclude_none=True)
+    recovered = derive_deployment_status(deployment(status=previous), observe(), now=NOW)
+    assert recovered.status.phase == "Progressing"
+    assert recovered.actions is not None
+    assert recovered.actions.apply_cluster
+
+
+def test_a_required_metric_the_training_did_not_compute_is_missing_not_low() -> None:
+    decision = derive_deployment_status(
+        deployment(requireMetrics={"recall": 0.8}), observe(), now=NOW
+    )
+    assert stalled(decision.status) == ("Rejected", "False", "True", c.REASON_METRIC_MISSING)
+    ready = find_condition(decision.status.conditions, c.COND_READY)
+    assert ready is not None
+    assert "spec.requireMetrics" in ready.message
+    assert "reports no recall (it reports: f1)" in ready.message
+    assert decision.actions is None
+
+
+def _bypassing_validation(**resources: Any) -> ModelDeployment:
+    """A deployment whose resources the API's rules no longer refuse, as if it had
+    been stored before they existed."""
+    md = deployment()
+    spec = md.spec.model_copy(update={"resources": md.spec.resources.model_copy(update=resources)})
+    return md.model_copy(update={"spec": spec})
+
+
+@pytest.mark.parametrize(
+    ("resources", "field"),
+    [
+        ({"memory": "100Mi"}, "spec.resources.memory: 100Mi is below the 250Mi"),
+        ({"memory": "200e6"}, "spec.resources.memory"),
+        ({"cpu": "2Gi"}, "spec.resources.cpu: '2Gi'"),
+    ],
+    ids=[
+        "a worker with less memory than Ray starts in",
+        "the same in exponent notation",
+        "a cpu quantity the builders cannot read",
+    ],
+)
+def test_a_spec_the_builders_cannot_build_is_invalid_and_rolls_nothing_out(
+    resources: dict[str, Any], field: str
+) -> None:
+    decision = derive_deployment_status(_bypassing_validation(**resources), observe(), now=NOW)
+    assert stalled(decision.status) == ("Rejected", "False", "True", c.REASON_INVALID_SPEC)
+    ready = find_condition(decision.status.conditions, c.COND_READY)
+    assert ready is not None
+    assert ready.message.startswith(field)
+    assert decision.actions is None
+
+
+def test_enough_worker_memory_rolls_out() -> None:
+    decision = derive_deployment_status(_bypassing_validation(memory="600Mi"), observe(), now=NOW)
+    assert decision.status.phase == "Progressing"
+
+
+URI_MODEL = ResolvedModel(uri="pvc://models/s/s", digest="", metrics={})
+REFUSAL = (
+    "Failed to update the deployments ['model']. Error:\n"
+    "ray::ServeReplica:sentiment:model.initialize_and_get_metadata()\n"
+    '  File "predictor.py", line 1, in __init__\n'
+    "modelplane_runtime.errors.ConfigError: modelplane: the model does not meet "
+    "requireMetrics: f1 is 0.7, below the required 0.9"
+)
+
+
+def uri_deployment(status: dict[str, Any] | None = None) -> ModelDeployment:
+    return deployment(status, model={"uri": URI_MODEL.uri})
+
+
+def test_a_uri_model_is_gated_by_its_replica_not_by_missing_metrics() -> None:
+    decision = derive_deployment_status(uri_deployment(), observe(model=URI_MODEL), now=NOW)
+    assert decision.status.phase == "Progressing"
+    assert decision.actions is not None
+    (application,) = decision.actions.config["applications"]
+    assert application["args"]["require_metrics"] == {"f1": 0.9}
+
+
+def test_the_replicas_refusal_of_the_current_config_rejects_the_deployment() -> None:
+    first = derive_deployment_status(uri_deployment(), observe(model=URI_MODEL), now=NOW)
+    assert first.actions is not None
+    head = {"metadata": {"annotations": {c.ANNOTATION_SPEC_HASH: first.actions.spec_hash}}}
+    refused = observe(
+        model=URI_MODEL,
+        head=head,
+        workers={"spec": {"replicas": 1}},
+        token_exists=True,
+        serve=ServeState(status="DEPLOY_FAILED", message=REFUSAL),
+    )
+    decision = derive_deployment_status(uri_deployment(), refused, now=NOW)
+    assert stalled(decision.status) == (
+        "Rejected",
+        "False",
+        "True",
+        c.REASON_METRICS_BELOW_THRESHOLD,
+    )
+    accepted = find_condition(decision.status.conditions, c.COND_MODEL_ACCEPTED)
+    assert accepted is not None
+    assert accepted.status == "False"
+    assert accepted.message.endswith("f1 is 0.7, below the required 0.9")
+    assert decision.actions is None
+
+    # A new spec (a lower threshold) renders a new config: the old refusal in Serve's
+    # message is about the old one, so the new one rolls out.
+    lowered = deployment(model={"uri": URI_MODEL.uri}, requireMetrics={"f1": 0.5})
+    again = derive_deployment_status(lowered, refused, now=NOW)
+    assert again.status.phase == "Degraded"
+    assert again.actions is not None
+    assert (again.actions.apply_cluster, again.actions.push_config) == (True, True)
+
+
+def test_scaling_is_decided_in_the_derivation_with_its_time_and_event() -> None:
+    md = deployment(replicas={"min": 1, "max": 4})
+    first = derive_deployment_status(md, observe(), now=NOW)
+    assert first.actions is not None
+    head = {"metadata": {"annotations": {c.ANNOTATION_SPEC_HASH: first.actions.spec_hash}}}
+    serve = ServeState(status="RUNNING", target_replicas=3, running_replicas=1, listed_replicas=1)
+    observed = observe(
+        head=head,
+        workers={"spec": {"replicas": 1}, "status": {"readyReplicas": 1}},
+        token_exists=True,
+        serve=serve,
+    )
+    decision = derive_deployment_status(md, observed, now=NOW)
+    assert decision.actions is not None
+    assert (decision.actions.workers, decision.actions.scaled) == (3, "up")
+    assert decision.actions.apply_cluster is False
+    assert decision.status.workers is not None
+    assert (decision.status.workers.desired, decision.status.workers.ready) == (3, 1)
+    assert decision.status.last_scale_time == "2026-11-29T12:00:00Z"
+    assert decision.events[-1].reason == c.REASON_SCALED
+    assert "from 1 to 3" in decision.events[-1].message
+
+
+def test_a_body_that_does_not_parse_is_rejected_once_naming_its_fields() -> None:
+    body = make_deployment({"spec.replicas": {"min": 3, "max": 1}}, name="sentiment")
+    body["metadata"]["generation"] = 2
+    problems = ["spec.replicas.min: min must be less than or equal to max"]
+    first = derive_invalid_deployment(body, problems, now=NOW)
+    assert stalled(first.status) == ("Rejected", "False", "True", c.REASON_INVALID_SPEC)
+    ready = find_condition(first.status.conditions, c.COND_READY)
+    assert ready is not None
+    assert "spec.replicas.min" in ready.message
+    assert first.status.observed_generation == 2
+    (event,) = first.events
+    assert (event.type, event.reason) == ("Warning", c.REASON_INVALID_SPEC)
+
+    body["status"] = first.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    later = derive_invalid_deployment(body, problems, now=datetime(2026, 11, 30, tzinfo=UTC))
+    assert later.status == first.status
+    assert later.events == ()

@@ -3,12 +3,22 @@ pure phase machine.
 
     Pending ──model resolved, gate passed──► Progressing ──Serve RUNNING──► Ready
        │ (waiting for the training)            │     ▲                        │
-       └─ model below requireMetrics ─► Rejected   └── config change ◄────────┘
+       └─ judged ─► Rejected ◄─ replica refuses └── config change ◄────────┘
                                            Progressing/Ready ──Serve failed──► Degraded
 
 Every phase drives a decision: Pending and Rejected roll nothing out; Progressing and
 Ready keep the Ray cluster applied; Degraded keeps it too (Serve retries, and a fixed
 spec is pushed in place) while the condition carries Serve's own message.
+
+Rejected is terminal until something it depends on changes, and says why in its reason:
+MetricsBelowThreshold and MetricMissing (requireMetrics: for a `fromTraining` model from
+the training's metrics before anything rolls out; for a `model.uri` model from the
+replica, which refuses a model card below them with REQUIRE_METRICS_REFUSAL in its
+error), TrainingFailed and UnservableModel (the training the deployment names), and
+InvalidSpec (a spec the API accepted but the builders cannot build, or a body that does
+not parse: `derive_invalid_deployment`). The same pass that derives the status decides
+what to do to the Ray cluster (`ClusterActions`: apply it, push its config, size its
+workers), so the reconcile only reads, calls this once, and acts.
 
 A Ray pod that cannot pull its image, keeps crashing or was OOM-killed is no phase of
 its own: the kubelet keeps retrying, as it does for a training's pods. While the
@@ -22,9 +32,12 @@ Degraded once Serve gives up), as does a Degraded deployment with an OOM-killed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from modelplane_operator import constants as c
 from modelplane_operator.api.deployment import (
@@ -35,9 +48,14 @@ from modelplane_operator.api.deployment import (
     ModelInfo,
 )
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
-from modelplane_operator.conditions import Event, set_condition
-from modelplane_operator.serve_config import ResolvedModel
+from modelplane_operator.builders.serving import REPLICA_RAY_CPUS, children_hash, replica_threads
+from modelplane_operator.conditions import Event, format_time, set_condition
+from modelplane_operator.judge import SpecError
+from modelplane_operator.scaling import decide_workers
+from modelplane_operator.serve_config import ResolvedModel, gate, render_serve_config
+from modelplane_operator.settings import Settings
 from modelplane_operator.status.pods import PodProblem, pod_problem
+from modelplane_runtime.contract import REQUIRE_METRICS_REFUSAL, GateFailure
 
 Manifest = dict[str, Any]
 MESSAGE_LIMIT = 1024
@@ -50,11 +68,21 @@ SERVE_OOM_MARKERS = (
 "Task was killed due to the node running low on memory"). Ray's message for a worker
 that died of unknown causes lists "the OOM killer" as a mere possibility: no marker."""
 MEMORY_HINT = "raise spec.resources.memory"
+DEFAULT_SETTINGS = Settings()
 
 
 @dataclass(frozen=True)
 class ModelWaiting:
     """The model cannot be resolved yet (a temporary state): the message says why."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ModelRefused:
+    """The model the deployment names can never be served as it stands (a terminal
+    state until what it names changes): the reason and message say why."""
 
     reason: str
     message: str
@@ -81,15 +109,37 @@ class ServeState:
 class ObservedDeployment:
     """What one pass saw."""
 
-    model: ResolvedModel | ModelWaiting
+    model: ResolvedModel | ModelWaiting | ModelRefused
     endpoint: str
     head: Manifest | None = None
     workers: Manifest | None = None
     serve: ServeState | None = None
     """None when the head's dashboard did not answer (not started yet, or down)."""
-    gate_failures: tuple[str, ...] = field(default=())
     pods: tuple[Manifest, ...] = ()
     """The Ray head and worker pods, when `pods_worth_reading` said so."""
+    token_exists: bool = False
+    """The cluster's token Secret exists (a first pass draws one)."""
+
+
+@dataclass(frozen=True)
+class ClusterActions:
+    """What the reconcile does to the Ray cluster after a pass that rolls out."""
+
+    config: dict[str, Any]
+    """The Serve config the cluster runs."""
+    model_uri: str
+    spec_hash: str
+    """What the cluster is built from (`children_hash`), kept on the head's metadata."""
+    apply_cluster: bool
+    """Apply everything but the workers' size: the first pass, or the hash changed."""
+    push_config: bool
+    """Also push the config to the running head, which rolls its replicas in place."""
+    workers: int | None
+    """Apply the worker Deployment with this many pods; None leaves it as it is."""
+    mark_idle: bool
+    """Before shrinking, give the worker pods without a replica the lowest deletion cost."""
+    scaled: Literal["up", "down"] | None = None
+    """The workers were resized (for the operator's metrics)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +148,16 @@ class DeploymentDecision:
     roll_out: bool
     """Apply (or keep) the Ray cluster: false while the model is missing or refused."""
     events: tuple[Event, ...] = ()
+    actions: ClusterActions | None = None
+    """None when nothing is rolled out."""
+
+
+@dataclass(frozen=True)
+class _Desired:
+    """The cluster this operator would build for the resolved model."""
+
+    config: dict[str, Any]
+    spec_hash: str
 
 
 def summarize_serve_message(message: str) -> str:
@@ -128,28 +188,48 @@ def serve_oom(message: str) -> str | None:
 
 def resolve_from_training(
     name: str, training: ModelTraining | None
-) -> ResolvedModel | ModelWaiting:
-    """The model `fromTraining: name` refers to, or why there is none yet. Waiting is
-    temporary: the pass runs again when the training changes."""
+) -> ResolvedModel | ModelWaiting | ModelRefused:
+    """The model `fromTraining: name` refers to, or why there is none yet (waiting: the
+    pass runs again when the training changes) or never will be (refused, until the
+    training is replaced by one that can succeed)."""
     if training is None:
         return ModelWaiting(
             c.REASON_WAITING_FOR_TRAINING,
             f"waiting for ModelTraining {name!r}: it does not exist in this namespace",
         )
+    task = training.spec.model.task
+    if task == "masked-lm":
+        return ModelRefused(
+            c.REASON_UNSERVABLE_MODEL,
+            f"spec.model.fromTraining: ModelTraining {name!r} trains task {task}, a "
+            "pre-training task with no labels to answer; serve a text-classification "
+            "model fine-tuned from it (model.init.uri in a ModelTraining)",
+        )
     status = training.status
     phase = status.phase if status else None
     artifact = status.artifact if status else None
-    if status is None or phase != "Succeeded" or artifact is None or not artifact.uri:
-        hint = (
-            "; it failed, so fix and re-run it or point model.uri at another artifact"
-            if phase == "Failed"
-            else ""
+    if phase == "Failed":
+        return ModelRefused(
+            c.REASON_TRAINING_FAILED,
+            f"spec.model.fromTraining: ModelTraining {name!r} failed, so it has no model to "
+            "serve; fix and re-create it, or point model.uri at another artifact",
         )
+    if status is None or phase != "Succeeded" or artifact is None or not artifact.uri:
         return ModelWaiting(
             c.REASON_WAITING_FOR_TRAINING,
-            f"waiting for ModelTraining {name!r} to succeed (it is {phase or 'new'}){hint}",
+            f"waiting for ModelTraining {name!r} to succeed (it is {phase or 'new'})",
         )
     return ResolvedModel(uri=artifact.uri, digest=artifact.digest, metrics=dict(status.metrics))
+
+
+def replica_refusal(message: str) -> str | None:
+    """The replica's own words when it refused a model card below requireMetrics (the
+    sentences after REQUIRE_METRICS_REFUSAL on its line), else None."""
+    for line in message.splitlines():
+        _, marker, rest = line.partition(REQUIRE_METRICS_REFUSAL)
+        if marker:
+            return rest.strip()[:MESSAGE_LIMIT]
+    return None
 
 
 def pods_worth_reading(*deployments: Manifest | None) -> bool:
@@ -191,19 +271,51 @@ def _desired_replicas(manifest: Manifest | None) -> int:
     return int(((manifest or {}).get("spec") or {}).get("replicas") or 0)
 
 
+def _gate_verdict(failures: Sequence[GateFailure]) -> tuple[DeploymentPhase, str, str]:
+    missing = any(failure.value is None for failure in failures)
+    return (
+        "Rejected",
+        c.REASON_METRIC_MISSING if missing else c.REASON_METRICS_BELOW_THRESHOLD,
+        "spec.requireMetrics: the model does not meet them: "
+        + "; ".join(str(failure) for failure in failures),
+    )
+
+
+def _head_hash(head: Manifest | None) -> str | None:
+    annotations = ((head or {}).get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(c.ANNOTATION_SPEC_HASH)
+    return str(value) if value is not None else None
+
+
 def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
     observed: ObservedDeployment,
+    *,
+    failures: Sequence[GateFailure],
+    desired: _Desired | SpecError | None,
 ) -> tuple[DeploymentPhase, str, str]:
     """(phase, reason, message) of the Ready/Progressing conditions."""
+    if isinstance(observed.model, ModelRefused):
+        return "Rejected", observed.model.reason, observed.model.message
     if isinstance(observed.model, ModelWaiting):
         return "Pending", observed.model.reason, observed.model.message
-    if observed.gate_failures:
+    if failures:
+        return _gate_verdict(failures)
+    if isinstance(desired, SpecError):
+        return "Rejected", c.REASON_INVALID_SPEC, str(desired)
+    serve = observed.serve
+    refusal = replica_refusal(serve.message) if serve is not None else None
+    if (
+        refusal is not None
+        and desired is not None
+        and _head_hash(observed.head) == desired.spec_hash
+    ):
+        # Only a refusal of the config this spec renders: after a spec change the old
+        # refusal stays in Serve's message until the new config is deployed.
         return (
             "Rejected",
             c.REASON_METRICS_BELOW_THRESHOLD,
-            "the model does not meet requireMetrics: " + "; ".join(observed.gate_failures),
+            f"spec.requireMetrics: the replica refused the model's card: {refusal}",
         )
-    serve = observed.serve
     problem = _pod_problem(observed.pods)
     oom = serve_oom(serve.message) if serve is not None else None
     if serve is not None and serve.status in ("DEPLOY_FAILED", "UNHEALTHY"):
@@ -240,14 +352,81 @@ def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
     )
 
 
-def derive_deployment_status(
-    deployment: ModelDeployment, observed: ObservedDeployment, *, now: datetime
-) -> DeploymentDecision:
-    """The status one pass writes, whether to roll out, and the Events of a change."""
-    previous = deployment.status or ModelDeploymentStatus()
-    generation = deployment.metadata.generation or 0
-    phase, reason, message = _phase(observed)
-    conditions = list(previous.conditions)
+def _desired(
+    deployment: ModelDeployment, model: ResolvedModel, settings: Settings
+) -> _Desired | SpecError:
+    """The Serve config and children hash for `model`, or the spec problem that keeps the
+    builders from rendering them."""
+    try:
+        config = render_serve_config(
+            deployment, model, replica_cpus=REPLICA_RAY_CPUS, threads=replica_threads(deployment)
+        )
+        return _Desired(config, children_hash(deployment, config, settings, model_uri=model.uri))
+    except SpecError as problem:
+        return problem
+
+
+def _initial_workers(deployment: ModelDeployment, current: Manifest | None) -> int:
+    """Keep what the scaling loop decided; start with room for the first replicas."""
+    if current is not None:
+        return _desired_replicas(current)
+    replicas = deployment.spec.replicas
+    return min(max(replicas.min, 1) + deployment.spec.autoscaling.spare_workers, replicas.max)
+
+
+def _cluster_actions(
+    deployment: ModelDeployment,
+    observed: ObservedDeployment,
+    *,
+    desired: _Desired,
+    model_uri: str,
+) -> tuple[ClusterActions, str]:
+    """What to do to the Ray cluster, and the Scaled Event's message (empty: unscaled).
+    The scaling loop runs every second: the cluster is applied only when what it is built
+    from changed, the workers only when their size did."""
+    up_to_date = (
+        observed.token_exists
+        and observed.workers is not None
+        and _head_hash(observed.head) == desired.spec_hash
+    )
+    serve = observed.serve
+    current = _initial_workers(deployment, observed.workers)
+    scale = decide_workers(
+        deployment,
+        target_replicas=serve.target_replicas if serve is not None else None,
+        current_workers=current,
+        listed_replicas=serve.listed_replicas if serve is not None else 0,
+    )
+    scaled = scale.changed and observed.workers is not None
+    actions = ClusterActions(
+        config=desired.config,
+        model_uri=model_uri,
+        spec_hash=desired.spec_hash,
+        apply_cluster=not up_to_date,
+        # A new model or new settings go to the running head in place, so Serve rolls its
+        # replicas without a second cluster (a head that does not take it deploys the
+        # mounted ConfigMap when the kubelet refreshes it).
+        push_config=not up_to_date and observed.head is not None and observed.token_exists,
+        workers=scale.workers if scale.changed or not up_to_date else None,
+        mark_idle=scale.changed and scale.workers < current and serve is not None,
+        scaled=("up" if scale.workers > current else "down") if scaled else None,
+    )
+    return actions, scale.message if scaled else ""
+
+
+def _conditions(
+    previous: Sequence[Any],
+    *,
+    phase: DeploymentPhase,
+    reason: str,
+    message: str,
+    accepted: tuple[Literal["True", "False", "Unknown"], str, str] | None,
+    generation: int,
+    now: datetime,
+) -> list[Any]:
+    """Ready, Progressing, kstatus' Reconciling and Stalled, and ModelAccepted (when
+    `accepted` is given) for one phase."""
+    conditions = list(previous)
 
     def condition(
         type_: str, status: Literal["True", "False", "Unknown"], why: str, text: str
@@ -284,51 +463,151 @@ def derive_deployment_status(
         reason if stalled else "NotStalled",
         message if stalled else "",
     )
-    model_info = None
-    if isinstance(observed.model, ResolvedModel):
-        model_info = ModelInfo(
-            uri=observed.model.uri, digest=observed.model.digest, metrics=observed.model.metrics
+    if accepted is not None:
+        condition(c.COND_MODEL_ACCEPTED, *accepted)
+    return conditions
+
+
+def _events(
+    previous: ModelDeploymentStatus, phase: DeploymentPhase, reason: str, message: str
+) -> tuple[Event, ...]:
+    """An Event when the phase changes, or a Rejected deployment's reason does."""
+    ready = next((cond for cond in previous.conditions if cond.type == c.COND_READY), None)
+    was = ready.reason if ready is not None else None
+    if phase == previous.phase and (phase != "Rejected" or reason == was):
+        return ()
+    kind: Literal["Normal", "Warning"] = (
+        "Warning" if phase in ("Rejected", "Degraded") else "Normal"
+    )
+    return (Event(kind, reason, message[:MESSAGE_LIMIT]),)
+
+
+def _accepted(
+    deployment: ModelDeployment,
+    model: ResolvedModel | ModelWaiting | ModelRefused,
+    *,
+    phase: DeploymentPhase,
+    reason: str,
+    message: str,
+) -> tuple[Literal["True", "False", "Unknown"], str, str]:
+    """The ModelAccepted condition: (status, reason, message)."""
+    if not isinstance(model, ResolvedModel):
+        return (
+            ("False" if isinstance(model, ModelRefused) else "Unknown"),
+            model.reason,
+            model.message,
         )
-        accepted = not observed.gate_failures
-        condition(
-            c.COND_MODEL_ACCEPTED,
-            "True" if accepted else "False",
-            c.REASON_MODEL_ACCEPTED if accepted else c.REASON_METRICS_BELOW_THRESHOLD,
-            "the model meets requireMetrics" if accepted else message,
+    if reason in (c.REASON_METRICS_BELOW_THRESHOLD, c.REASON_METRIC_MISSING):
+        return "False", reason, message
+    if deployment.spec.model.uri is not None and deployment.spec.require_metrics:
+        return (
+            "True",
+            c.REASON_MODEL_ACCEPTED,
+            "the replica checks the model card against requireMetrics as it starts",
         )
-    else:
-        condition(c.COND_MODEL_ACCEPTED, "Unknown", observed.model.reason, observed.model.message)
+    return "True", c.REASON_MODEL_ACCEPTED, "the model meets requireMetrics"
+
+
+def derive_deployment_status(
+    deployment: ModelDeployment,
+    observed: ObservedDeployment,
+    *,
+    now: datetime,
+    settings: Settings = DEFAULT_SETTINGS,
+) -> DeploymentDecision:
+    """The status one pass writes, what to do to the Ray cluster (built with `settings`),
+    and the Events of a change."""
+    previous = deployment.status or ModelDeploymentStatus()
+    generation = deployment.metadata.generation or 0
+    model = observed.model
+    failures: list[GateFailure] = []
+    desired: _Desired | SpecError | None = None
+    if isinstance(model, ResolvedModel):
+        # A uri model's metrics are in its card, which only the replica reads: the
+        # replica applies the same gate there (ServeArgs.require_metrics).
+        if deployment.spec.model.from_training is not None:
+            failures = gate(deployment, model)
+        if not failures:
+            desired = _desired(deployment, model, settings)
+    phase, reason, message = _phase(observed, failures=failures, desired=desired)
     roll_out = phase not in ("Pending", "Rejected")
+    actions, scaled = None, ""
+    if roll_out and isinstance(desired, _Desired) and isinstance(model, ResolvedModel):
+        actions, scaled = _cluster_actions(
+            deployment, observed, desired=desired, model_uri=model.uri
+        )
+    conditions = _conditions(
+        previous.conditions,
+        phase=phase,
+        reason=reason,
+        message=message,
+        accepted=_accepted(deployment, model, phase=phase, reason=reason, message=message),
+        generation=generation,
+        now=now,
+    )
     serve = observed.serve
+    workers = Counts(
+        desired=actions.workers
+        if scaled and actions and actions.workers is not None
+        else _desired_replicas(observed.workers),
+        ready=_ready_replicas(observed.workers),
+    )
     status = ModelDeploymentStatus(
         observed_generation=generation,
         phase=phase,
         conditions=conditions,
         endpoint=observed.endpoint if roll_out else None,
-        model=model_info,
+        model=ModelInfo(uri=model.uri, digest=model.digest, metrics=model.metrics)
+        if isinstance(model, ResolvedModel)
+        else None,
         replicas=Counts(
             desired=serve.target_replicas if serve else 0,
             ready=serve.running_replicas if serve else 0,
         )
         if roll_out
         else None,
-        workers=Counts(
-            desired=_desired_replicas(observed.workers), ready=_ready_replicas(observed.workers)
-        )
-        if roll_out
-        else None,
+        workers=workers if roll_out else None,
         load=Load(
             ongoing_requests=serve.ongoing_requests,
             requests_per_second=serve.requests_per_second,
         )
         if roll_out and serve
         else None,
+        last_scale_time=format_time(now) if scaled else previous.last_scale_time,
+    )
+    events = _events(previous, phase, reason, message)
+    if scaled:
+        events = (*events, Event("Normal", c.REASON_SCALED, scaled))
+    return DeploymentDecision(status=status, roll_out=roll_out, events=events, actions=actions)
+
+
+def derive_invalid_deployment(
+    body: Manifest, problems: Sequence[str], *, now: datetime
+) -> DeploymentDecision:
+    """The status of a ModelDeployment whose body does not parse (`problems` name the
+    fields): Rejected with reason InvalidSpec, nothing rolled out. The same body gives
+    the same status, so a second pass writes nothing."""
+    try:
+        previous = ModelDeploymentStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        previous = ModelDeploymentStatus()
+    generation = (body.get("metadata") or {}).get("generation")
+    generation = generation if isinstance(generation, int) else 0
+    message = ("the spec is invalid: " + "; ".join(problems))[:MESSAGE_LIMIT]
+    conditions = _conditions(
+        previous.conditions,
+        phase="Rejected",
+        reason=c.REASON_INVALID_SPEC,
+        message=message,
+        accepted=None,
+        generation=generation,
+        now=now,
+    )
+    status = ModelDeploymentStatus(
+        observed_generation=generation,
+        phase="Rejected",
+        conditions=conditions,
         last_scale_time=previous.last_scale_time,
     )
-    events: tuple[Event, ...] = ()
-    if phase != previous.phase:
-        kind: Literal["Normal", "Warning"] = (
-            "Warning" if phase in ("Rejected", "Degraded") else "Normal"
-        )
-        events = (Event(kind, reason, message[:MESSAGE_LIMIT]),)
-    return DeploymentDecision(status=status, roll_out=roll_out, events=events)
+    events = _events(previous, "Rejected", c.REASON_INVALID_SPEC, message)
+    return DeploymentDecision(status=status, roll_out=False, events=events)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from modelplane_runtime.artifacts import LoadedModel, load_artifact
-from modelplane_runtime.contract import ServeArgs
+from modelplane_runtime.contract import REQUIRE_METRICS_REFUSAL, ServeArgs, gate_failures
 from modelplane_runtime.data.raw import RawData
 from modelplane_runtime.errors import ConfigError
 from modelplane_runtime.storage import local_path
@@ -96,6 +96,13 @@ class Predictor:
             directory, expected_digest=args.expected_digest, device="cpu"
         )
         card = self.loaded.card
+        failures = gate_failures(args.require_metrics, card.get("metrics") or {})
+        if failures:
+            # The same gate the operator applies to a training's metrics, here on the
+            # card's: the marker lets the operator tell this refusal from a crash.
+            raise ConfigError(
+                f"{REQUIRE_METRICS_REFUSAL} " + "; ".join(str(failure) for failure in failures)
+            )
         if card["task"] == "masked-lm":
             raise ConfigError(
                 f"{args.model_uri} is a masked-LM pre-training artifact; serve a classifier "
