@@ -112,7 +112,7 @@ def _for_this_machine(deployment: ModelDeployment, console: Console) -> ModelDep
         dtype = "bf16" if spec.optimization.dtype == "fp16" else spec.optimization.dtype
         spec = spec.model_copy(
             update={
-                "resources": spec.resources.model_copy(update={"gpus_per_replica": 0.0}),
+                "resources": spec.resources.model_copy(update={"gpus_per_replica": 0}),
                 "optimization": spec.optimization.model_copy(update={"dtype": dtype}),
             }
         )

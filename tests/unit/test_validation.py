@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
+from modelplane_operator.api.common import parse_quantity
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
+from modelplane_operator.api.training import DEFAULT_METRICS, PARAMS_BY_ARCHITECTURE, Task
+from modelplane_operator.builders.serving import cpu_cores
 from modelplane_operator.validation import check_file, check_object
 from tests.factories import (
     EXAMPLES,
@@ -20,6 +24,8 @@ from tests.factories import (
 )
 
 VALID = sorted(EXAMPLES.glob("*.yaml"))
+TEXT = {"architecture": "transformer", "task": "text-classification"}
+RESNET = {"architecture": "resnet", "task": "image-classification"}
 INVALID = sorted(INVALID_EXAMPLES.glob("*.yaml"))
 
 
@@ -82,13 +88,38 @@ def test_camel_case_round_trips_through_yaml_names() -> None:
         ),
         ({"spec.model": {}}, "spec.model", "exactly one of fromTraining and uri"),
         (
-            {"spec.resources.gpusPerReplica": 0.5, "spec.optimization.quantization": "int8"},
+            {"spec.resources.gpusPerReplica": 1, "spec.optimization.quantization": "int8"},
             "spec.optimization.quantization",
             "int8 quantization is for CPU serving",
         ),
         ({"spec.requireMetrics": {"loss": 0.1}}, "spec.requireMetrics", "keys must be among"),
         ({"spec.replicas.max": 0}, "spec.replicas.max", "greater than or equal to 1"),
-        ({"spec.resources.cpu": "four"}, "spec.resources.cpu", "not a Kubernetes quantity"),
+        (
+            {"spec.resources.cpu": "four"},
+            "spec.resources.cpu",
+            "must be a Kubernetes quantity of cores",
+        ),
+        ({"spec.resources.cpu": "-1"}, "spec.resources.cpu", "must be from 1m"),
+        ({"spec.resources.cpu": "0"}, "spec.resources.cpu", "must be from 1m"),
+        ({"spec.resources.cpu": "2Gi"}, "spec.resources.cpu", "binary suffix such as Gi"),
+        ({"spec.resources.cpu": 2000}, "spec.resources.cpu", "to 1024 cores"),
+        ({"spec.resources.memory": "-5Gi"}, "spec.resources.memory", "from 1Mi to 16Ti"),
+        ({"spec.resources.memory": "32Ti"}, "spec.resources.memory", "from 1Mi to 16Ti"),
+        ({"spec.resources.memory": "lots"}, "spec.resources.memory", "quantity of bytes"),
+        ({"spec.resources.gpusPerReplica": 0.5}, "spec.resources.gpusPerReplica", "integer"),
+        (
+            {"spec.optimization.dtype": "fp16"},
+            "spec.optimization.dtype",
+            "fp16 needs a GPU: set resources.gpusPerReplica",
+        ),
+        ({"spec.requireMetrics": {"f1": 90}}, "spec.requireMetrics", "from 0 to 1"),
+        ({"spec.requireMetrics": {"f1": -0.1}}, "spec.requireMetrics", "from 0 to 1"),
+        ({"spec.rollout": {"strategy": "RollingUpdate"}}, "spec.rollout", "unknown field"),
+        (
+            {"spec.model": {"uri": "builtin://digits"}},
+            "spec.model.uri",
+            "model.uri must be a pvc:// or file:// location",
+        ),
     ],
     ids=[
         "min replicas above max is refused",
@@ -98,6 +129,19 @@ def test_camel_case_round_trips_through_yaml_names() -> None:
         "a gate on a lower-is-better metric is refused",
         "zero max replicas is refused",
         "a cpu that is not a quantity is refused",
+        "a negative cpu is refused",
+        "zero cpu is refused",
+        "a cpu in gibibytes is refused",
+        "more than 1024 cores are refused",
+        "a negative memory is refused",
+        "more than 16Ti of memory is refused",
+        "a memory that is not a quantity is refused",
+        "half a GPU per replica is refused",
+        "fp16 on a CPU replica is refused",
+        "a gate in percent is refused",
+        "a negative gate is refused",
+        "the removed rollout field is refused",
+        "serving a built-in data set is refused",
     ],
 )
 def test_deployment_rules(changes: dict[str, Any], field: str, message: str) -> None:
@@ -159,7 +203,7 @@ def test_deployment_rules(changes: dict[str, Any], field: str, message: str) -> 
             "task does not fit architecture",
         ),
         (
-            {"spec.model.params": {"hidden": 10, "heads": 4}},
+            {"spec.model": {**TEXT, "params": {"hidden": 10, "heads": 4}}},
             "spec.model.params.heads",
             "divisible by heads",
         ),
@@ -172,6 +216,106 @@ def test_deployment_rules(changes: dict[str, Any], field: str, message: str) -> 
         ({"spec.data.train.uri": "http://x/y"}, "spec.data.train.uri", "pvc://"),
         ({"metadata.name": "Upper"}, "metadata.name", "must start with a lowercase letter"),
         ({"spec.hyperparameters.lr": 0.1}, "spec.hyperparameters.lr", "unknown field"),
+        (
+            {"spec.model": {**RESNET, "params": {"heads": 4}}},
+            "spec.model.params.heads",
+            "params.heads is only for transformer and bert",
+        ),
+        (
+            {"spec.model.params": {"heads": 2}},
+            "spec.model.params.heads",
+            "params.heads is only for transformer and bert",
+        ),
+        (
+            {"spec.model.params": {"vocabSize": 1000}},
+            "spec.model.params.vocabSize",
+            "params.vocabSize is only for transformer and bert",
+        ),
+        (
+            {"spec.model.params": {"maxLength": 32}},
+            "spec.model.params.maxLength",
+            "params.maxLength is only for transformer and bert",
+        ),
+        (
+            {"spec.model": {**RESNET, "params": {"dropout": 0.1}}},
+            "spec.model.params.dropout",
+            "params.dropout is only for transformer, bert and mlp",
+        ),
+        (
+            {"spec.model": {**TEXT, "params": {"heads": 3}}},
+            "spec.model.params.heads",
+            "hidden must be divisible by heads (unset, hidden is 64",
+        ),
+        (
+            {"spec.model": {**TEXT, "params": {"hidden": 10}}},
+            "spec.model.params.heads",
+            "hidden must be divisible by heads",
+        ),
+        (
+            {"spec.hyperparameters.precision": "fp16"},
+            "spec.hyperparameters.precision",
+            "fp16 needs GPUs",
+        ),
+        (
+            {"spec.tuning": make_tuning(precision={"type": "choice", "options": ["fp16"]})},
+            "spec.tuning.space",
+            "tuning.space.precision offers fp16, which needs GPUs",
+        ),
+        (
+            {
+                "spec.evaluation.metrics": ["accuracy"],
+                "spec.tuning": make_tuning(),
+            },
+            "spec.tuning.objective.metric",
+            "must be loss or a metric the run computes",
+        ),
+        (
+            {"spec.tuning": {**make_tuning(), "objective": {"metric": "top5Accuracy"}}},
+            "spec.tuning.objective.metric",
+            "must be loss or a metric the run computes",
+        ),
+        (
+            {"spec.tuning": {**make_tuning(), "objective": {"metric": "loss"}}},
+            "spec.tuning.objective.goal",
+            "must be minimize for loss and perplexity",
+        ),
+        (
+            {"spec.tuning": {**make_tuning(), "objective": {"metric": "f1", "goal": "minimize"}}},
+            "spec.tuning.objective.goal",
+            "maximize (the default) for the other metrics",
+        ),
+        (
+            {"spec.model.init": {"uri": "builtin://sentiment"}},
+            "spec.model.init.uri",
+            "model.init.uri must be a pvc:// or file:// location",
+        ),
+        (
+            {"spec.output.uri": "builtin://models"},
+            "spec.output.uri",
+            "output.uri must be a pvc:// or file:// location",
+        ),
+        (
+            {"spec.data.labelColumn": "target"},
+            "spec.data.labelColumn",
+            "builtin:// data sets have fixed columns",
+        ),
+        (
+            {"spec.data": {"train": {"uri": "pvc://d/t.csv"}, "textColumn": "notes"}},
+            "spec.data.textColumn",
+            "data.textColumn is for text tasks",
+        ),
+        (
+            {
+                "spec.model": {"architecture": "bert", "task": "masked-lm"},
+                "spec.data": {"train": {"uri": "pvc://d/t.jsonl"}, "labelColumn": "y"},
+            },
+            "spec.data.labelColumn",
+            "not read by masked-lm",
+        ),
+        ({"spec.resources.cpu": "1Ki"}, "spec.resources.cpu", "binary suffix"),
+        ({"spec.resources.memory": 512}, "spec.resources.memory", "counts bytes"),
+        ({"spec.resources.cpu": "Ki"}, "spec.resources.cpu", "binary suffix"),
+        ({"spec.resources.cpu": "."}, "spec.resources.cpu", "must be from 1m"),
     ],
     ids=[
         "validation data and a split together are refused",
@@ -190,6 +334,28 @@ def test_deployment_rules(changes: dict[str, Any], field: str, message: str) -> 
         "an unsupported URI scheme is refused",
         "an uppercase name is refused",
         "a misspelt field is refused",
+        "heads on a resnet are refused",
+        "heads on an mlp are refused",
+        "a vocabulary size on an mlp is refused",
+        "a max length on an mlp is refused",
+        "dropout on a resnet is refused",
+        "heads that do not divide the default hidden width are refused",
+        "a hidden width the default heads do not divide is refused",
+        "fp16 without GPUs is refused",
+        "searching fp16 without GPUs is refused",
+        "an objective outside the listed metrics is refused",
+        "an objective outside the task's standard set is refused",
+        "maximizing the loss is refused",
+        "minimizing f1 is refused",
+        "starting from a built-in data set is refused",
+        "writing to a built-in data set is refused",
+        "a label column for built-in data is refused",
+        "a text column on a table is refused",
+        "a label column on masked-lm is refused",
+        "a cpu in kibibytes is refused",
+        "a memory without a suffix is refused as bytes",
+        "a bare binary suffix as cpu is refused",
+        "a bare decimal point (zero) as cpu is refused",
     ],
 )
 def test_training_rules(changes: dict[str, Any], field: str, message: str) -> None:
@@ -225,3 +391,143 @@ def test_a_yaml_syntax_error_is_one_readable_problem(tmp_path: Path) -> None:
     (result,) = check_file(path)
     assert not result.ok
     assert "cannot read" in str(result.problems[0])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"spec.model": {**TEXT, "params": {"hidden": 96, "heads": 8, "maxLength": 16}}},
+        {"spec.model": {**RESNET, "params": {"layers": 2, "hidden": 8}}},
+        {"spec.model.params": {"layers": 1, "hidden": 10, "dropout": 0.0}},
+        {"spec.hyperparameters.precision": "fp16", "spec.resources.gpusPerNode": 1},
+        {"spec.hyperparameters.precision": "bf16"},
+        {"spec.tuning": {**make_tuning(), "objective": {"metric": "loss", "goal": "minimize"}}},
+        {"spec.tuning": {**make_tuning(), "objective": {"metric": "recall"}}},
+        {
+            "spec.model": {"architecture": "bert", "task": "masked-lm"},
+            "spec.data.train.uri": "builtin://sentiment",
+            "spec.tuning": {
+                **make_tuning(),
+                "objective": {"metric": "perplexity", "goal": "minimize"},
+            },
+        },
+        {
+            "spec.data.validation": {"uri": "pvc://d/v.csv"},
+            "spec.data.labelColumn": "target",
+        },
+        {"spec.resources": {"cpu": "1k", "memory": "1Mi"}},
+        {"spec.resources": {"cpu": "1e3", "memory": "16Ti"}},
+        {"spec.resources": {"cpu": 1, "memory": 1048576}},
+        {"spec.resources": {"cpu": "1m", "memory": "1.5Gi"}},
+    ],
+    ids=[
+        "heads that divide hidden on a transformer are accepted",
+        "layers and hidden on a resnet are accepted",
+        "dropout on an mlp with any hidden width is accepted",
+        "fp16 with GPUs is accepted",
+        "bf16 on CPUs is accepted",
+        "minimizing the loss is accepted",
+        "a standard metric with the default goal is accepted",
+        "minimizing perplexity on masked-lm is accepted",
+        "a label column for validation data of your own is accepted",
+        "a thousand cores written 1k are accepted",
+        "a thousand cores written 1e3 are accepted",
+        "plain integers are accepted",
+        "one millicore and fractional gibibytes are accepted",
+    ],
+)
+def test_training_that_fits_is_accepted(changes: dict[str, Any]) -> None:
+    assert problems(make_training(changes)) == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"spec.resources": {"gpusPerReplica": 1}, "spec.optimization.dtype": "fp16"},
+        {"spec.optimization.dtype": "bf16"},
+        {"spec.requireMetrics": {"f1": 0, "accuracy": 1}},
+        {"spec.model": {"uri": "pvc://models/sentiment"}},
+    ],
+    ids=[
+        "fp16 on a GPU replica is accepted",
+        "bf16 on a CPU replica is accepted",
+        "gates of 0 and 1 are accepted",
+        "a model on a claim is accepted",
+    ],
+)
+def test_deployment_that_fits_is_accepted(changes: dict[str, Any]) -> None:
+    assert problems(make_deployment(changes)) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("4", Decimal(4)),
+        (2, Decimal(2)),
+        ("500m", Decimal("0.5")),
+        ("1.5", Decimal("1.5")),
+        (".5", Decimal("0.5")),
+        ("1.", Decimal(1)),
+        ("+3", Decimal(3)),
+        ("-1", Decimal(-1)),
+        ("1k", Decimal(1000)),
+        ("1e3", Decimal(1000)),
+        ("1E3", Decimal(1000)),
+        ("25e-1", Decimal("2.5")),
+        ("2E", Decimal(2 * 10**18)),
+        ("100u", Decimal("0.0001")),
+        ("5n", Decimal("0.000000005")),
+        ("16Gi", Decimal(16 * 2**30)),
+        ("512Mi", Decimal(512 * 2**20)),
+        ("1.5Ki", Decimal(1536)),
+        ("-5Gi", Decimal(-5 * 2**30)),
+        ("01", Decimal(1)),
+        # Go's parser (and so the API server) reads a quantity without digits as 0.
+        (".", Decimal(0)),
+        ("Ki", Decimal(0)),
+        ("-", Decimal(0)),
+    ],
+    ids=repr,
+)
+def test_parse_quantity_follows_the_kubernetes_grammar(text: int | str, value: Decimal) -> None:
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "four", "1.5.5", "1e", "1e+", "1e1.5", "1K", "1Kib", "1 Gi", "--1", "0x10", True],
+    ids=repr,
+)
+def test_parse_quantity_refuses_what_is_not_a_quantity(text: Any) -> None:
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        parse_quantity(text)
+
+
+@pytest.mark.parametrize(
+    ("quantity", "cores"),
+    [("1k", 1000.0), ("1e3", 1000.0), ("1E3", 1000.0), ("2.5", 2.5), ("250m", 0.25), (8, 8.0)],
+    ids=repr,
+)
+def test_every_cpu_the_api_accepts_becomes_cores(quantity: int | str, cores: float) -> None:
+    obj = make_deployment({"spec.resources.cpu": quantity})
+    assert problems(obj) == []
+    assert cpu_cores(quantity) == cores
+
+
+def test_the_params_table_is_the_runtimes() -> None:
+    from modelplane_runtime.models.registry import DEFAULTS  # noqa: PLC0415  (imports torch)
+
+    snake = {"maxLength": "max_length", "vocabSize": "vocab_size"}
+    taken = {
+        arch: {
+            snake.get(name, name) for name, archs in PARAMS_BY_ARCHITECTURE.items() if arch in archs
+        }
+        for arch in DEFAULTS
+    }
+    assert taken == {arch: set(defaults) for arch, defaults in DEFAULTS.items()}
+
+
+def test_the_default_metrics_are_the_runtimes() -> None:
+    from modelplane_runtime.evaluate import default_metrics  # noqa: PLC0415  (imports torch)
+
+    assert {task: default_metrics(task) for task in get_args(Task)} == DEFAULT_METRICS

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
-from modelplane_operator.api.base import ApiModel, CelRule, StatusModel
+from modelplane_operator.api.base import CEL_KEY, ApiModel, CelRule, StatusModel
 
 URI_SCHEMES = ("pvc", "file", "builtin")
 _URI_RE = re.compile(r"^(pvc|file|builtin)://\S+$")
@@ -39,32 +42,156 @@ Uri = Annotated[
 ]
 """A storage location: `pvc://<claim>/<path>`, `file:///<path>` or `builtin://<name>`."""
 
-# Kubernetes' own resource.Quantity grammar, as kubebuilder emits it for int-or-string.
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+
+def artifact_uri_rule(field: str) -> CelRule:
+    """A rule for a model whose `uri` is an artifact's place (read or written): builtin://
+    names a data set, which holds no artifact and takes no writes."""
+    return CelRule(
+        rule="!has(self.uri) || !self.uri.startsWith('builtin://')",
+        message=(
+            f"{field} must be a pvc:// or file:// location: builtin:// names a data set "
+            "shipped with modelplane, not a model artifact"
+        ),
+        check=lambda m: m.uri is None or not m.uri.startswith("builtin://"),
+        field_path=".uri",
+    )
+
+
+# Kubernetes' resource.Quantity grammar (k8s.io/apimachinery resource.ParseQuantity): a
+# signed decimal, then a binary suffix (Ki..Ei), a decimal one (n, u, m, k, M..E) or an
+# integer exponent (e3, E-2). Go's parser reads a number without digits as 0 ("Ki", ".",
+# "-" are quantities of 0), and so does this; the rules on each field refuse 0.
+_QUANTITY_RE = re.compile(
+    r"^(?P<number>[+-]?[0-9]*(?:\.[0-9]*)?)(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 )
-_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 
-def _check_quantity(value: str | int) -> str | int:
-    if isinstance(value, str) and not _QUANTITY_RE.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 500m, 2, 16Gi, 512Mi)")
-    return value
+def parse_quantity(value: int | str) -> Decimal:
+    """The exact value of a Kubernetes quantity ("500m", "16Gi", "1e3", 2).
+
+    The API server's CEL `isQuantity`/`quantity` and this accept the same strings, so a
+    quantity refused here is refused at `kubectl apply` too. Raises ValueError.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    match = _QUANTITY_RE.match(str(value))
+    if match is None or not str(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    digits = match.group("number").lstrip("+-")
+    number = Decimal(digits) if digits.strip(".") else Decimal(0)
+    if match.group("number").startswith("-"):
+        number = -number
+    suffix = match.group("suffix") or ""
+    if suffix in _BINARY:
+        return number * (1 << _BINARY[suffix])
+    if suffix in _DECIMAL:
+        return number.scaleb(_DECIMAL[suffix])
+    return number.scaleb(int(suffix[1:]))
 
 
-Quantity = Annotated[
-    int | str,
-    AfterValidator(_check_quantity),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
-            "x-kubernetes-int-or-string": True,
-        }
+@dataclass(frozen=True)
+class QuantityRule:
+    """One rule on a quantity field: CEL on the API server, a predicate here, one message."""
+
+    rule: str
+    message: str
+    check: Callable[[int | str], bool]
+
+
+def _is_quantity(value: int | str) -> bool:
+    try:
+        parse_quantity(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _within(value: int | str, low: str, high: str) -> bool:
+    """False for a non-quantity: the rule that says "not a quantity" reports that one."""
+    if not _is_quantity(value):
+        return True
+    return parse_quantity(low) <= parse_quantity(value) <= parse_quantity(high)
+
+
+# The field is int-or-string, so CEL sees an int or a string: string(self) is both.
+_Q = "quantity(string(self))"
+_IS_Q = "isQuantity(string(self))"
+MAX_CPU, MIN_MEMORY, MAX_MEMORY = "1024", "1Mi", "16Ti"
+
+CPU_RULES = (
+    QuantityRule(
+        rule=_IS_Q,
+        message="resources.cpu must be a Kubernetes quantity of cores, such as 4, 1.5 or 500m",
+        check=_is_quantity,
     ),
+    QuantityRule(
+        rule="!string(self).endsWith('i')",
+        message=(
+            "resources.cpu counts cores (4) or millicores (500m); a binary suffix such as "
+            "Gi is for memory"
+        ),
+        check=lambda v: not str(v).endswith("i"),
+    ),
+    QuantityRule(
+        rule=(
+            f"!{_IS_Q} || ({_Q}.compareTo(quantity('1m')) >= 0 && "
+            f"{_Q}.compareTo(quantity('{MAX_CPU}')) <= 0)"
+        ),
+        message=f"resources.cpu must be from 1m (one millicore) to {MAX_CPU} cores",
+        check=lambda v: _within(v, "1m", MAX_CPU),
+    ),
+)
+
+MEMORY_RULES = (
+    QuantityRule(
+        rule=_IS_Q,
+        message="resources.memory must be a Kubernetes quantity of bytes, such as 512Mi or 16Gi",
+        check=_is_quantity,
+    ),
+    QuantityRule(
+        rule=(
+            f"!{_IS_Q} || ({_Q}.compareTo(quantity('{MIN_MEMORY}')) >= 0 && "
+            f"{_Q}.compareTo(quantity('{MAX_MEMORY}')) <= 0)"
+        ),
+        # A number without a suffix counts bytes: "512" meant 512Mi, and no process
+        # starts in 512 bytes. 1Mi is far below what the runtime needs but above any typo.
+        message=(
+            f"resources.memory must be from {MIN_MEMORY} to {MAX_MEMORY}; a number without "
+            "a suffix counts bytes, so write 512Mi, not 512"
+        ),
+        check=lambda v: _within(v, MIN_MEMORY, MAX_MEMORY),
+    ),
+)
+
+
+def _checker(rules: tuple[QuantityRule, ...]) -> Callable[[int | str], int | str]:
+    def check(value: int | str) -> int | str:
+        for rule in rules:
+            if not rule.check(value):
+                raise ValueError(rule.message)
+        return value
+
+    return check
+
+
+def _schema(rules: tuple[QuantityRule, ...]) -> dict[str, Any]:
+    return {
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-int-or-string": True,
+        CEL_KEY: [{"rule": r.rule, "message": r.message} for r in rules],
+    }
+
+
+CpuQuantity = Annotated[
+    int | str, AfterValidator(_checker(CPU_RULES)), WithJsonSchema(_schema(CPU_RULES))
 ]
-"""A Kubernetes resource quantity such as `8`, `500m` or `32Gi`."""
+"""CPU as a Kubernetes quantity of cores: `4`, `1.5`, `500m`; from 1m to 1024 cores."""
+MemoryQuantity = Annotated[
+    int | str, AfterValidator(_checker(MEMORY_RULES)), WithJsonSchema(_schema(MEMORY_RULES))
+]
+"""Memory as a Kubernetes quantity of bytes: `512Mi`, `16Gi`; from 1Mi to 16Ti."""
 
 MetricName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
 
@@ -134,15 +261,19 @@ class ArtifactRef(StatusModel):
 
 __all__ = [
     "CONDITIONS_LIST",
-    "QUANTITY_PATTERN",
+    "CPU_RULES",
+    "MEMORY_RULES",
     "URI_MESSAGE",
     "URI_SCHEMES",
     "ArtifactRef",
     "CelRule",
     "Condition",
+    "CpuQuantity",
+    "MemoryQuantity",
     "MetricName",
-    "Quantity",
     "Scheduling",
     "Toleration",
     "Uri",
+    "artifact_uri_rule",
+    "parse_quantity",
 ]

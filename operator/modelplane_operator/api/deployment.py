@@ -10,9 +10,11 @@ from modelplane_operator.api.base import ApiModel, CelRule, StatusModel
 from modelplane_operator.api.common import (
     CONDITIONS_LIST,
     Condition,
-    Quantity,
+    CpuQuantity,
+    MemoryQuantity,
     Scheduling,
     Uri,
+    artifact_uri_rule,
 )
 
 # Metrics a deployment can require a minimum of: those where higher is better.
@@ -29,6 +31,7 @@ class ModelSource(ApiModel):
             message="set exactly one of fromTraining and uri",
             check=lambda m: (m.from_training is None) != (m.uri is None),
         ),
+        artifact_uri_rule("model.uri"),
     )
 
     from_training: str | None = Field(
@@ -77,12 +80,14 @@ class Autoscaling(ApiModel):
 class ServingResources(Scheduling):
     """What each replica gets and where it runs."""
 
-    gpus_per_replica: float = Field(default=0.0, ge=0.0, le=16.0)
-    """GPUs per replica (fractions share a GPU); 0 serves on the CPU."""
-    cpu: Quantity | None = None
-    """CPU request and limit per worker pod, for example "4"."""
-    memory: Quantity | None = None
-    """Memory request and limit per worker pod, for example 16Gi."""
+    gpus_per_replica: int = Field(default=0, ge=0, le=16)
+    """Whole GPUs per replica; 0 serves on the CPU. Each replica runs in a worker pod of
+    its own, which holds these GPUs alone: replicas never share a GPU."""
+    cpu: CpuQuantity | None = None
+    """CPU request and limit per worker pod in cores or millicores, for example "4" or
+    500m (from 1m to 1024)."""
+    memory: MemoryQuantity | None = None
+    """Memory request and limit per worker pod, for example 16Gi (from 1Mi to 16Ti)."""
 
 
 class Batching(ApiModel):
@@ -98,18 +103,12 @@ class Optimization(ApiModel):
     """Inference optimisations, each checked against the fp32 model's predictions."""
 
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Weights and activations type; bf16 and fp16 are for GPUs (bf16 also runs on CPUs)."""
+    """Weights and activations type; bf16 and fp16 are for GPUs (bf16 also runs on CPUs;
+    fp16 needs resources.gpusPerReplica > 0)."""
     quantization: Literal["none", "int8"] = "none"
     """int8 applies dynamic int8 quantisation to linear layers (CPU serving only)."""
     compile: bool = False
     """Compile the model with torch.compile at start-up."""
-
-
-class Rollout(ApiModel):
-    """How a new model version replaces the old one."""
-
-    strategy: Literal["RollingUpdate"] = "RollingUpdate"
-    """RollingUpdate replaces replicas in place without dropping requests."""
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -132,13 +131,39 @@ class ModelDeploymentSpec(ApiModel):
                 "!has(self.optimization) || !has(self.optimization.quantization) || "
                 "self.optimization.quantization == 'none' || "
                 "!has(self.resources) || !has(self.resources.gpusPerReplica) || "
-                "self.resources.gpusPerReplica == 0.0"
+                "self.resources.gpusPerReplica == 0"
             ),
             message="int8 quantization is for CPU serving: set resources.gpusPerReplica to 0",
             check=lambda s: (
                 s.optimization.quantization == "none" or s.resources.gpus_per_replica == 0
             ),
             field_path=".optimization.quantization",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.optimization) || !has(self.optimization.dtype) || "
+                "self.optimization.dtype != 'fp16' || (has(self.resources) && "
+                "has(self.resources.gpusPerReplica) && self.resources.gpusPerReplica > 0)"
+            ),
+            message=(
+                "optimization.dtype fp16 needs a GPU: set resources.gpusPerReplica, or use "
+                "bf16 or fp32 on CPUs"
+            ),
+            check=lambda s: s.optimization.dtype != "fp16" or s.resources.gpus_per_replica > 0,
+            field_path=".optimization.dtype",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.requireMetrics) || "
+                "self.requireMetrics.all(k, self.requireMetrics[k] >= 0.0 && "
+                "self.requireMetrics[k] <= 1.0)"
+            ),
+            message=(
+                "requireMetrics values must be from 0 to 1: the gate metrics are fractions "
+                "(f1: 0.9, not 90)"
+            ),
+            check=lambda s: all(0.0 <= v <= 1.0 for v in s.require_metrics.values()),
+            field_path=".requireMetrics",
         ),
         CelRule(
             rule=(
@@ -158,8 +183,8 @@ class ModelDeploymentSpec(ApiModel):
     model: ModelSource
     """The trained model to serve."""
     require_metrics: dict[str, float] = Field(default_factory=dict, max_length=16)
-    """Minimum validation metrics (for example f1: 0.9); a model below any of them is
-    Rejected and not rolled out."""
+    """Minimum validation metrics, each a fraction from 0 to 1 (for example f1: 0.9); a
+    model below any of them is Rejected and not rolled out."""
     replicas: ReplicaRange = Field(default_factory=ReplicaRange)
     """Replica bounds for the autoscaler."""
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
@@ -175,8 +200,6 @@ class ModelDeploymentSpec(ApiModel):
     max_queued_requests: int = Field(default=64, ge=0, le=100000)
     """Requests one replica lets wait beyond maxOngoingRequests; beyond that callers get
     503 with Retry-After at once instead of waiting ever longer."""
-    rollout: Rollout = Field(default_factory=Rollout)
-    """How new model versions roll out."""
 
 
 class ModelInfo(StatusModel):

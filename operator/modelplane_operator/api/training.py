@@ -11,9 +11,11 @@ from modelplane_operator.api.common import (
     CONDITIONS_LIST,
     ArtifactRef,
     Condition,
-    Quantity,
+    CpuQuantity,
+    MemoryQuantity,
     Scheduling,
     Uri,
+    artifact_uri_rule,
 )
 
 Architecture = Literal["transformer", "bert", "resnet", "mlp"]
@@ -30,6 +32,31 @@ ObjectiveMetric = Literal[
 ]
 TrainingPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
+ENCODERS = ("transformer", "bert")
+# The model.params each architecture reads (the runtime's models/registry.py DEFAULTS; a
+# unit test holds the two together). A structural CRD schema cannot give one field
+# different properties by architecture (a discriminated union of differing objects), so
+# ModelSpec refuses each param an architecture does not read with a rule of its own.
+PARAMS_BY_ARCHITECTURE: dict[str, tuple[str, ...]] = {
+    "layers": ("transformer", "bert", "resnet", "mlp"),
+    "hidden": ("transformer", "bert", "resnet", "mlp"),
+    "heads": ENCODERS,
+    "dropout": (*ENCODERS, "mlp"),
+    "maxLength": ENCODERS,
+    "vocabSize": ENCODERS,
+}
+# The encoders' hidden and heads when params leave them unset (registry.DEFAULTS).
+ENCODER_HIDDEN, ENCODER_HEADS = 64, 4
+# What the run computes without evaluation.metrics (the runtime's evaluate.py), and the
+# metrics where lower is better; loss is always computed.
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "text-classification": ("accuracy", "f1", "precision", "recall"),
+    "masked-lm": ("perplexity",),
+    "image-classification": ("accuracy", "f1", "precision", "recall"),
+    "tabular-classification": ("accuracy", "f1", "precision", "recall"),
+}
+LOWER_IS_BETTER = ("loss", "perplexity")
+
 # Hyperparameters a tuning space may name, by the kind of value they take.
 TUNABLE_FLOATS = ("learningRate", "weightDecay", "maxGradNorm")
 TUNABLE_INTS = ("epochs", "batchSize", "warmupSteps", "gradientAccumulation")
@@ -45,35 +72,64 @@ def _cel_map(mapping: dict[str, tuple[str, ...]]) -> str:
     return "{" + ", ".join(f"'{k}': {_cel_list(v)}" for k, v in mapping.items()) + "}"
 
 
-class ModelParams(ApiModel):
-    """Size of the network. Unset fields take the architecture's tiny default."""
+def _spoken(items: tuple[str, ...]) -> str:
+    """("a", "b", "c") -> "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
-    cel_rules = (
-        CelRule(
-            rule="!has(self.hidden) || !has(self.heads) || self.hidden % self.heads == 0",
-            message="hidden must be divisible by heads",
-            check=lambda p: p.hidden is None or p.heads is None or p.hidden % p.heads == 0,
-            field_path=".heads",
-        ),
-    )
+
+class ModelParams(ApiModel):
+    """Size of the network. Unset fields take the architecture's tiny default; a field
+    the architecture does not read is refused (each field says which take it)."""
 
     layers: int | None = Field(default=None, ge=1, le=64)
-    """Encoder layers (transformer, bert), hidden layers (mlp) or blocks per stage (resnet)."""
+    """All architectures: encoder layers (transformer, bert; default 2), hidden layers
+    (mlp; default 2) or blocks per stage (resnet; default 1)."""
     hidden: int | None = Field(default=None, ge=4, le=16384)
-    """Hidden width: model dimension (transformer, bert), layer width (mlp), base channels
-    (resnet)."""
+    """All architectures: model dimension (transformer, bert; default 64, divisible by
+    heads), layer width (mlp; default 64) or base channels (resnet; default 16)."""
     heads: int | None = Field(default=None, ge=1, le=128)
-    """Attention heads (transformer, bert); hidden must be divisible by heads."""
+    """transformer and bert only: attention heads (default 4); hidden must be divisible
+    by heads."""
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
-    """Dropout probability."""
+    """transformer, bert and mlp only (not resnet): dropout probability (default 0.1)."""
     max_length: int | None = Field(default=None, ge=8, le=8192)
-    """Longest token sequence; longer texts are truncated (text tasks)."""
+    """transformer and bert only: longest token sequence (default 64); longer texts are
+    truncated."""
     vocab_size: int | None = Field(default=None, ge=64, le=262144)
-    """Size of the tokenizer vocabulary trained on the data (text tasks)."""
+    """transformer and bert only: size of the tokenizer vocabulary trained on the data
+    (default 2000)."""
+
+
+_PARAM_ATTRS = {"layers": "layers", "hidden": "hidden", "heads": "heads", "dropout": "dropout"}
+_PARAM_ATTRS |= {"maxLength": "max_length", "vocabSize": "vocab_size"}
+
+
+def _param_rule(name: str, architectures: tuple[str, ...]) -> CelRule:
+    """Refuse params.<name> on an architecture that does not read it."""
+    attr = _PARAM_ATTRS[name]
+    return CelRule(
+        rule=(
+            f"!has(self.params) || !has(self.params.{name}) || "
+            f"self.architecture in {_cel_list(architectures)}"
+        ),
+        message=f"params.{name} is only for {_spoken(architectures)}",
+        check=lambda m: getattr(m.params, attr) is None or m.architecture in architectures,
+        field_path=f".params.{name}",
+    )
+
+
+def _hidden_divisible_by_heads(m: ModelSpec) -> bool:
+    if m.architecture not in ENCODERS:
+        return True
+    hidden = m.params.hidden if m.params.hidden is not None else ENCODER_HIDDEN
+    heads = m.params.heads if m.params.heads is not None else ENCODER_HEADS
+    return hidden % heads == 0
 
 
 class ModelInit(ApiModel):
     """Saved weights to start from instead of a random initialisation."""
+
+    cel_rules = (artifact_uri_rule("model.init.uri"),)
 
     uri: Uri
     """Location of a modelplane artifact (for example a masked-LM pre-training run)."""
@@ -93,6 +149,26 @@ class ModelSpec(ApiModel):
             ),
             check=lambda m: m.task in TASKS_BY_ARCHITECTURE[m.architecture],
             field_path=".task",
+        ),
+        *(
+            _param_rule(name, architectures)
+            for name, architectures in PARAMS_BY_ARCHITECTURE.items()
+            if set(architectures) != set(TASKS_BY_ARCHITECTURE)
+        ),
+        CelRule(
+            # An unset hidden or heads is the encoders' default, which the pod would use.
+            rule=(
+                f"!(self.architecture in {_cel_list(ENCODERS)}) || "
+                f"(has(self.params) && has(self.params.hidden) ? self.params.hidden : "
+                f"{ENCODER_HIDDEN}) % (has(self.params) && has(self.params.heads) ? "
+                f"self.params.heads : {ENCODER_HEADS}) == 0"
+            ),
+            message=(
+                f"hidden must be divisible by heads (unset, hidden is {ENCODER_HIDDEN} and "
+                f"heads {ENCODER_HEADS})"
+            ),
+            check=_hidden_divisible_by_heads,
+            field_path=".params.heads",
         ),
     )
 
@@ -115,6 +191,42 @@ class DataSource(ApiModel):
     built-in data set such as builtin://digits."""
 
 
+# A column set to its default name reads as unset: a spec dumped with its defaults and
+# parsed again must stay valid, and CEL (which sees no pydantic default) agrees.
+COLUMN_DEFAULTS = {"textColumn": "text", "labelColumn": "label"}
+
+
+def _column_unset(name: str, data: str) -> str:
+    return f"(!has({data}.{name}) || {data}.{name} == '{COLUMN_DEFAULTS[name]}')"
+
+
+_BUILTIN_ONLY_CEL = (
+    "self.train.uri.startsWith('builtin://') && "
+    "(!has(self.validation) || self.validation.uri.startsWith('builtin://'))"
+)
+
+
+def _builtin_only(d: DataSpec) -> bool:
+    sources = [d.train] if d.validation is None else [d.train, d.validation]
+    return all(s.uri.startswith("builtin://") for s in sources)
+
+
+def _column_rule(name: str) -> CelRule:
+    """Refuse data.<name> when only builtin:// data is read: its columns are fixed, and
+    the runtime reads a built-in data set without looking at column names."""
+    attr = {"textColumn": "text_column", "labelColumn": "label_column"}[name]
+    default = COLUMN_DEFAULTS[name]
+    return CelRule(
+        rule=f"{_column_unset(name, 'self')} || !({_BUILTIN_ONLY_CEL})",
+        message=(
+            f"data.{name} names a column of your own JSONL, CSV or NPZ data; builtin:// "
+            "data sets have fixed columns and never read it"
+        ),
+        check=lambda d: getattr(d, attr) == default or not _builtin_only(d),
+        field_path=f".{name}",
+    )
+
+
 class DataSpec(ApiModel):
     """Training and validation data."""
 
@@ -124,6 +236,7 @@ class DataSpec(ApiModel):
             message="set either validation or validationSplit, not both",
             check=lambda d: d.validation is None or d.validation_split is None,
         ),
+        *(_column_rule(name) for name in ("textColumn", "labelColumn")),
     )
 
     train: DataSource
@@ -133,10 +246,11 @@ class DataSpec(ApiModel):
     training data is held out."""
     validation_split: float | None = Field(default=None, gt=0.0, lt=1.0)
     """Fraction of the training data held out for validation (deterministic by seed)."""
-    text_column: str = Field(default="text", min_length=1, max_length=253)
-    """Name of the text field in JSONL or CSV data."""
-    label_column: str = Field(default="label", min_length=1, max_length=253)
-    """Name of the label field in JSONL, CSV or NPZ data."""
+    text_column: str = Field(default=COLUMN_DEFAULTS["textColumn"], min_length=1, max_length=253)
+    """Name of the text field in JSONL or CSV data (text tasks; not for builtin:// data)."""
+    label_column: str = Field(default=COLUMN_DEFAULTS["labelColumn"], min_length=1, max_length=253)
+    """Name of the label field in JSONL, CSV or NPZ data (classification; not for
+    builtin:// data)."""
 
 
 class Hyperparameters(ApiModel):
@@ -162,7 +276,8 @@ class Hyperparameters(ApiModel):
     max_grad_norm: float = Field(default=1.0, gt=0.0, le=1000.0)
     """Gradients are clipped to this global norm."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Autocast precision: bf16 or fp16 on GPUs, bf16 on CPUs that support it."""
+    """Autocast precision: bf16 or fp16 on GPUs, bf16 on CPUs that support it (fp16
+    needs resources.gpusPerNode > 0)."""
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     """Seed of every random choice (initialisation, shuffling, splits)."""
 
@@ -175,10 +290,11 @@ class TrainingResources(Scheduling):
     gpus_per_node: int = Field(default=0, ge=0, le=16)
     """GPUs per pod (nvidia.com/gpu), one training process each; 0 trains on the CPU with
     one process."""
-    cpu: Quantity | None = None
-    """CPU request and limit per pod, for example "8"."""
-    memory: Quantity | None = None
-    """Memory request and limit per pod, for example 32Gi."""
+    cpu: CpuQuantity | None = None
+    """CPU request and limit per pod in cores or millicores, for example "8" or 500m
+    (from 1m to 1024)."""
+    memory: MemoryQuantity | None = None
+    """Memory request and limit per pod, for example 32Gi (from 1Mi to 16Ti)."""
 
 
 class Checkpointing(ApiModel):
@@ -193,6 +309,8 @@ class Checkpointing(ApiModel):
 class Output(ApiModel):
     """Where the trained artifact goes."""
 
+    cel_rules = (artifact_uri_rule("output.uri"),)
+
     uri: Uri
     """Folder for the artifact (weights, model card, tokenizer, plots); each run writes a
     sub-folder."""
@@ -202,8 +320,9 @@ class Evaluation(ApiModel):
     """How the trained model is judged on the validation data."""
 
     metrics: list[EvalMetric] = Field(default_factory=list, max_length=6)
-    """Metrics to compute; empty means the task's standard set (accuracy, f1, precision,
-    recall for classification; perplexity for masked-lm). top5Accuracy is for images."""
+    """Metrics to compute (the validation loss always is); empty means the task's
+    standard set (accuracy, f1, precision, recall for classification; perplexity for
+    masked-lm). top5Accuracy is for images and only computed when listed."""
 
 
 # Numbers only: CEL cannot see a field whose items have no single type, so numeric and
@@ -261,10 +380,28 @@ class ParamSpec(ApiModel):
 class Objective(ApiModel):
     """What the search optimises."""
 
+    cel_rules = (
+        CelRule(
+            # goal's default is not in the CRD, so CEL sees it unset: unset is maximize.
+            rule=(
+                "(has(self.goal) ? self.goal : 'maximize') == "
+                f"(self.metric in {_cel_list(LOWER_IS_BETTER)} ? 'minimize' : 'maximize')"
+            ),
+            message=(
+                "tuning.objective.goal must be minimize for loss and perplexity (lower is "
+                "better) and maximize (the default) for the other metrics"
+            ),
+            check=lambda o: o.goal == ("minimize" if o.metric in LOWER_IS_BETTER else "maximize"),
+            field_path=".goal",
+        ),
+    )
+
     metric: ObjectiveMetric
-    """A validation metric, or loss."""
+    """loss, or a validation metric the run computes: one of evaluation.metrics, or
+    without them one of the task's standard set."""
     goal: Literal["maximize", "minimize"] = "maximize"
-    """Whether higher or lower is better."""
+    """minimize for loss and perplexity, maximize for the others; nothing else is
+    accepted."""
 
 
 class EarlyStopping(ApiModel):
@@ -367,6 +504,33 @@ class Tuning(ApiModel):
     """Hyperparameters to search, by name (as in spec.hyperparameters), and their ranges."""
 
 
+TEXT_TASKS = ("text-classification", "masked-lm")
+_FP16_CEL = (
+    "has(self.hyperparameters) && has(self.hyperparameters.precision) && "
+    "self.hyperparameters.precision == 'fp16'"
+)
+_FP16_SEARCHED_CEL = (
+    "has(self.tuning) && 'precision' in self.tuning.space && "
+    "has(self.tuning.space['precision'].options) && "
+    "'fp16' in self.tuning.space['precision'].options"
+)
+_GPUS_CEL = (
+    "(has(self.resources) && has(self.resources.gpusPerNode) && self.resources.gpusPerNode > 0)"
+)
+
+
+def _objective_is_computed(s: ModelTrainingSpec) -> bool:
+    if s.tuning is None or s.tuning.objective.metric == "loss":
+        return True
+    computed = s.evaluation.metrics or DEFAULT_METRICS[s.model.task]
+    return s.tuning.objective.metric in computed
+
+
+def _searches_fp16(s: ModelTrainingSpec) -> bool:
+    precision = s.tuning.space.get("precision") if s.tuning else None
+    return precision is not None and "fp16" in (precision.options or [])
+
+
 class ModelTrainingSpec(ApiModel):
     """The desired training run."""
 
@@ -395,6 +559,62 @@ class ModelTrainingSpec(ApiModel):
                 s.model.task == "image-classification" or "top5Accuracy" not in s.evaluation.metrics
             ),
             field_path=".evaluation.metrics",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.tuning) || self.tuning.objective.metric == 'loss' || "
+                "self.tuning.objective.metric in "
+                "(has(self.evaluation) && has(self.evaluation.metrics) && "
+                "size(self.evaluation.metrics) > 0 ? self.evaluation.metrics : "
+                f"{_cel_map(DEFAULT_METRICS)}[self.model.task])"
+            ),
+            message=(
+                "tuning.objective.metric must be loss or a metric the run computes: one of "
+                "evaluation.metrics, or without them the task's standard set (accuracy, f1, "
+                "precision, recall; perplexity for masked-lm)"
+            ),
+            check=_objective_is_computed,
+            field_path=".tuning.objective.metric",
+        ),
+        CelRule(
+            rule=f"!({_FP16_CEL}) || {_GPUS_CEL}",
+            message=(
+                "hyperparameters.precision fp16 needs GPUs (fp16 autocast runs on CUDA "
+                "only): set resources.gpusPerNode, or use bf16 or fp32 on CPUs"
+            ),
+            check=lambda s: s.hyperparameters.precision != "fp16" or s.resources.gpus_per_node > 0,
+            field_path=".hyperparameters.precision",
+        ),
+        CelRule(
+            rule=f"!({_FP16_SEARCHED_CEL}) || {_GPUS_CEL}",
+            message=(
+                "tuning.space.precision offers fp16, which needs GPUs (fp16 autocast runs "
+                "on CUDA only): set resources.gpusPerNode, or search bf16 and fp32 on CPUs"
+            ),
+            check=lambda s: not _searches_fp16(s) or s.resources.gpus_per_node > 0,
+            field_path=".tuning.space",
+        ),
+        CelRule(
+            rule=(
+                f"{_column_unset('textColumn', 'self.data')} || "
+                f"self.model.task in {_cel_list(TEXT_TASKS)}"
+            ),
+            message=(
+                "data.textColumn is for text tasks (text-classification, masked-lm); a "
+                "table's features are every column but labelColumn"
+            ),
+            check=lambda s: (
+                s.data.text_column == COLUMN_DEFAULTS["textColumn"] or s.model.task in TEXT_TASKS
+            ),
+            field_path=".data.textColumn",
+        ),
+        CelRule(
+            rule=f"{_column_unset('labelColumn', 'self.data')} || self.model.task != 'masked-lm'",
+            message="data.labelColumn is not read by masked-lm, which learns from unlabelled text",
+            check=lambda s: (
+                s.data.label_column == COLUMN_DEFAULTS["labelColumn"] or s.model.task != "masked-lm"
+            ),
+            field_path=".data.labelColumn",
         ),
     )
 
