@@ -23,6 +23,7 @@ the model's URI: the artifact the reconcile resolved (`model.uri`, or the artifa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from modelplane_operator.builders.common import (
     pvc_claims,
     pvc_volumes,
 )
+from modelplane_operator.judge import SpecError
 from modelplane_operator.naming import child_name
 from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import (
@@ -112,7 +114,37 @@ REPLICA_RAY_CPUS = 1.0
 
 def replica_threads(deployment: ModelDeployment) -> int:
     """Torch threads of one replica: the worker pod's whole CPUs, at least one."""
-    return max(1, min(256, int(cpu_cores(deployment.spec.resources.cpu))))
+    try:
+        cores = cpu_cores(deployment.spec.resources.cpu)
+    except ValueError as exc:
+        raise SpecError("spec.resources.cpu", str(exc).removeprefix("resources.cpu: ")) from exc
+    return max(1, min(256, int(cores)))
+
+
+# Ray gives its object store 30% of the memory it sees (the pod's limit) and refuses to
+# start below 75 MiB of object store (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES):
+# a worker pod with less memory than this crash-loops before it holds a replica.
+WORKER_MEMORY_FLOOR = 250 * 1024 * 1024
+
+
+def memory_bytes(quantity: int | str) -> float:
+    """A memory quantity ("16Gi", "512M", "1e9", 2000000000) in bytes."""
+    try:
+        return float(parse_quantity(quantity))
+    except ValueError as exc:
+        raise SpecError("spec.resources.memory", str(exc)) from exc
+
+
+def check_worker_resources(deployment: ModelDeployment) -> None:
+    """Raise SpecError when a worker pod could never hold a replica."""
+    memory = deployment.spec.resources.memory
+    if memory is not None and memory_bytes(memory) < WORKER_MEMORY_FLOOR:
+        raise SpecError(
+            "spec.resources.memory",
+            f"{memory} is below the {WORKER_MEMORY_FLOOR // 2**20}Mi a worker pod needs to "
+            "start Ray (its object store takes 30% of the pod's memory and needs at least "
+            "75Mi); raise it (a replica with torch needs about 1Gi or more)",
+        )
 
 
 def _labels(deployment: ModelDeployment, role: str) -> dict[str, str]:
@@ -298,6 +330,7 @@ def build_workers(
 ) -> Manifest:
     """Ray workers, one model replica each, with the claim of `model_uri` (the resolved
     artifact) mounted; `replicas` is the operator's decision."""
+    check_worker_resources(deployment)
     names = names_for(deployment.metadata.name or "")
     spec = deployment.spec.resources
     start = (
@@ -465,3 +498,27 @@ def build_worker_disruption_budget(deployment: ModelDeployment) -> Manifest:
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
+
+
+def children_hash(
+    deployment: ModelDeployment, config: dict[str, Any], settings: Settings, *, model_uri: str
+) -> str:
+    """What the Ray cluster is built from: the spec, the Serve config, the image, and the
+    children as this operator's builders render them (the workers at a fixed size), so
+    an upgraded operator whose builders render something new (a probe, a policy)
+    re-applies running deployments once, with no version number to remember."""
+    rendered = [
+        build_head(deployment, settings=settings, model_uri=model_uri),
+        build_workers(deployment, settings=settings, model_uri=model_uri, replicas=0),
+        build_head_service(deployment),
+        build_http_service(deployment),
+        *build_network_policies(deployment),
+        build_worker_disruption_budget(deployment),
+    ]
+    material = {
+        "spec": deployment.spec.model_dump(mode="json"),
+        "config": config,
+        "image": pod_image(deployment.spec.resources, settings.runtime_image),
+        "children": rendered,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
