@@ -53,6 +53,14 @@ def test_kubectl_explain_shows_the_field_descriptions(crds: LocalCluster) -> Non
     assert "Pods, GPUs and placement" in text
 
 
+def test_kubectl_explain_shows_which_architectures_take_each_param(crds: LocalCluster) -> None:
+    text = " ".join(crds.kubectl("explain", "modeltraining.spec.model.params").stdout.split())
+    assert "heads <integer> transformer and bert only: attention heads" in text
+    assert "vocabSize <integer> transformer and bert only" in text
+    assert "dropout <number> transformer, bert and mlp only (not resnet)" in text
+    assert "layers <integer> All architectures" in text
+
+
 def test_kubectl_get_shows_the_printer_columns(
     crds: LocalCluster, namespace: str, paused_operator: None
 ) -> None:

@@ -139,3 +139,30 @@ def test_conditions_are_a_list_map_keyed_by_type() -> None:
         conditions = schema["properties"]["status"]["properties"]["conditions"]
         assert conditions["x-kubernetes-list-type"] == "map"
         assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_quantities_are_judged_by_the_cel_quantity_library() -> None:
+    schemas = dict(crd_schemas())
+    for name in ("modelplane.io_modeltrainings.yaml", "modelplane.io_modeldeployments.yaml"):
+        resources = schemas[name]["properties"]["spec"]["properties"]["resources"]["properties"]
+        for field in ("cpu", "memory"):
+            node = resources[field]
+            assert node["x-kubernetes-int-or-string"] is True
+            rules = [r["rule"] for r in node["x-kubernetes-validations"]]
+            assert "isQuantity(string(self))" in rules, (name, field)
+            assert any("compareTo(quantity(" in r for r in rules), (name, field)
+
+
+def test_gpus_per_replica_are_whole_and_rollout_is_gone() -> None:
+    spec = dict(crd_schemas())["modelplane.io_modeldeployments.yaml"]["properties"]["spec"]
+    assert spec["properties"]["resources"]["properties"]["gpusPerReplica"]["type"] == "integer"
+    assert "rollout" not in spec["properties"]
+
+
+def test_each_param_an_architecture_does_not_read_has_its_own_rule() -> None:
+    model = dict(crd_schemas())["modelplane.io_modeltrainings.yaml"]["properties"]["spec"][
+        "properties"
+    ]["model"]
+    paths = {r.get("fieldPath") for r in model["x-kubernetes-validations"]}
+    for field in ("heads", "dropout", "maxLength", "vocabSize"):
+        assert f".params.{field}" in paths

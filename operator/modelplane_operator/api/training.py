@@ -178,7 +178,8 @@ class ModelSpec(ApiModel):
     task: Task
     """What the model learns; must fit the architecture."""
     params: ModelParams = Field(default_factory=ModelParams)
-    """Network size; unset fields take tiny defaults that train in seconds on a CPU."""
+    """Network size; unset fields take tiny defaults that train in seconds on a CPU.
+    Each field names the architectures that read it; any other refuses it."""
     init: ModelInit | None = None
     """Start from saved weights (same architecture) instead of random ones."""
 
