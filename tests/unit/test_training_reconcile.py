@@ -13,6 +13,7 @@ import pytest
 
 from modelplane_operator import constants as c
 from modelplane_operator.conditions import format_time
+from modelplane_operator.handlers import Backoff
 from modelplane_operator.reconcile.training import reconcile_training
 from modelplane_operator.settings import Settings
 from tests.factories import changed, make_training, make_tuning
@@ -317,3 +318,22 @@ TRIAL_RESULT = {
     "artifact_uri": "pvc://models/demo/demo-t0",
     "digest": "sha256:1",
 }
+
+
+def test_a_failing_pass_backs_off_doubling_to_five_minutes_unless_the_spec_changes() -> None:
+    backoff = None
+    delays = []
+    for _ in range(9):
+        backoff = Backoff.after(backoff, generation=1, now=1000.0)
+        delays.append(backoff.until - 1000.0)
+    assert delays == [5, 10, 20, 40, 80, 160, 300, 300, 300]
+    assert backoff is not None
+    assert backoff.holds(generation=1, now=1299.0)
+    assert not backoff.holds(generation=1, now=1300.0)
+    assert not backoff.holds(generation=2, now=1001.0)  # the user changed the spec: try now
+
+
+def test_the_result_grace_is_a_setting_the_chart_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.from_environ().result_grace_seconds == 60
+    monkeypatch.setenv("MODELPLANE_RESULT_GRACE_SECONDS", "2")
+    assert Settings.from_environ().result_grace_seconds == 2
