@@ -3,20 +3,28 @@ names the problem; no Ray, no torch."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from modelplane_runtime.serve import protocol
 from modelplane_runtime.serve.protocol import (
     MAX_BODY_BYTES,
+    ErrorCode,
     ModelSignature,
     RequestError,
     infer_response,
     parse_infer,
     parse_json,
     parse_predict,
+    read_body,
+    unexpected,
 )
 
 TEXT = ModelSignature(
@@ -192,3 +200,83 @@ def test_metadata_describes_the_input_and_both_outputs() -> None:
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3]}]
     assert [o["name"] for o in metadata["outputs"]] == ["label", "probabilities"]
     assert metadata["outputs"][1]["shape"] == [-1, 2]
+
+
+class Chunks:
+    """An ASGI body as `request.stream()` yields it, counting the chunks taken."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.taken = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.taken += 1
+            yield chunk
+
+
+def read(chunks: Chunks, declared: str | None, limit: int = 10) -> bytes:
+    return asyncio.run(read_body(aiter(chunks), declared_length=declared, limit=limit))
+
+
+def test_a_body_within_the_limit_is_read_whole() -> None:
+    assert read(Chunks(b"12345", b"67890"), "10") == b"1234567890"
+    assert read(Chunks(b"12345", b"67890"), None) == b"1234567890"
+
+
+READ_REFUSALS = [
+    ("a declared length over the limit, before any chunk", Chunks(b"{}"), "11", 413, 0),
+    ("a declared length of a gibibyte", Chunks(b"{}"), str(1 << 30), 413, 0),
+    ("a Content-Length that is not a number", Chunks(b"{}"), "ten", 400, 0),
+    ("a negative Content-Length", Chunks(b"{}"), "-1", 400, 0),
+    ("chunks without a length, at the chunk that passes it", Chunks(*[b"1234"] * 9), None, 413, 3),
+    ("chunks beyond a length that understated them", Chunks(*[b"1234"] * 9), "4", 413, 3),
+]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "declared", "status", "taken"),
+    [case[1:] for case in READ_REFUSALS],
+    ids=[case[0] for case in READ_REFUSALS],
+)
+def test_a_body_is_refused_as_soon_as_it_is_known_to_be_bad(
+    chunks: Chunks, declared: str | None, status: int, taken: int
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        read(chunks, declared)
+    assert caught.value.status == status
+    assert caught.value.code == ("too_large" if status == 413 else "invalid_request")
+    assert chunks.taken == taken
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "message"),
+    [
+        (ValueError("NaN weights"), 500, "internal", "ValueError: NaN weights"),
+        (KeyError("label"), 500, "internal", "KeyError: 'label'"),
+        (TimeoutError("no answer"), 504, "timeout", "TimeoutError: no answer"),
+    ],
+    ids=["a model error", "a bug", "a timeout"],
+)
+def test_an_unexpected_exception_shows_only_its_class_and_message(
+    error: Exception, status: int, code: str, message: str
+) -> None:
+    refusal = unexpected(error)
+    assert (refusal.status, refusal.code) == (status, code)
+    assert refusal.body() == {"error": refusal.message, "code": code}
+    assert refusal.message.endswith(message)
+
+
+def test_only_a_503_asks_to_retry_after_a_second() -> None:
+    assert RequestError(503, ErrorCode.CANCELLED, "retry").headers() == {"Retry-After": "1"}
+    assert RequestError(500, ErrorCode.INTERNAL, "failed").headers() == {}
+
+
+DOCS = Path(__file__).parents[2] / "docs" / "operations.md"
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=[c.value for c in ErrorCode])
+def test_every_error_code_is_documented_for_clients_and_operators(code: ErrorCode) -> None:
+    assert re.search(rf"\b{code.value}\b", protocol.__doc__ or "")
+    section = DOCS.read_text().split("## Serving errors")[1].split("\n## ")[0]
+    assert f"`{code.value}`" in section

@@ -6,6 +6,12 @@ the config's `args` are validated into `ServeArgs` and the deployment's `user_co
 one gets its own 4xx and never reaches the model), then `@serve.batch` gathers concurrent
 ones into one forward pass.
 
+Every failure, anticipated or not, is answered with the JSON error body and stable code of
+`protocol.ErrorCode` (the table is in protocol.py's docstring); an unexpected exception is
+logged with its traceback once, here, and the client sees only its class and message. A
+request whose client went away (its task cancelled) gets no answer, since nobody reads it,
+but still leaves the queue-depth count.
+
 HTTP goes straight to the deployment's `__call__` with a small router instead of through a
 FastAPI ingress: on 2 cores FastAPI's middleware, routing and dependency solving cost
 about as much CPU per request as the rest of the replica's work (measured with py-spy).
@@ -19,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +41,7 @@ from modelplane_runtime.data.raw import RawData
 from modelplane_runtime.serve.metrics import ServeMetrics
 from modelplane_runtime.serve.predictor import Prediction, Predictor
 from modelplane_runtime.serve.protocol import (
+    ErrorCode,
     ModelSignature,
     RequestError,
     infer_response,
@@ -41,9 +49,14 @@ from modelplane_runtime.serve.protocol import (
     parse_json,
     parse_predict,
     predict_response,
+    read_body,
+    unexpected,
 )
 
 BINARY_HEADER = "inference-header-content-length"
+# nginx's status for a client that closed the connection before its answer: what the
+# requests metric records for a cancelled request (no response is sent).
+CLIENT_CLOSED = 499
 log = logging.getLogger("modelplane.serve")
 
 Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
@@ -56,7 +69,26 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def _error(error: RequestError) -> Response:
-    return _json(error.body(), error.status)
+    response = _json(error.body(), error.status)
+    response.headers.update(error.headers())
+    return response
+
+
+def _cancelled_here() -> bool:
+    """Whether the running task itself is being cancelled (its client left, or Serve gave
+    up on it), as opposed to a CancelledError raised out of something it awaited."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+@dataclass
+class _Waiting:
+    """One request's inputs on their way into a batch. `queued` is true while the request
+    is counted in `ModelServer.waiting`; whoever takes it out first (the batch that starts
+    it, or the request leaving early) clears it, so the count is decremented exactly once."""
+
+    raw: RawData
+    queued: bool = True
 
 
 def _merge(requests: list[RawData]) -> RawData:
@@ -136,6 +168,16 @@ class ModelServer:
         await asyncio.to_thread(self.predictor.healthy)
 
     async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except RequestError as error:
+            return _error(error)
+        except Exception as error:
+            # Without this, Starlette would answer a bare, plain-text 500.
+            log.exception("%s %s failed", request.method, request.url.path)
+            return _error(unexpected(error))
+
+    async def _route(self, request: Request) -> Response:
         path = request.url.path.removeprefix(request.scope.get("root_path", "")) or "/"
         allowed = []
         for method, pattern, handler in self.routes:
@@ -147,34 +189,46 @@ class ModelServer:
                 continue
             return await handler(request, match.groupdict())
         if allowed:
-            return _error(
-                RequestError(
-                    405,
-                    "method_not_allowed",
-                    f"{request.method} {path}: use {' or '.join(sorted(set(allowed)))}",
-                )
+            raise RequestError(
+                405,
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"{request.method} {path}: use {' or '.join(sorted(set(allowed)))}",
             )
-        return _error(
-            RequestError(
-                404,
-                "not_found",
-                f"{request.method} {path}: no such endpoint; this server answers "
-                "/v2/models/{name}/infer (Open Inference Protocol v2) and /predict",
-            )
+        raise RequestError(
+            404,
+            ErrorCode.NOT_FOUND,
+            f"{request.method} {path}: no such endpoint; this server answers "
+            "/v2/models/{name}/infer (Open Inference Protocol v2) and /predict",
         )
 
+    def _dequeue(self, waiting: _Waiting) -> None:
+        if waiting.queued:
+            waiting.queued = False
+            self.waiting -= 1
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _batched(self, requests: list[RawData]) -> list[Prediction]:
-        self.waiting -= len(requests)
+    async def _batched(self, waiting: list[_Waiting]) -> list[Prediction | RequestError]:
+        """One forward pass for the batch. A failure comes back as every request's answer
+        rather than raised: Serve's batcher would log its own traceback for each raise,
+        and this way the batch's failure is logged once."""
+        for each in waiting:
+            self._dequeue(each)
         # Published once per batch, not per request: a Ray metric update costs about as
         # much as parsing a request.
         self.metrics.queue_depth.set(self.waiting)
+        requests = [each.raw for each in waiting]
         merged = _merge(requests)
         self.metrics.batch(requests=len(requests), items=len(merged))
-        # The forward pass runs off the event loop, so requests keep arriving (and the
-        # next batch keeps filling) while torch computes.
-        prediction = await asyncio.to_thread(self.predictor.predict, merged)
-        answers, start = [], 0
+        try:
+            # The forward pass runs off the event loop, so requests keep arriving (and the
+            # next batch keeps filling) while torch computes.
+            prediction = await asyncio.to_thread(self.predictor.predict, merged)
+        except Exception as error:
+            log.exception("the forward pass over %d requests failed", len(requests))
+            failed = unexpected(error)
+            return [failed] * len(requests)
+        answers: list[Prediction | RequestError] = []
+        start = 0
         for request in requests:
             end = start + len(request)
             answers.append(
@@ -186,58 +240,97 @@ class ModelServer:
             start = end
         return answers
 
+    async def _predict(self, raw: RawData) -> Prediction:
+        """`raw` answered in a batch; counted in `waiting` until its batch starts, and
+        taken out of the count on every other way out (a cancelled client included)."""
+        waiting = _Waiting(raw)
+        self.waiting += 1
+        try:
+            answer = await self._batched(waiting)
+        except asyncio.CancelledError:
+            if _cancelled_here():
+                raise  # the client left (or Serve gave up on it): nobody reads an answer
+            # The batch's future was cancelled under a request that is still waiting.
+            raise RequestError(
+                503,
+                ErrorCode.CANCELLED,
+                "the batch this request was in was cancelled (the replica may be stopping); retry",
+            ) from None
+        finally:
+            if waiting.queued:
+                self._dequeue(waiting)
+                self.metrics.queue_depth.set(self.waiting)
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer
+
     def _check_model(self, params: dict[str, str]) -> None:
         name = params.get("name")
         if name is not None and name != self.signature.name:
             raise RequestError(
                 404,
-                "unknown_model",
+                ErrorCode.UNKNOWN_MODEL,
                 f"no model named {name!r}; this server serves {self.signature.name!r}",
             )
         version = params.get("version")
         if version is not None and version != self.signature.version:
             raise RequestError(
                 404,
-                "unknown_version",
+                ErrorCode.UNKNOWN_VERSION,
                 f"model {name!r} has version {self.signature.version!r}, not {version!r}",
             )
 
     async def _answer(self, request: Request, params: dict[str, str], endpoint: str) -> Response:
         started = time.perf_counter()
+        status = CLIENT_CLOSED  # what the metric records if the client leaves first
         try:
-            self._check_model(params)
-            if BINARY_HEADER in request.headers:
-                raise RequestError(
-                    415,
-                    "unsupported_media_type",
-                    "binary tensor data is not supported; send JSON tensors "
-                    "(binary_data=False in Triton's client)",
-                )
-            payload = parse_json(await request.body())
-            if endpoint == "infer":
-                raw, request_id = parse_infer(payload, self.signature)
-                self.waiting += 1
-                prediction = await self._batched(raw)
-                body = infer_response(
+            try:
+                response = await self._respond(request, params, endpoint)
+            except RequestError as error:
+                response = _error(error)
+            except Exception as error:
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = _error(unexpected(error))
+            status = response.status_code
+            return response
+        finally:
+            self.metrics.answered(
+                endpoint=endpoint, code=status, seconds=time.perf_counter() - started
+            )
+
+    async def _respond(self, request: Request, params: dict[str, str], endpoint: str) -> Response:
+        self._check_model(params)
+        if BINARY_HEADER in request.headers:
+            raise RequestError(
+                415,
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                "binary tensor data is not supported; send JSON tensors "
+                "(binary_data=False in Triton's client)",
+            )
+        body = await read_body(
+            request.stream(), declared_length=request.headers.get("content-length")
+        )
+        payload = parse_json(body)
+        if endpoint == "infer":
+            raw, request_id = parse_infer(payload, self.signature)
+            prediction = await self._predict(raw)
+            return _json(
+                infer_response(
                     signature=self.signature,
                     labels=prediction.labels,
                     probabilities=prediction.probabilities,
                     request_id=request_id,
                 )
-            else:
-                raw = parse_predict(payload, self.signature)
-                self.waiting += 1
-                prediction = await self._batched(raw)
-                body = predict_response(
-                    signature=self.signature,
-                    labels=prediction.labels,
-                    probabilities=prediction.probabilities,
-                )
-            status = 200
-        except RequestError as error:
-            body, status = error.body(), error.status
-        self.metrics.answered(endpoint=endpoint, code=status, seconds=time.perf_counter() - started)
-        return _json(body, status)
+            )
+        raw = parse_predict(payload, self.signature)
+        prediction = await self._predict(raw)
+        return _json(
+            predict_response(
+                signature=self.signature,
+                labels=prediction.labels,
+                probabilities=prediction.probabilities,
+            )
+        )
 
     async def infer(self, request: Request, params: dict[str, str]) -> Response:
         return await self._answer(request, params, "infer")
@@ -256,20 +349,14 @@ class ModelServer:
         return _json({"name": "modelplane", "version": "0.1.0", "extensions": []})
 
     async def model_metadata(self, request: Request, params: dict[str, str]) -> Response:
-        try:
-            self._check_model(params)
-        except RequestError as error:
-            return _error(error)
+        self._check_model(params)
         metadata = self.signature.metadata()
         metadata["parameters"]["batching"] = self.batching.model_dump()
         metadata["parameters"]["digest"] = self.predictor.digest
         return _json(metadata)
 
     async def model_ready(self, request: Request, params: dict[str, str]) -> Response:
-        try:
-            self._check_model(params)
-        except RequestError as error:
-            return _error(error)
+        self._check_model(params)
         return _json({"name": params["name"], "ready": True})
 
 

@@ -1,8 +1,28 @@
 """Open Inference Protocol v2 (KServe/Triton's HTTP/REST protocol) and the plain `/predict`.
 
 Requests become `RawData` here, or a `RequestError` that says what is wrong with them and
-which 4xx status it deserves; responses are built here. No Ray, no torch: the tables of
+which status it deserves; responses are built here. No Ray, no torch: the tables of
 bad requests are tested without starting anything.
+
+Every failure the app answers has the same body on every route, OIP's error object plus a
+stable, machine-readable `code` (one of `ErrorCode`):
+
+    {"error": "<what is wrong and how to fix it>", "code": "<code>"}
+
+| code | status | meaning |
+|---|---|---|
+| invalid_json | 400 | the body is empty or not JSON |
+| invalid_request | 400 | not a request of this route (no `inputs`), or a bad Content-Length |
+| wrong_inputs, unknown_input | 400 | not exactly the model's one input tensor |
+| wrong_datatype, wrong_shape, shape_mismatch, not_finite, empty_batch | 400 | the tensor's data |
+| not_found | 404 | no such endpoint |
+| unknown_model, unknown_version | 404 | another model's name or version |
+| method_not_allowed | 405 | the endpoint exists for another method |
+| too_large | 413 | the body is over 16 MiB (refused before it is read) or holds too many inputs |
+| unsupported_media_type | 415 | binary tensor data |
+| internal | 500 | the model or the server failed; the replica logs the traceback |
+| cancelled | 503 | the request's batch was cancelled under it (Retry-After: 1) |
+| timeout | 504 | answering timed out inside the replica |
 
 https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol
 """
@@ -11,7 +31,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -24,18 +46,89 @@ INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UI
 MAX_BODY_BYTES = 16 << 20
 
 
+class ErrorCode(StrEnum):
+    """The `code` of every error body; clients may branch on these, so they never change."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    WRONG_INPUTS = "wrong_inputs"
+    UNKNOWN_INPUT = "unknown_input"
+    WRONG_DATATYPE = "wrong_datatype"
+    WRONG_SHAPE = "wrong_shape"
+    SHAPE_MISMATCH = "shape_mismatch"
+    NOT_FINITE = "not_finite"
+    EMPTY_BATCH = "empty_batch"
+    NOT_FOUND = "not_found"
+    UNKNOWN_MODEL = "unknown_model"
+    UNKNOWN_VERSION = "unknown_version"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    INTERNAL = "internal"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+
 @dataclass(frozen=True)
 class RequestError(Exception):
-    """A request the model cannot answer, with the status it deserves."""
+    """A request the app cannot answer, with the status it deserves."""
 
     status: int
-    code: str
-    """Stable, machine-readable kind: invalid_json, wrong_datatype, too_large, ..."""
+    code: ErrorCode
     message: str
 
     def body(self) -> dict[str, str]:
         # OIP's error object is {"error": "<message>"}; `code` is our addition.
-        return {"error": self.message, "code": self.code}
+        return {"error": self.message, "code": self.code.value}
+
+    def headers(self) -> dict[str, str]:
+        # 503s are worth retrying soon; say when, as Serve's own overload answer does.
+        return {"Retry-After": "1"} if self.status == 503 else {}
+
+
+def unexpected(error: BaseException) -> RequestError:
+    """The answer to an exception nobody anticipated: its class and message, nothing more
+    (no traceback, no locals), so the client learns what failed without the internals."""
+    if isinstance(error, TimeoutError):
+        return RequestError(
+            504, ErrorCode.TIMEOUT, f"answering timed out: {type(error).__name__}: {error}"
+        )
+    return RequestError(
+        500, ErrorCode.INTERNAL, f"the server failed: {type(error).__name__}: {error}"
+    )
+
+
+async def read_body(
+    chunks: AsyncIterator[bytes], *, declared_length: str | None, limit: int = MAX_BODY_BYTES
+) -> bytes:
+    """The body, read chunk by chunk and refused (413) as soon as it is known to exceed
+    `limit`: at once when Content-Length says so, else when the chunks read pass it. A
+    client may declare a huge body; buffering it first would let it fill the replica's
+    memory before it is refused."""
+    if declared_length is not None:
+        try:
+            declared = int(declared_length)
+        except ValueError:
+            declared = -1
+        if declared < 0:
+            raise RequestError(
+                400,
+                ErrorCode.INVALID_REQUEST,
+                f"Content-Length {declared_length!r} is not a byte count",
+            )
+        if declared > limit:
+            raise RequestError(
+                413, ErrorCode.TOO_LARGE, f"the body is {declared} bytes; at most {limit}"
+            )
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(
+                413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes; at most {limit}"
+            )
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -82,23 +175,25 @@ class ModelSignature:
 def parse_json(body: bytes) -> Any:
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(
-            413, "too_large", f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES}"
+            413, ErrorCode.TOO_LARGE, f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES}"
         )
     if not body.strip():
-        raise RequestError(400, "invalid_json", "the body is empty; send a JSON object")
+        raise RequestError(400, ErrorCode.INVALID_JSON, "the body is empty; send a JSON object")
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, "invalid_json", f"the body is not JSON: {exc}") from exc
+        raise RequestError(400, ErrorCode.INVALID_JSON, f"the body is not JSON: {exc}") from exc
 
 
 def _check_count(count: int, signature: ModelSignature) -> None:
     if count == 0:
-        raise RequestError(400, "empty_batch", "the request holds no inputs; send at least one")
+        raise RequestError(
+            400, ErrorCode.EMPTY_BATCH, "the request holds no inputs; send at least one"
+        )
     if count > signature.max_items:
         raise RequestError(
             413,
-            "too_large",
+            ErrorCode.TOO_LARGE,
             f"the request holds {count} inputs; at most {signature.max_items} per request",
         )
 
@@ -108,7 +203,7 @@ def _texts(values: list[Any], where: str) -> tuple[str, ...]:
     if bad is not None:
         raise RequestError(
             400,
-            "wrong_datatype",
+            ErrorCode.WRONG_DATATYPE,
             f"{where}: text inputs must be strings, got {type(bad).__name__} {bad!r:.40}",
         )
     return tuple(values)
@@ -118,15 +213,17 @@ def _floats(values: Any, shape: list[int], where: str, dtype: Any) -> np.ndarray
     try:
         array = np.asarray(values, dtype=dtype)
     except (ValueError, TypeError) as exc:
-        raise RequestError(400, "wrong_datatype", f"{where}: data must be numbers ({exc})") from exc
+        raise RequestError(
+            400, ErrorCode.WRONG_DATATYPE, f"{where}: data must be numbers ({exc})"
+        ) from exc
     if array.size != math.prod(shape):
         raise RequestError(
             400,
-            "shape_mismatch",
+            ErrorCode.SHAPE_MISMATCH,
             f"{where}: shape {shape} holds {math.prod(shape)} values, data has {array.size}",
         )
     if not np.isfinite(array).all():
-        raise RequestError(400, "not_finite", f"{where}: data holds NaN or infinity")
+        raise RequestError(400, ErrorCode.NOT_FINITE, f"{where}: data holds NaN or infinity")
     return array.reshape(shape).astype(np.float32)
 
 
@@ -134,7 +231,7 @@ def _example_shape(shape: list[int], signature: ModelSignature, where: str) -> N
     if list(shape[1:]) != signature.input_shape:
         raise RequestError(
             400,
-            "wrong_shape",
+            ErrorCode.WRONG_SHAPE,
             f"{where}: shape {shape}; this model takes [N, "
             + ", ".join(map(str, signature.input_shape))
             + "]",
@@ -144,29 +241,31 @@ def _example_shape(shape: list[int], signature: ModelSignature, where: str) -> N
 def parse_infer(payload: Any, signature: ModelSignature) -> tuple[RawData, str | None]:
     """An OIP v2 inference request -> (inputs, request id)."""
     if not isinstance(payload, dict):
-        raise RequestError(400, "invalid_request", "the body must be a JSON object")
+        raise RequestError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
     inputs = payload.get("inputs")
     if not isinstance(inputs, list):
-        raise RequestError(400, "invalid_request", 'the body needs "inputs": a list of tensors')
+        raise RequestError(
+            400, ErrorCode.INVALID_REQUEST, 'the body needs "inputs": a list of tensors'
+        )
     if len(inputs) != 1:
         raise RequestError(
             400,
-            "wrong_inputs",
+            ErrorCode.WRONG_INPUTS,
             f"this model takes exactly one input tensor, {signature.input_name!r}; "
             f"got {len(inputs)}",
         )
     tensor = inputs[0]
     if not isinstance(tensor, dict):
-        raise RequestError(400, "invalid_request", "each input must be an object")
+        raise RequestError(400, ErrorCode.INVALID_REQUEST, "each input must be an object")
     missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
     if missing:
-        raise RequestError(400, "invalid_request", f"the input tensor lacks {missing}")
+        raise RequestError(400, ErrorCode.INVALID_REQUEST, f"the input tensor lacks {missing}")
     name, shape, datatype, data = (tensor[k] for k in ("name", "shape", "datatype", "data"))
     where = f"input {name!r}"
     if name != signature.input_name:
         raise RequestError(
             400,
-            "unknown_input",
+            ErrorCode.UNKNOWN_INPUT,
             f"unknown input {name!r}; this model's input is {signature.input_name!r}",
         )
     if (
@@ -175,7 +274,9 @@ def parse_infer(payload: Any, signature: ModelSignature) -> tuple[RawData, str |
         or not all(isinstance(d, int) and d >= 0 for d in shape)
     ):
         raise RequestError(
-            400, "wrong_shape", f"{where}: shape must be a non-empty list of sizes, got {shape}"
+            400,
+            ErrorCode.WRONG_SHAPE,
+            f"{where}: shape must be a non-empty list of sizes, got {shape}",
         )
     _check_count(shape[0], signature)
     request_id = payload.get("id")
@@ -186,7 +287,7 @@ def parse_infer(payload: Any, signature: ModelSignature) -> tuple[RawData, str |
         kind = "integer" if datatype in INT_TYPES else repr(datatype)
         raise RequestError(
             400,
-            "wrong_datatype",
+            ErrorCode.WRONG_DATATYPE,
             f"{where}: datatype {datatype!r} ({kind}); this model takes FP32 (or FP64/FP16)",
         )
     _example_shape(shape, signature, where)
@@ -197,16 +298,18 @@ def parse_infer(payload: Any, signature: ModelSignature) -> tuple[RawData, str |
 def _text_tensor(shape: list[int], datatype: Any, data: Any, where: str) -> RawData:
     if datatype != "BYTES":
         raise RequestError(
-            400, "wrong_datatype", f"{where}: datatype {datatype!r}; text inputs are BYTES"
+            400, ErrorCode.WRONG_DATATYPE, f"{where}: datatype {datatype!r}; text inputs are BYTES"
         )
     if len(shape) != 1:
-        raise RequestError(400, "wrong_shape", f"{where}: shape {shape}; text inputs are [N]")
+        raise RequestError(
+            400, ErrorCode.WRONG_SHAPE, f"{where}: shape {shape}; text inputs are [N]"
+        )
     if not isinstance(data, list):
-        raise RequestError(400, "wrong_datatype", f"{where}: data must be a list")
+        raise RequestError(400, ErrorCode.WRONG_DATATYPE, f"{where}: data must be a list")
     if len(data) != shape[0]:
         raise RequestError(
             400,
-            "shape_mismatch",
+            ErrorCode.SHAPE_MISMATCH,
             f"{where}: shape {shape} holds {shape[0]} values, data has {len(data)}",
         )
     return RawData(kind="text", texts=_texts(data, where))
@@ -216,11 +319,13 @@ def parse_predict(payload: Any, signature: ModelSignature) -> RawData:
     """`{"inputs": [...]}`: strings for text models, nested number lists otherwise."""
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise RequestError(
-            400, "invalid_request", 'the body must be {"inputs": [...]}, one entry per input'
+            400,
+            ErrorCode.INVALID_REQUEST,
+            'the body must be {"inputs": [...]}, one entry per input',
         )
     values = payload["inputs"]
     if not isinstance(values, list):
-        raise RequestError(400, "invalid_request", '"inputs" must be a list')
+        raise RequestError(400, ErrorCode.INVALID_REQUEST, '"inputs" must be a list')
     _check_count(len(values), signature)
     if signature.kind == "text":
         return RawData(kind="text", texts=_texts(values, "inputs"))
@@ -230,7 +335,7 @@ def parse_predict(payload: Any, signature: ModelSignature) -> RawData:
     except (ValueError, TypeError) as exc:
         raise RequestError(
             400,
-            "wrong_shape",
+            ErrorCode.WRONG_SHAPE,
             f"inputs: each entry must be numbers shaped {signature.input_shape} ({exc})",
         ) from exc
     _example_shape(list(array.shape), signature, "inputs")
