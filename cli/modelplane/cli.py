@@ -102,11 +102,14 @@ def verdict(checked: Checked) -> tuple[str, tuple[Problem, ...]]:
     with that reason and these problems) or `ok` (it would run)."""
     if not checked.ok:
         return "refused", checked.problems
+    judged: tuple[Problem, ...] = ()
     if isinstance(checked.resource, ModelTraining):
         judged = tuple(judge_training(checked.resource))
-        if judged:
-            return REASON_INVALID_SPEC, judged
-    return "ok", ()
+    elif isinstance(checked.resource, ModelDeployment):
+        from modelplane.serving import spec_problems  # noqa: PLC0415
+
+        judged = tuple(spec_problems(checked.resource))
+    return (REASON_INVALID_SPEC, judged) if judged else ("ok", ())
 
 
 def _print_verdict(checked: Checked, said: str, problems: tuple[Problem, ...]) -> None:
@@ -117,8 +120,10 @@ def _print_verdict(checked: Checked, said: str, problems: tuple[Problem, ...]) -
     if said == "refused":
         console.print(f"[red]invalid[/red] {checked.source}: {checked.name}: refused at apply")
     else:
+        # The phase the operator gives it: a training Fails, a deployment is Rejected.
+        phase = "Rejected" if isinstance(checked.resource, ModelDeployment) else "Failed"
         console.print(
-            f"[red]Failed ({said})[/red] {checked.source}: {checked.name}: the spec cannot "
+            f"[red]{phase} ({said})[/red] {checked.source}: {checked.name}: the spec cannot "
             "run as written"
         )
     for problem in problems:

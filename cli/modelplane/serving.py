@@ -1,10 +1,14 @@
-"""Local mode for a ModelDeployment: resolve the model, apply the gate, run the runtime's
-Serve app on this machine, print the endpoint, answer a few inputs if asked.
+"""Local mode for a ModelDeployment: resolve the model, judge it as the operator does, run
+the runtime's Serve app on this machine, print the endpoint, answer a few inputs if asked.
 
-The Serve config is the operator's rendering (`render_serve_config`), so what runs here is
-what the Ray pods run. A local training leaves a record (`<pvc root>/.local/trainings/
-<name>.json`, the same facts a ModelTraining's status holds), which is how `fromTraining`
-finds its artifact without a cluster.
+The verdict before anything starts is the operator's own (`derive_deployment_status` of a
+deployment whose model is resolved: the requireMetrics gate for a `fromTraining` model,
+InvalidSpec for a spec its builders refuse), and the Serve config is its rendering
+(`render_serve_config`), so what runs here is what the Ray pods run. A `model.uri` model
+is gated where a cluster gates it: its replica reads the model card and refuses to start
+below requireMetrics, which is Rejected here as there. A local training leaves a record
+(`<pvc root>/.local/trainings/<name>.json`, its TrainingResult: the artifact and metrics
+its status would hold), which is how `fromTraining` finds its artifact without a cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,14 +31,25 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from modelplane.local import pvc_root
 from modelplane_operator.api.resources import ModelDeployment
-from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
-from modelplane_operator.status.serving import summarize_serve_message
+from modelplane_operator.constants import (
+    COND_READY,
+    REASON_INVALID_SPEC,
+    REASON_METRICS_BELOW_THRESHOLD,
+)
+from modelplane_operator.serve_config import ResolvedModel, render_serve_config
+from modelplane_operator.status.serving import (
+    ObservedDeployment,
+    derive_deployment_status,
+    replica_refusal,
+    summarize_serve_message,
+)
+from modelplane_operator.validation import Problem
 from modelplane_runtime.contract import TrainingResult
-from modelplane_runtime.errors import ConfigError
-from modelplane_runtime.storage import ENV_PVC_ROOT, local_path
+from modelplane_runtime.storage import ENV_PVC_ROOT
 
 READY_TIMEOUT_S = 300.0
 EXIT_REJECTED = 4
@@ -45,11 +61,11 @@ class LocalServeError(Exception):
 
 
 class RejectedError(LocalServeError):
-    """The model does not meet requireMetrics (one sentence per unmet entry)."""
+    """The deployment is Rejected, with the reason and message a cluster would give."""
 
-    def __init__(self, failures: list[str]) -> None:
-        super().__init__("; ".join(failures))
-        self.failures = failures
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _record_path(name: str) -> Path:
@@ -65,39 +81,61 @@ def record_training(name: str, result: TrainingResult) -> Path:
     return path
 
 
-def local_artifact(uri: str) -> Path:
-    """The folder of `uri` as the replica resolves it, under local mode's pvc root."""
-    try:
-        return local_path(uri, field="model.uri", root=pvc_root())
-    except ConfigError as error:
-        raise LocalServeError(str(error)) from error
-
-
 def resolve_model(deployment: ModelDeployment) -> ResolvedModel:
+    """The model as the operator resolves it: a `fromTraining` model from the training's
+    result (here its local record), a `uri` model as it is (only its replica reads it)."""
     source = deployment.spec.model
-    if source.from_training is not None:
-        path = _record_path(source.from_training)
-        if not path.is_file():
-            raise LocalServeError(
-                f"model.fromTraining: no local training named {source.from_training!r} has "
-                f"succeeded under {pvc_root()}; run `modelplane run` on its file first"
-            )
-        try:
-            result = TrainingResult.model_validate_json(path.read_text())
-        except ValidationError as error:
-            raise LocalServeError(
-                f"model.fromTraining: the record of {source.from_training!r} ({path}) is not "
-                f"a TrainingResult; run `modelplane run` on its file again ({error})"
-            ) from error
-        return ResolvedModel(
-            uri=result.artifact_uri, digest=result.digest, metrics=dict(result.metrics)
+    if source.from_training is None:
+        return ResolvedModel(uri=source.uri or "", digest="", metrics={})
+    path = _record_path(source.from_training)
+    if not path.is_file():
+        raise LocalServeError(
+            f"model.fromTraining: no local training named {source.from_training!r} has "
+            f"succeeded under {pvc_root()}; run `modelplane run` on its file first"
         )
-    uri = source.uri or ""
-    card_path = local_artifact(uri) / "model_card.json"
-    if not card_path.is_file():
-        raise LocalServeError(f"model.uri: {uri} is not a modelplane artifact (no {card_path})")
-    card = json.loads(card_path.read_text())
-    return ResolvedModel(uri=uri, digest=card["digest"], metrics=card.get("metrics", {}))
+    try:
+        result = TrainingResult.model_validate_json(path.read_text())
+    except ValidationError as error:
+        raise LocalServeError(
+            f"model.fromTraining: the record of {source.from_training!r} ({path}) is not "
+            f"a TrainingResult; run `modelplane run` on its file again ({error})"
+        ) from error
+    return ResolvedModel(uri=result.artifact_uri, digest=result.digest, metrics=result.metrics)
+
+
+def judge(deployment: ModelDeployment, model: ResolvedModel) -> None:
+    """Raise RejectedError when the operator would reject the deployment with this model
+    before rolling anything out: its own phase machine decides."""
+    # As the API server would store it: the builders name their owner by uid.
+    metadata = deployment.metadata.model_copy(
+        update={
+            "namespace": deployment.metadata.namespace or "default",
+            "uid": deployment.metadata.uid or "local",
+        }
+    )
+    stored = deployment.model_copy(update={"metadata": metadata})
+    observed = ObservedDeployment(model=model, endpoint="")
+    decision = derive_deployment_status(stored, observed, now=datetime.now(tz=UTC))
+    if not decision.roll_out:
+        ready = next(c for c in decision.status.conditions if c.type == COND_READY)
+        raise RejectedError(ready.reason, ready.message)
+
+
+def spec_problems(deployment: ModelDeployment) -> list[Problem]:
+    """What the operator would reject with reason InvalidSpec once the model is resolved,
+    judged for a stand-in model that meets requireMetrics exactly (so only the spec is
+    judged, not a model that does not exist yet)."""
+    stand_in = ResolvedModel(
+        uri=deployment.spec.model.uri or "pvc://models/stand-in",
+        digest="",
+        metrics=dict(deployment.spec.require_metrics),
+    )
+    try:
+        judge(deployment, stand_in)
+    except RejectedError as rejected:
+        if rejected.reason == REASON_INVALID_SPEC:
+            return [Problem("", str(rejected))]
+    return []
 
 
 def _for_this_machine(deployment: ModelDeployment, console: Console) -> ModelDeployment:
@@ -207,6 +245,13 @@ def start_server(
     if event["event"] != "ready":
         server.stop()
         message = event.get("message") or f"{event['event']}; see {log_path}"
+        refusal = replica_refusal(message)
+        if refusal is not None:
+            # The replica's gate on its model card, reported as a cluster reports it.
+            raise RejectedError(
+                REASON_METRICS_BELOW_THRESHOLD,
+                f"spec.requireMetrics: the replica refused the model's card: {refusal}",
+            )
         raise LocalServeError(summarize_serve_message(message))
     server.endpoint = str(event["endpoint"])
     return server
@@ -230,9 +275,7 @@ def prepare(deployment: ModelDeployment, *, console: Console, port: int) -> dict
     """The Serve config for `deployment` on this machine; LocalServeError when the model
     cannot be found, RejectedError when it does not meet requireMetrics."""
     model = resolve_model(deployment)
-    failures = gate_failures(deployment, model)
-    if failures:
-        raise RejectedError(failures)
+    judge(deployment, model)
     deployment = _for_this_machine(deployment, console)
     cpus = os.cpu_count() or 1
     if deployment.spec.replicas.max > cpus:
@@ -240,9 +283,9 @@ def prepare(deployment: ModelDeployment, *, console: Console, port: int) -> dict
             f"[yellow]note:[/yellow] replicas.max is {deployment.spec.replicas.max}; one "
             f"replica per CPU fits here, so at most {cpus}"
         )
+    digest = f" ({model.digest[:19]}...)" if model.digest else ""
     console.print(
-        f"[bold]{deployment.metadata.name}[/bold]: serving {model.uri} "
-        f"({model.digest[:19]}...) with Ray Serve"
+        f"[bold]{deployment.metadata.name}[/bold]: serving {model.uri}{digest} with Ray Serve"
     )
     return render_serve_config(deployment, model, http_host="127.0.0.1", http_port=port)
 
@@ -284,9 +327,8 @@ def _start(deployment: ModelDeployment, *, console: Console, port: int) -> Local
             config, workdir=pvc_root() / ".local" / f"serve-{name}", num_cpus=os.cpu_count()
         )
     except RejectedError as rejected:
-        console.print(f"[red]Rejected[/red] {name}: the model does not meet requireMetrics:")
-        for failure in rejected.failures:
-            console.print(f"  - {failure}")
+        console.print(Text.assemble((f"Rejected ({rejected.reason})", "red"), f" {name}: "))
+        console.print(f"  {rejected}", markup=False)
         return EXIT_REJECTED
     except LocalServeError as error:
         console.print(f"[red]{name} cannot serve:[/red] {error}")

@@ -15,6 +15,7 @@ from modelplane.serving import record_training
 from modelplane_harness.cluster import free_port
 from modelplane_runtime.contract import TrainingResult
 from tests.factories import make_deployment, make_training
+from tests.serving.conftest import Artifact
 
 runner = CliRunner()
 
@@ -42,9 +43,43 @@ def test_a_model_below_require_metrics_is_rejected_before_anything_starts(
     )
     result = runner.invoke(app, ["run", str(write(tmp_path / "d.yaml", deployment))])
     assert result.exit_code == 4, result.output
-    assert "Rejected" in result.output
+    assert "Rejected (MetricsBelowThreshold)" in result.output
     assert "f1 is 0.61, below the required 0.9" in result.output
     assert not (tmp_path / ".local" / "serve-demo").exists()
+
+
+def test_a_required_metric_the_training_never_reported_is_rejected_as_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    record_training(
+        "plain",
+        TrainingResult(run="plain", artifact_uri="pvc://m/plain", digest="sha256:ab", metrics={}),
+    )
+    deployment = make_deployment(
+        {"spec.model": {"fromTraining": "plain"}, "spec.requireMetrics": {"f1": 0.9}}
+    )
+    result = runner.invoke(app, ["run", str(write(tmp_path / "d.yaml", deployment))])
+    assert result.exit_code == 4, result.output
+    # The operator's reason and words for the same training status.
+    assert "Rejected (MetricMissing)" in result.output
+    assert "the model reports no f1 (it reports: none)" in result.output
+
+
+def test_a_uri_model_below_require_metrics_is_refused_by_its_replica_as_on_a_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table_model: Artifact
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
+    deployment = make_deployment(
+        {"spec.model": {"uri": table_model.uri}, "spec.requireMetrics": {"accuracy": 0.999}}
+    )
+    result = runner.invoke(
+        app, ["run", str(write(tmp_path / "d.yaml", deployment)), "--port", str(free_port())]
+    )
+    assert result.exit_code == 4, result.output
+    assert "Rejected (MetricsBelowThreshold)" in result.output
+    assert "the replica refused the model's card: accuracy is" in result.output
+    assert "below the required 0.999" in result.output
 
 
 def test_a_training_that_never_ran_locally_is_named(

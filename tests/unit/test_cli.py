@@ -13,12 +13,17 @@ from typer.testing import CliRunner, Result
 from modelplane import local
 from modelplane.cli import app
 from modelplane.local import LocalRun
-from modelplane.serving import LocalServeError, local_artifact
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.judge import judge_training
 from modelplane_operator.render import render_run_config
 from modelplane_runtime.contract import TrainingResult
-from tests.factories import EXAMPLES, INVALID_EXAMPLES, make_training, make_tuning
+from tests.factories import (
+    EXAMPLES,
+    INVALID_EXAMPLES,
+    make_deployment,
+    make_training,
+    make_tuning,
+)
 
 runner = CliRunner()
 
@@ -154,18 +159,6 @@ def test_local_mode_reads_the_result_file_the_runtime_writes() -> None:
     assert local.RESULT_FILE == RESULT
 
 
-def test_local_mode_resolves_model_uris_as_the_replica_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path))
-    assert local_artifact("pvc://models/demo/run") == tmp_path / "models" / "demo" / "run"
-    assert local_artifact("file:///srv/models/run") == Path("/srv/models/run")
-    with pytest.raises(LocalServeError, match="'s3://b/run' is not a supported URI"):
-        local_artifact("s3://b/run")
-    with pytest.raises(LocalServeError, match=r"model\.uri: 'pvc:///run' names no claim"):
-        local_artifact("pvc:///run")
-
-
 # `modelplane run` refuses what a cluster would refuse or fail, before anything runs.
 
 UNKNOWN_DATA = {"spec.data.train.uri": "builtin://nope"}
@@ -215,3 +208,11 @@ def test_run_refuses_a_judged_spec_before_starting_anything(
     assert "ModelTraining/second" in result.output
     assert "unknown built-in data set 'nope'" in result.output
     assert started == []  # not even the valid first document
+
+
+def test_run_check_rejects_a_deployment_the_operators_builders_refuse(tmp_path: Path) -> None:
+    deployment = make_deployment({"spec.resources": {"memory": "100Mi"}}, name="tiny")
+    result = run_file(tmp_path, deployment, "--check")
+    assert result.exit_code == 1, result.output
+    assert "Rejected (InvalidSpec)" in result.output
+    assert "spec.resources.memory: 100Mi is below the 250Mi a worker pod needs" in result.output
