@@ -145,8 +145,11 @@ def test_the_search_succeeds_with_the_best_trial_when_all_have_ended() -> None:
 
 
 def test_minimize_picks_the_lowest() -> None:
-    trials = [trial(0, "Succeeded", 0.7), trial(1, "Succeeded", 0.9), trial(2, "Succeeded", 0.8)]
-    t = search(objective={"metric": "f1", "goal": "minimize"})
+    trials = [
+        trial(i, "Succeeded").model_copy(update={"metrics": {"loss": loss}})
+        for i, loss in enumerate((0.7, 0.9, 0.8))
+    ]
+    t = search(objective={"metric": "loss", "goal": "minimize"})
     assert derive_tuning_status(t, trials, exhausted=False, now=NOW).status.best_trial == (
         "demo-t0"
     )
