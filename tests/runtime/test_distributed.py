@@ -1,13 +1,20 @@
-"""DDP over Gloo: two processes reach the weights one process reaches."""
+"""DDP over Gloo: two processes reach the weights one process reaches; the collective
+timeout comes from MODELPLANE_DIST_TIMEOUT_S."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
+import torch.distributed
 from safetensors.torch import load_file
 
 from modelplane_runtime.contract import DataConfig, OptimConfig
+from modelplane_runtime.errors import ConfigError
+from modelplane_runtime.train.distributed import ENV_TIMEOUT, DistEnv, collective_timeout
 from tests.runtime.conftest import make_config, run_processes
 
 # Two ranks average two half-batch gradients where one process averages one full batch:
@@ -61,3 +68,47 @@ def test_two_ranks_train_one_tokenizer_and_keep_it_beside_the_checkpoints(
     kept = json.loads((out / "checkpoints" / "tokenizer.json").read_text())["model"]["vocab"]
     served = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     assert kept == served
+
+
+@pytest.mark.parametrize(
+    ("environ", "seconds"),
+    [({}, 600.0), ({ENV_TIMEOUT: "120"}, 120.0), ({ENV_TIMEOUT: " 2.5 "}, 2.5)],
+    ids=["unset is ten minutes", "whole seconds", "fractions of a second"],
+)
+def test_the_collective_timeout_is_read_in_seconds(environ: dict[str, str], seconds: float) -> None:
+    assert collective_timeout(environ) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "ten", "10m", "0", "-30", "inf", "nan"],
+    ids=["empty", "a word", "a unit", "zero", "negative", "infinite", "not a number"],
+)
+def test_a_timeout_that_is_not_a_positive_number_is_a_config_error(value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{ENV_TIMEOUT}=.*positive number of seconds"):
+        collective_timeout({ENV_TIMEOUT: value})
+
+
+def test_the_process_group_waits_as_long_as_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setenv(ENV_TIMEOUT, "42")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    DistEnv(rank=1, world_size=2).init()
+    assert calls == [
+        {"backend": "gloo", "rank": 1, "world_size": 2, "timeout": timedelta(seconds=42)}
+    ]
+
+
+def test_a_bad_timeout_fails_the_run_as_a_config_error(tmp_path: Path) -> None:
+    (result,) = run_processes(
+        make_config(tmp_path, optim=OptimConfig(epochs=1)),
+        tmp_path,
+        extra_env={ENV_TIMEOUT: "ten minutes"},
+    )
+    assert result.returncode == 42, result.stderr[-2000:]
+    assert f"{ENV_TIMEOUT}='ten minutes': must be a positive number of seconds" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,13 +1,15 @@
 """torchrun's environment contract: who am I, how many are we, where is rank 0.
 
 Pods run under torchrun (node rank = the Job's completion index); local mode sets the
-same variables itself. NCCL on GPUs, Gloo on CPUs.
+same variables itself. NCCL on GPUs, Gloo on CPUs. `MODELPLANE_DIST_TIMEOUT_S` (seconds,
+default 600) bounds how long a collective waits for the other ranks.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -15,9 +17,31 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from modelplane_runtime.errors import ConfigError
+
 T = TypeVar("T")
 ENV_TIMEOUT = "MODELPLANE_DIST_TIMEOUT_S"
 """Seconds a collective may wait for the other ranks before the run fails."""
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def collective_timeout(environ: Mapping[str, str]) -> timedelta:
+    """`MODELPLANE_DIST_TIMEOUT_S` as a timedelta (600 s when unset). Anything but a
+    positive, finite number of seconds is a configuration error: a run must not start
+    with a timeout it would misread."""
+    raw = environ.get(ENV_TIMEOUT)
+    if raw is None:
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(
+            f"{ENV_TIMEOUT}={raw!r}: must be a positive number of seconds "
+            f"(unset for the default, {DEFAULT_TIMEOUT_S:.0f})"
+        )
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -51,7 +75,10 @@ class DistEnv:
         return torch.device("cpu")
 
     def init(self) -> None:
-        """Join the process group (MASTER_ADDR/MASTER_PORT from the environment)."""
+        """Join the process group (MASTER_ADDR/MASTER_PORT and the collective timeout
+        from the environment). A bad timeout fails even a single process: the same
+        config must not pass alone and fail when scaled out."""
+        timeout = collective_timeout(os.environ)
         if not self.distributed or dist.is_initialized():
             return
         device = self.device()
@@ -61,7 +88,7 @@ class DistEnv:
             backend="nccl" if device.type == "cuda" else "gloo",
             rank=self.rank,
             world_size=self.world_size,
-            timeout=timedelta(minutes=10),
+            timeout=timeout,
         )
 
     def close(self) -> None:
