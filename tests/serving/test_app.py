@@ -5,6 +5,8 @@ and batching changes live."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import time
 from typing import Any
@@ -226,6 +228,25 @@ def test_a_malformed_request_gets_a_4xx_json_error(
     assert isinstance(body["error"], str)
     assert len(body["error"]) > 10
     # The replica that refused it still answers.
+    assert post(f"{serving.endpoint}/predict", {"inputs": ["fine"]})[0] == 200
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_sent(
+    serving: RunningServe,
+) -> None:
+    host, port = serving.endpoint.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=20)
+    try:
+        connection.putrequest("POST", "/predict")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(1 << 30))
+        # A few bytes of the gibibyte declared: the answer must not wait for the rest.
+        connection.endheaders(b'{"inputs": ["fine"]}')
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    finally:
+        connection.close()
+    assert (response.status, body["code"]) == (413, "too_large"), body
     assert post(f"{serving.endpoint}/predict", {"inputs": ["fine"]})[0] == 200
 
 
