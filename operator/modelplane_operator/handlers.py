@@ -104,26 +104,29 @@ def _state() -> State:
 async def run_training(
     namespace: str,
     name: str,
-    body: dict[str, Any] | None = None,
     *,
+    generation: int | None = None,
     poll_progress: bool = False,
 ) -> None:
-    """Reconcile one training, one pass at a time per resource."""
+    """Reconcile one training, one pass at a time per resource.
+
+    Every pass reads the resource afresh, inside the lock: an event's body may be older
+    than what the pass before it saw (the event waited for the lock), and a pass on an
+    old spec would undo the newer one's work (suspend a Job the user just resumed).
+    `generation`: the event's, so a changed spec skips the backoff without a read."""
     state = _state()
     key = (namespace, name)
     async with state.locks[key]:
         waiting = state.backoff.get(key)
-        if body is None and waiting is not None and time.monotonic() < waiting.until:
+        if waiting is not None and waiting.holds(generation=generation, now=time.monotonic()):
             return  # a child event or the resync, before the backoff's end: not even a GET
-        body = body if body is not None else await state.client.get_training(namespace, name)
+        body = await state.client.get_training(namespace, name)
         if body is None:
             state.unfinished.discard(key)
             state.backoff.pop(key, None)
             obs.record_phase(c.KIND_TRAINING, namespace, name, None)
             return
         generation = body["metadata"].get("generation")
-        if waiting is not None and waiting.holds(generation=generation, now=time.monotonic()):
-            return
         with obs.reconciling(c.KIND_TRAINING, namespace, name):
             try:
                 phase = await reconcile_training(
@@ -250,7 +253,7 @@ async def training_event(body: kopf.Body, **kwargs: Any) -> None:
         _state().backoff.pop((meta["namespace"], meta["name"]), None)
         obs.record_phase(c.KIND_TRAINING, meta["namespace"], meta["name"], None)
         return
-    await run_training(meta["namespace"], meta["name"], dict(body))
+    await run_training(meta["namespace"], meta["name"], generation=meta.get("generation"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_COMPONENT: "training"})

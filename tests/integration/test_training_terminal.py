@@ -93,6 +93,11 @@ def lines_about(log: Path, namespace: str) -> int:
 def test_judged_and_resultless_trainings_end_once_and_stay_quiet(
     impatient_operator: OperatorProcess, crds: LocalCluster, namespace: str, models_pvc: str
 ) -> None:
+    # The clock starts once the operator reconciles: a canary it judges tells when.
+    canary = make_training({"spec.data.train.uri": "builtin://canary"}, name="canary")
+    crds.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(canary))
+    wait_for(lambda: terminal(crds, namespace, "canary"), what="the operator to start")
+
     resources = [
         make_training({"spec.output.uri": "pvc://models/x", **changes}, name=name)
         for name, (changes, _) in JUDGED.items()
@@ -147,7 +152,7 @@ def test_judged_and_resultless_trainings_end_once_and_stay_quiet(
         assert message[:20] in failed["message"]
         assert "may still be under pvc://models/x/" + name in failed["message"]
 
-    names = [*JUDGED, *RESULTLESS]
+    names = ["canary", *JUDGED, *RESULTLESS]
 
     def versions() -> dict[str, str]:
         items = crds.get_json("mt", "-n", namespace)["items"]
