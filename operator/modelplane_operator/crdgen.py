@@ -145,11 +145,18 @@ KINDS = (
 )
 
 
-def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema as a structural OpenAPI v3 schema."""
+def structural_schema(model: type[BaseModel], *, defaults: bool = False) -> dict[str, Any]:
+    """The model's JSON schema as a structural OpenAPI v3 schema.
+
+    With `defaults`, each field's pydantic default becomes the schema's `default`, which
+    the API server fills in before it evaluates the CEL rules: a rule such as
+    `self.parallelTrials <= self.maxTrials` then sees the same values pydantic does
+    (without it, an unset field is "no such key" and the rule refuses the object), and
+    `kubectl get -o yaml` shows what the operator will use. Spec only: status is written
+    by the operator, whole."""
     schema = model.model_json_schema(mode="validation", by_alias=True)
     defs: dict[str, Any] = schema.pop("$defs", {})
-    return _convert(schema, defs)
+    return _convert(schema, defs, defaults=defaults)
 
 
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -174,21 +181,27 @@ def _flatten_any_of(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
     return {**rest, "x-kubernetes-preserve-unknown-fields": True}
 
 
-def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+def _convert(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
     node = _flatten_any_of(_resolve(node, defs), defs)
     if "const" in node:
         node = {**node, "enum": [node.pop("const")]}
     out: dict[str, Any] = {}
     for key, value in node.items():
+        if key == "default" and defaults and value is not None and value != {}:
+            # A null default is "unset"; an empty object adds nothing but noise.
+            out[key] = value
+            continue
         if key not in _KEPT:
             continue
         if key == "properties":
-            out[key] = {name: _convert(sub, defs) for name, sub in value.items()}
+            out[key] = {name: _convert(sub, defs, defaults=defaults) for name, sub in value.items()}
         elif key in ("items", "additionalProperties"):
             if value is False:
                 continue  # Kubernetes forbids `additionalProperties: false`; unknown
                 # fields are pruned, and kubectl's strict field validation reports them.
-            out[key] = _convert(value, defs) if isinstance(value, dict) else value
+            out[key] = (
+                _convert(value, defs, defaults=defaults) if isinstance(value, dict) else value
+            )
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
             bound = "minimum" if key == "exclusiveMinimum" else "maximum"
             out[bound] = value
@@ -209,7 +222,7 @@ _ORDER = {"type": 0, "description": 1, "required": 2, "properties": 3}
 
 def crd_for(info: KindInfo) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
-    spec_schema = structural_schema(info.spec_model)
+    spec_schema = structural_schema(info.spec_model, defaults=True)
     status_schema = structural_schema(info.status_model)
     root = {
         "type": "object",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,35 @@ def test_every_example_passes_server_side_dry_run(
         "apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_search_that_leaves_its_fields_to_their_defaults_is_accepted_with_them_filled_in(
+    crds: LocalCluster, namespace: str
+) -> None:
+    # The CRD carries pydantic's defaults, so the rules comparing parallelTrials with
+    # maxTrials (or reading algorithm) see 1 and 10 instead of "no such key".
+    obj = {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelTraining",
+        "metadata": {"name": "search-defaults"},
+        "spec": {
+            "model": {"architecture": "mlp", "task": "tabular-classification"},
+            "data": {"train": {"uri": "builtin://breast-cancer"}},
+            "output": {"uri": "pvc://models/t"},
+            "tuning": {
+                "objective": {"metric": "accuracy"},
+                "space": {"learningRate": {"type": "loguniform", "min": 1e-4, "max": 1e-2}},
+            },
+        },
+    }
+    result = crds.kubectl(
+        "apply", "--dry-run=server", "-o", "json", "-n", namespace, "-f", "-",
+        input_text=json.dumps(obj), check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    tuning = json.loads(result.stdout)["spec"]["tuning"]
+    assert (tuning["parallelTrials"], tuning["maxTrials"], tuning["algorithm"]) == (1, 10, "tpe")
+    assert tuning["objective"]["goal"] == "maximize"
 
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.name for p in INVALID])
