@@ -45,9 +45,27 @@ ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANNOTATION_RESTARTS: Final = f"{GROUP}/restarts"
 """On a training Job: the failures counted against maxRestarts before this attempt."""
 
-# Environment of the pods the operator creates.
-ENV_RUN_CONFIG: Final = "MODELPLANE_RUN_CONFIG"
+# The operator's own settings (the chart sets them). What pods are told through their
+# environment is named in modelplane_runtime.contract (ENV_*), which the runtime reads.
+ENV_RUNTIME_IMAGE: Final = "MODELPLANE_RUNTIME_IMAGE"
 ENV_PROGRESS_PORT: Final = "MODELPLANE_PROGRESS_PORT"
+ENV_DASHBOARD_URL: Final = "MODELPLANE_DASHBOARD_URL"
+ENV_METRICS_URL: Final = "MODELPLANE_METRICS_URL"
+ENV_REPLICA_METRICS_URL: Final = "MODELPLANE_REPLICA_METRICS_URL"
+ENV_RESULT_GRACE: Final = "MODELPLANE_RESULT_GRACE_SECONDS"
+
+# Ports of the pods the operator creates (the runtime's own, PROGRESS_PORT and
+# SERVE_HTTP_PORT, are in modelplane_runtime.contract).
+MASTER_PORT: Final = 29500
+"""torchrun's rendezvous on rank 0."""
+GCS_PORT: Final = 6379
+"""Ray's GCS on the head."""
+DASHBOARD_PORT: Final = 8265
+"""Ray's dashboard (and its Serve REST API) on the head."""
+METRICS_PORT: Final = 8080
+"""Ray's Prometheus metrics export on every Ray pod."""
+AGENT_PORT: Final = 52365
+"""Ray's dashboard agent on every node: `/api/local_raylet_healthz`."""
 
 # Condition types.
 COND_READY: Final = "Ready"

@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelplane_operator.api.resources import ModelTraining
-from modelplane_runtime.contract import DataConfig, OptimConfig, RunConfig
-
-DEFAULT_PROGRESS_PORT = 8080
+from modelplane_runtime.contract import PROGRESS_PORT, DataConfig, OptimConfig, RunConfig
 
 
 def render_run_config(
@@ -15,7 +13,7 @@ def render_run_config(
     *,
     run_name: str | None = None,
     hyperparameters: dict[str, Any] | None = None,
-    progress_port: int = DEFAULT_PROGRESS_PORT,
+    progress_port: int = PROGRESS_PORT,
 ) -> RunConfig:
     """The run config for `training`.
 

@@ -14,12 +14,16 @@ import os
 import sys
 from pathlib import Path
 
-from modelplane_runtime.contract import ExitCode, RunConfig, TrainingResult
+from modelplane_runtime.contract import (
+    ENV_PROGRESS_HOST,
+    ENV_TERMINATION_LOG,
+    ExitCode,
+    RunConfig,
+    TrainingResult,
+)
 from modelplane_runtime.errors import ConfigError, exit_code_for
 
 TERMINATION_LOG = "/dev/termination-log"
-ENV_TERMINATION_LOG = "MODELPLANE_TERMINATION_LOG"
-ENV_PROGRESS_HOST = "MODELPLANE_PROGRESS_HOST"
 
 log = logging.getLogger("modelplane.runtime")
 

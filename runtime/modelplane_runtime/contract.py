@@ -25,6 +25,20 @@ TERMINATION_MESSAGE_LIMIT = 4096
 OBJECTIVE_EPOCHS = 64
 
 
+# One name for each thing the operator (or local mode) tells the runtime through the
+# environment, and for each port the runtime listens on: both sides import these.
+ENV_PVC_ROOT = "MODELPLANE_PVC_ROOT"
+"""Where each PersistentVolumeClaim of a pvc:// URI is mounted (local mode: a folder)."""
+ENV_PROGRESS_HOST = "MODELPLANE_PROGRESS_HOST"
+"""The address rank 0's /progress server binds (local mode: loopback)."""
+ENV_TERMINATION_LOG = "MODELPLANE_TERMINATION_LOG"
+"""Where rank 0 writes its TrainingResult (default: the kubelet's /dev/termination-log)."""
+ENV_DIST_TIMEOUT = "MODELPLANE_DIST_TIMEOUT_S"
+"""Seconds a collective may wait for the other ranks before the run fails."""
+PROGRESS_PORT = 8080
+"""Rank 0's /progress and /metrics."""
+
+
 class ExitCode(IntEnum):
     """How a runtime process ends. The operator's pod failure policy reads these."""
 
@@ -104,7 +118,7 @@ class RunConfig(_Contract):
     checkpoint_keep: int = 3
     output_uri: str
     metrics: tuple[str, ...] = ()
-    progress_port: int = 8080
+    progress_port: int = PROGRESS_PORT
     objective: str | None = None
     """A tuning trial's objective metric: the result reports its value at every epoch's
     end (`TrainingResult.objective_by_step`), so early stopping sees every epoch of a

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from modelplane_runtime.contract import ENV_PVC_ROOT
 from modelplane_runtime.errors import ConfigError
 
-ENV_PVC_ROOT = "MODELPLANE_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 SCHEMES = ("file", "pvc", "builtin")
 

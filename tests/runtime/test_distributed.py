@@ -12,9 +12,10 @@ import pytest
 import torch.distributed
 from safetensors.torch import load_file
 
+from modelplane_runtime.contract import ENV_DIST_TIMEOUT as ENV_TIMEOUT
 from modelplane_runtime.contract import DataConfig, OptimConfig
 from modelplane_runtime.errors import ConfigError
-from modelplane_runtime.train.distributed import ENV_TIMEOUT, DistEnv, collective_timeout
+from modelplane_runtime.train.distributed import DistEnv, collective_timeout
 from tests.runtime.conftest import make_config, run_processes
 
 # Two ranks average two half-batch gradients where one process averages one full batch:

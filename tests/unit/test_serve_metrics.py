@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from modelplane_operator.api.deployment import Load
-from modelplane_operator.builders.serving import METRICS_PORT, names_for
+from modelplane_operator.builders.serving import names_for
+from modelplane_operator.constants import METRICS_PORT
 from modelplane_operator.dashboard import Dashboard
 from modelplane_operator.reconcile.serving import reconcile_deployment
 from modelplane_operator.serve_metrics import (

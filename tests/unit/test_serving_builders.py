@@ -13,11 +13,7 @@ import yaml
 from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.builders.serving import (
-    AGENT_PORT,
     CONFIG_FILE,
-    DASHBOARD_PORT,
-    GCS_PORT,
-    METRICS_PORT,
     REPLICA_RAY_CPUS,
     build_config_map,
     build_head,
@@ -33,12 +29,13 @@ from modelplane_operator.builders.serving import (
     replica_threads,
 )
 from modelplane_operator.builders.training import build_job
+from modelplane_operator.constants import AGENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
 from modelplane_operator.render import render_run_config
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.serving import resolve_from_training
-from modelplane_runtime.contract import SERVE_HTTP_PORT
-from modelplane_runtime.storage import ENV_PVC_ROOT, local_path
+from modelplane_runtime.contract import ENV_PVC_ROOT, SERVE_HTTP_PORT
+from modelplane_runtime.storage import local_path
 from tests.factories import ROOT, make_deployment, make_training
 
 SETTINGS = Settings(runtime_image="registry.example/runtime:1")

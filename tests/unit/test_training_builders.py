@@ -185,6 +185,19 @@ def test_settings_come_from_the_environment_with_defaults(
     assert env["MODELPLANE_PVC_ROOT"] == "/mnt/pvc"
 
 
+def test_the_collective_timeout_reaches_every_rank_from_the_operators_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def pod_env(settings: Settings) -> dict[str, str]:
+        job = build_job(training(), render_run_config(training()), attempt=0, settings=settings)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"]}
+
+    assert pod_env(Settings())["MODELPLANE_DIST_TIMEOUT_S"] == "600"
+    monkeypatch.setenv("MODELPLANE_DIST_TIMEOUT_S", "90")
+    assert pod_env(Settings.from_environ())["MODELPLANE_DIST_TIMEOUT_S"] == "90"
+
+
 def test_pods_run_the_operators_image_unless_the_training_names_its_own() -> None:
     pod = job_for(training())["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == SETTINGS.runtime_image

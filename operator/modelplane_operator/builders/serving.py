@@ -42,10 +42,12 @@ from modelplane_operator.builders.common import (
     pvc_claims,
     pvc_volumes,
 )
+from modelplane_operator.constants import AGENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
 from modelplane_operator.judge import SpecError
 from modelplane_operator.naming import child_name
 from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import (
+    ENV_PVC_ROOT,
     RAY_SERVE_ENVIRONMENT,
     RAY_WARM_WORKER_ENVIRONMENT,
     SERVE_HTTP_PORT,
@@ -54,11 +56,6 @@ from modelplane_runtime.contract import (
 CONFIG_DIR = "/etc/modelplane"
 CONFIG_FILE = "serve-config.json"
 TOKEN_KEY = "token"
-GCS_PORT = 6379
-DASHBOARD_PORT = 8265
-METRICS_PORT = 8080
-AGENT_PORT = 52365
-"""Ray's dashboard agent on every node: `/api/local_raylet_healthz`."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +193,7 @@ def _env(deployment: ModelDeployment, settings: Settings) -> list[Manifest]:
             "valueFrom": {"secretKeyRef": {"name": names.secret, "key": TOKEN_KEY}},
         },
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
-        {"name": "MODELPLANE_PVC_ROOT", "value": settings.pvc_root},
+        {"name": ENV_PVC_ROOT, "value": settings.pvc_root},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         # Ray writes its session files and token under $HOME and /tmp: both are
         # emptyDirs, so the root filesystem can stay read-only.

@@ -29,7 +29,7 @@ from modelplane_operator.builders.common import (
 from modelplane_operator.judge import SpecError
 from modelplane_operator.naming import child_name
 from modelplane_operator.settings import Settings
-from modelplane_runtime.contract import ExitCode, RunConfig
+from modelplane_runtime.contract import ENV_DIST_TIMEOUT, ENV_PVC_ROOT, ExitCode, RunConfig
 
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/modelplane"
@@ -205,7 +205,8 @@ def build_job(
                 "env": [
                     {"name": "MASTER_ADDR", "value": master},
                     {"name": "MASTER_PORT", "value": str(settings.master_port)},
-                    {"name": "MODELPLANE_PVC_ROOT", "value": settings.pvc_root},
+                    {"name": ENV_PVC_ROOT, "value": settings.pvc_root},
+                    {"name": ENV_DIST_TIMEOUT, "value": f"{settings.dist_timeout_seconds:g}"},
                     {"name": "PYTHONUNBUFFERED", "value": "1"},
                 ],
                 "ports": [{"name": "progress", "containerPort": settings.progress_port}],

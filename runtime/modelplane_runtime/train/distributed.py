@@ -17,11 +17,10 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from modelplane_runtime.contract import ENV_DIST_TIMEOUT
 from modelplane_runtime.errors import ConfigError
 
 T = TypeVar("T")
-ENV_TIMEOUT = "MODELPLANE_DIST_TIMEOUT_S"
-"""Seconds a collective may wait for the other ranks before the run fails."""
 DEFAULT_TIMEOUT_S = 600.0
 
 
@@ -29,7 +28,7 @@ def collective_timeout(environ: Mapping[str, str]) -> timedelta:
     """`MODELPLANE_DIST_TIMEOUT_S` as a timedelta (600 s when unset). Anything but a
     positive, finite number of seconds is a configuration error: a run must not start
     with a timeout it would misread."""
-    raw = environ.get(ENV_TIMEOUT)
+    raw = environ.get(ENV_DIST_TIMEOUT)
     if raw is None:
         return timedelta(seconds=DEFAULT_TIMEOUT_S)
     try:
@@ -38,7 +37,7 @@ def collective_timeout(environ: Mapping[str, str]) -> timedelta:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
         raise ConfigError(
-            f"{ENV_TIMEOUT}={raw!r}: must be a positive number of seconds "
+            f"{ENV_DIST_TIMEOUT}={raw!r}: must be a positive number of seconds "
             f"(unset for the default, {DEFAULT_TIMEOUT_S:.0f})"
         )
     return timedelta(seconds=seconds)
