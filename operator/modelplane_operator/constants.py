@@ -104,6 +104,10 @@ REASON_ROLLING_OUT: Final = "RollingOut"
 REASON_SERVING: Final = "Serving"
 REASON_APPLICATION_ERROR: Final = "ApplicationError"
 REASON_SCALED: Final = "Scaled"
+# A ModelTraining with spec.tuning: the search runs, or ends without a winner.
+REASON_SEARCHING: Final = "Searching"
+REASON_TOO_MANY_FAILED: Final = "TooManyFailedTrials"
+REASON_NO_TRIAL_SUCCEEDED: Final = "NoTrialSucceeded"
 # Terminal: the spec cannot run as written; nothing is retried until it changes.
 REASON_INVALID_SPEC: Final = "InvalidSpec"
 # Terminal: the Job completed but rank 0 left no readable result (after a grace period).

@@ -240,7 +240,13 @@ class ModelDeploymentStatus(StatusModel):
     phase: DeploymentPhase | None = None
     """Pending, Progressing, Ready, Degraded or Rejected."""
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
-    """Ready, Progressing and ModelAccepted conditions with reasons."""
+    """Ready, Progressing, ModelAccepted, Reconciling and Stalled conditions. The reason
+    says where the deployment stands: WaitingForTraining, RollingOut, Serving,
+    ApplicationError (Serve could not run the model), CrashLoopBackOff, ImagePullFailed,
+    OOMKilled; Rejected with MetricsBelowThreshold, MetricMissing, TrainingFailed (the
+    training named by fromTraining failed), UnservableModel (a task serving cannot
+    answer) or InvalidSpec (the operator cannot build what the spec describes; fix it
+    and re-apply)."""
     endpoint: str | None = None
     """HTTP endpoint inside the cluster (Open Inference Protocol v2 and /predict)."""
     model: ModelInfo | None = None
@@ -252,4 +258,5 @@ class ModelDeploymentStatus(StatusModel):
     load: Load | None = None
     """Current traffic."""
     last_scale_time: str | None = None
-    """When the worker pods were last resized (RFC 3339)."""
+    """When the worker pods were last resized (RFC 3339); each resize is also an Event
+    with reason Scaled."""

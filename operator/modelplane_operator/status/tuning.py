@@ -40,9 +40,6 @@ from modelplane_operator.tuning import TrialRecord, should_stop
 from modelplane_runtime.contract import TrainingResult
 
 FINAL_TRIAL_PHASES = ("Succeeded", "Failed", "Stopped")
-REASON_SEARCHING = "Searching"
-REASON_TOO_MANY_FAILED = "TooManyFailedTrials"
-REASON_NO_TRIAL_SUCCEEDED = "NoTrialSucceeded"
 
 
 def trial_name(training_name: str, index: int) -> str:
@@ -236,13 +233,13 @@ def derive_tuning_status(
         status.key_metric = f"{tuning.objective.metric}={value:.3f}"
     done = active == 0 and (len(trials) >= tuning.max_trials or exhausted)
     if len(failed) > tuning.max_failed_trials:
-        phase, reason = "Failed", REASON_TOO_MANY_FAILED
+        phase, reason = "Failed", c.REASON_TOO_MANY_FAILED
         message = (
             f"{len(failed)} trials failed (maxFailedTrials "
             f"{tuning.max_failed_trials}); last: {failed[-1].reason}"
         )
     elif done and best is None:
-        phase, reason, message = "Failed", REASON_NO_TRIAL_SUCCEEDED, "no trial succeeded"
+        phase, reason, message = "Failed", c.REASON_NO_TRIAL_SUCCEEDED, "no trial succeeded"
     elif done and best is not None:
         phase, reason = "Succeeded", c.REASON_SUCCEEDED
         message = f"best of {len(trials)} trials: {best.name} ({status.key_metric})"
@@ -258,7 +255,7 @@ def derive_tuning_status(
     else:
         running = any(t.phase == "Running" for t in trials)
         phase = "Running" if running else "Pending"
-        reason = REASON_SEARCHING
+        reason = c.REASON_SEARCHING
         message = f"{len(ended)} of {tuning.max_trials} trials ended, {active} running"
         if running:
             status.start_time = status.start_time or format_time(now)
