@@ -113,21 +113,20 @@ def verdict(checked: Checked) -> tuple[str, tuple[Problem, ...]]:
 
 
 def _print_verdict(checked: Checked, said: str, problems: tuple[Problem, ...]) -> None:
-    console = out if said == "ok" else err
     if said == "ok":
-        console.print(f"[green]ok[/green]      {checked.source}: {checked.name}: would run")
+        out.print(f"[green]ok[/green]      {checked.source}: {checked.name}: would run")
         return
     if said == "refused":
-        console.print(f"[red]invalid[/red] {checked.source}: {checked.name}: refused at apply")
+        err.print(f"[red]invalid[/red] {checked.source}: {checked.name}: refused at apply")
     else:
         # The phase the operator gives it: a training Fails, a deployment is Rejected.
         phase = "Rejected" if isinstance(checked.resource, ModelDeployment) else "Failed"
-        console.print(
+        err.print(
             f"[red]{phase} ({said})[/red] {checked.source}: {checked.name}: the spec cannot "
             "run as written"
         )
     for problem in problems:
-        console.print(f"  - {problem}", markup=False)
+        err.print(f"  - {problem}", markup=False)
 
 
 @app.command()

@@ -33,10 +33,10 @@ from rich.text import Text
 
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, TrialStatus
-from modelplane_operator.constants import COND_READY
+from modelplane_operator.constants import COND_READY, REASON_RESULT_MISSING
 from modelplane_operator.render import render_run_config
-from modelplane_runtime.contract import ExitCode, RunConfig, TrainingResult
-from modelplane_runtime.storage import ENV_PVC_ROOT, local_path
+from modelplane_runtime.contract import ENV_PVC_ROOT, ExitCode, RunConfig, TrainingResult
+from modelplane_runtime.storage import local_path
 
 DEFAULT_PVC_ROOT = Path("runs")
 RESULT_FILE = "result.json"
@@ -257,8 +257,8 @@ def print_summary(run: LocalRun, console: Console) -> None:
         return
     if run.result is None:
         console.print(
-            f"[red]training ended without a result[/red]: {run.artifact / RESULT_FILE} is "
-            "missing or not a TrainingResult"
+            f"[red]training ended without a result[/red] (Failed, {REASON_RESULT_MISSING} on "
+            f"a cluster): {run.artifact / RESULT_FILE} is missing or not a TrainingResult"
         )
         return
     table = Table(title=f"{run.config.name}: validation metrics")

@@ -10,7 +10,7 @@ would run locally.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import yaml
@@ -50,7 +50,7 @@ def cluster_verdict(cluster: LocalCluster, namespace: str, path: Path) -> tuple[
     cluster.kubectl("apply", "-n", namespace, "-f", str(path))
     documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
 
-    def statuses() -> list[dict[str, object]] | None:
+    def statuses() -> list[dict[str, Any]] | None:
         found = []
         for document in documents:
             item = cluster.get_json(
@@ -66,7 +66,7 @@ def cluster_verdict(cluster: LocalCluster, namespace: str, path: Path) -> tuple[
     invalid = [
         str(condition.get("message"))
         for status in seen
-        for condition in status.get("conditions") or []  # type: ignore[attr-defined]
+        for condition in status.get("conditions") or []
         if condition.get("reason") == REASON_INVALID_SPEC
     ]
     return ("InvalidSpec", "\n".join(invalid)) if invalid else ("ok", "")
