@@ -47,99 +47,52 @@ from modelplane_operator.api.deployment import (
     ModelDeploymentStatus,
     ModelInfo,
 )
-from modelplane_operator.api.resources import ModelDeployment, ModelTraining
-from modelplane_operator.builders.serving import REPLICA_RAY_CPUS, children_hash, replica_threads
+from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.conditions import Event, format_time, set_condition
 from modelplane_operator.judge import SpecError
-from modelplane_operator.scaling import decide_workers
-from modelplane_operator.serve_config import ResolvedModel, gate, render_serve_config
+from modelplane_operator.serve_config import ResolvedModel, gate
 from modelplane_operator.settings import Settings
+from modelplane_operator.status.cluster_actions import (
+    ClusterActions,
+    Desired,
+    cluster_actions,
+    desired_cluster,
+    desired_replicas,
+    head_hash,
+)
 from modelplane_operator.status.pods import PodProblem, pod_problem
-from modelplane_runtime.contract import REQUIRE_METRICS_REFUSAL, GateFailure
+from modelplane_operator.status.serving_inputs import (
+    MESSAGE_LIMIT,
+    ModelRefused,
+    ModelWaiting,
+    ObservedDeployment,
+    ServeState,
+    pods_worth_reading,
+    replica_refusal,
+    resolve_from_training,
+    serve_oom,
+    summarize_serve_message,
+)
+from modelplane_runtime.contract import GateFailure
+
+# The reconcile and local mode import the observed types from here, with the verdict.
+__all__ = [
+    "ClusterActions",
+    "DeploymentDecision",
+    "ModelRefused",
+    "ModelWaiting",
+    "ObservedDeployment",
+    "ServeState",
+    "derive_deployment_status",
+    "derive_invalid_deployment",
+    "pods_worth_reading",
+    "replica_refusal",
+    "resolve_from_training",
+    "summarize_serve_message",
+]
 
 Manifest = dict[str, Any]
-MESSAGE_LIMIT = 1024
-SERVE_OOM_MARKERS = (
-    "OutOfMemoryError",  # ray.exceptions.OutOfMemoryError (a task the monitor killed)
-    "running low on memory",  # the raylet: "1 worker(s) were killed due to the node ..."
-)
-"""Ray's words when its memory monitor killed a worker (ray/exceptions.py, the raylet's
-"N worker(s) were killed due to the node running low on memory", older releases'
-"Task was killed due to the node running low on memory"). Ray's message for a worker
-that died of unknown causes lists "the OOM killer" as a mere possibility: no marker."""
-MEMORY_HINT = "raise spec.resources.memory"
 DEFAULT_SETTINGS = Settings()
-
-
-@dataclass(frozen=True)
-class ModelWaiting:
-    """The model cannot be resolved yet (a temporary state): the message says why."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ModelRefused:
-    """The model the deployment names can never be served as it stands (a terminal
-    state until what it names changes): the reason and message say why."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ServeState:
-    """The Serve application as the head's dashboard reports it."""
-
-    status: str
-    """NOT_STARTED, DEPLOYING, RUNNING, DEPLOY_FAILED, UNHEALTHY, DELETING."""
-    message: str = ""
-    target_replicas: int = 0
-    running_replicas: int = 0
-    ongoing_requests: float = 0.0
-    requests_per_second: float = 0.0
-    replica_ips: frozenset[str] = frozenset()
-    """Node IPs of the running replicas (a worker pod's IP when it hosts one)."""
-    listed_replicas: int = 0
-    """Replicas Serve lists in any state: running, starting (a rollout's surge), stopping."""
-
-
-@dataclass(frozen=True)
-class ObservedDeployment:
-    """What one pass saw."""
-
-    model: ResolvedModel | ModelWaiting | ModelRefused
-    endpoint: str
-    head: Manifest | None = None
-    workers: Manifest | None = None
-    serve: ServeState | None = None
-    """None when the head's dashboard did not answer (not started yet, or down)."""
-    pods: tuple[Manifest, ...] = ()
-    """The Ray head and worker pods, when `pods_worth_reading` said so."""
-    token_exists: bool = False
-    """The cluster's token Secret exists (a first pass draws one)."""
-
-
-@dataclass(frozen=True)
-class ClusterActions:
-    """What the reconcile does to the Ray cluster after a pass that rolls out."""
-
-    config: dict[str, Any]
-    """The Serve config the cluster runs."""
-    model_uri: str
-    spec_hash: str
-    """What the cluster is built from (`children_hash`), kept on the head's metadata."""
-    apply_cluster: bool
-    """Apply everything but the workers' size: the first pass, or the hash changed."""
-    push_config: bool
-    """Also push the config to the running head, which rolls its replicas in place."""
-    workers: int | None
-    """Apply the worker Deployment with this many pods; None leaves it as it is."""
-    mark_idle: bool
-    """Before shrinking, give the worker pods without a replica the lowest deletion cost."""
-    scaled: Literal["up", "down"] | None = None
-    """The workers were resized (for the operator's metrics)."""
 
 
 @dataclass(frozen=True)
@@ -150,107 +103,6 @@ class DeploymentDecision:
     events: tuple[Event, ...] = ()
     actions: ClusterActions | None = None
     """None when nothing is rolled out."""
-
-
-@dataclass(frozen=True)
-class _Desired:
-    """The cluster this operator would build for the resolved model."""
-
-    config: dict[str, Any]
-    spec_hash: str
-
-
-def summarize_serve_message(message: str) -> str:
-    """Serve's failure message with a replica's traceback cut to the exception's own
-    line: `Failed to update the deployments ['model']. ... ConfigError: <why>`."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    head, last = lines[0], lines[-1]
-    text = head if last == head else f"{head.split(' Error:')[0]} ... {last}"
-    return text[:MESSAGE_LIMIT]
-
-
-def serve_oom(message: str) -> str | None:
-    """Serve's message cut to Ray's out-of-memory line(s) when Ray's memory monitor killed
-    a replica, else None. Ray's advice that follows (thresholds, env vars) is dropped."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if not any(marker in line for line in lines for marker in SERVE_OOM_MARKERS):
-        return None
-    found = [
-        line
-        for line in lines
-        if line.startswith("Memory on the node") or any(m in line for m in SERVE_OOM_MARKERS)
-    ]
-    text = " ".join(found).split(" Refer to the documentation")[0].rstrip(" .")
-    return f"a replica ran out of memory: {text}; {MEMORY_HINT}"[:MESSAGE_LIMIT]
-
-
-def resolve_from_training(
-    name: str, training: ModelTraining | None
-) -> ResolvedModel | ModelWaiting | ModelRefused:
-    """The model `fromTraining: name` refers to, or why there is none yet (waiting: the
-    pass runs again when the training changes) or never will be (refused, until the
-    training is replaced by one that can succeed)."""
-    if training is None:
-        return ModelWaiting(
-            c.REASON_WAITING_FOR_TRAINING,
-            f"waiting for ModelTraining {name!r}: it does not exist in this namespace",
-        )
-    task = training.spec.model.task
-    if task == "masked-lm":
-        return ModelRefused(
-            c.REASON_UNSERVABLE_MODEL,
-            f"spec.model.fromTraining: ModelTraining {name!r} trains task {task}, a "
-            "pre-training task with no labels to answer; serve a text-classification "
-            "model fine-tuned from it (model.init.uri in a ModelTraining)",
-        )
-    status = training.status
-    phase = status.phase if status else None
-    artifact = status.artifact if status else None
-    if phase == "Failed":
-        return ModelRefused(
-            c.REASON_TRAINING_FAILED,
-            f"spec.model.fromTraining: ModelTraining {name!r} failed, so it has no model to "
-            "serve; fix and re-create it, or point model.uri at another artifact",
-        )
-    if status is None or phase != "Succeeded" or artifact is None or not artifact.uri:
-        return ModelWaiting(
-            c.REASON_WAITING_FOR_TRAINING,
-            f"waiting for ModelTraining {name!r} to succeed (it is {phase or 'new'})",
-        )
-    return ResolvedModel(uri=artifact.uri, digest=artifact.digest, metrics=dict(status.metrics))
-
-
-def replica_refusal(message: str) -> str | None:
-    """The replica's own words when it refused a model card below requireMetrics (the
-    sentences after REQUIRE_METRICS_REFUSAL on its line), else None."""
-    for line in message.splitlines():
-        _, marker, rest = line.partition(REQUIRE_METRICS_REFUSAL)
-        if marker:
-            return rest.strip()[:MESSAGE_LIMIT]
-    return None
-
-
-def pods_worth_reading(*deployments: Manifest | None) -> bool:
-    """Whether a pod of these Deployments may be failing to start: some pod is not yet
-    updated and ready. A settled cluster's pods are not listed on every pass."""
-    for manifest in deployments:
-        if manifest is None:
-            continue
-        meta = manifest.get("metadata") or {}
-        status = manifest.get("status") or {}
-        desired = int((manifest.get("spec") or {}).get("replicas") or 0)
-        settled = (
-            int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
-            and int(status.get("replicas") or 0) == desired
-            and int(status.get("updatedReplicas") or 0) == desired
-            and int(status.get("readyReplicas") or 0) == desired
-            and not status.get("unavailableReplicas")
-        )
-        if not settled:
-            return True
-    return False
 
 
 def _pod_problem(pods: tuple[Manifest, ...]) -> PodProblem | None:
@@ -267,10 +119,6 @@ def _ready_replicas(manifest: Manifest | None) -> int:
     return int(((manifest or {}).get("status") or {}).get("readyReplicas") or 0)
 
 
-def _desired_replicas(manifest: Manifest | None) -> int:
-    return int(((manifest or {}).get("spec") or {}).get("replicas") or 0)
-
-
 def _gate_verdict(failures: Sequence[GateFailure]) -> tuple[DeploymentPhase, str, str]:
     missing = any(failure.value is None for failure in failures)
     return (
@@ -281,17 +129,11 @@ def _gate_verdict(failures: Sequence[GateFailure]) -> tuple[DeploymentPhase, str
     )
 
 
-def _head_hash(head: Manifest | None) -> str | None:
-    annotations = ((head or {}).get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(c.ANNOTATION_SPEC_HASH)
-    return str(value) if value is not None else None
-
-
 def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
     observed: ObservedDeployment,
     *,
     failures: Sequence[GateFailure],
-    desired: _Desired | SpecError | None,
+    desired: Desired | SpecError | None,
 ) -> tuple[DeploymentPhase, str, str]:
     """(phase, reason, message) of the Ready/Progressing conditions."""
     if isinstance(observed.model, ModelRefused):
@@ -307,7 +149,7 @@ def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
     if (
         refusal is not None
         and desired is not None
-        and _head_hash(observed.head) == desired.spec_hash
+        and head_hash(observed.head) == desired.spec_hash
     ):
         # Only a refusal of the config this spec renders: after a spec change the old
         # refusal stays in Serve's message until the new config is deployed.
@@ -350,68 +192,6 @@ def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
         f"Serve application {serve.status.lower().replace('_', ' ')}"
         + (f": {summarize_serve_message(serve.message)}" if serve.message else ""),
     )
-
-
-def _desired(
-    deployment: ModelDeployment, model: ResolvedModel, settings: Settings
-) -> _Desired | SpecError:
-    """The Serve config and children hash for `model`, or the spec problem that keeps the
-    builders from rendering them."""
-    try:
-        config = render_serve_config(
-            deployment, model, replica_cpus=REPLICA_RAY_CPUS, threads=replica_threads(deployment)
-        )
-        return _Desired(config, children_hash(deployment, config, settings, model_uri=model.uri))
-    except SpecError as problem:
-        return problem
-
-
-def _initial_workers(deployment: ModelDeployment, current: Manifest | None) -> int:
-    """Keep what the scaling loop decided; start with room for the first replicas."""
-    if current is not None:
-        return _desired_replicas(current)
-    replicas = deployment.spec.replicas
-    return min(max(replicas.min, 1) + deployment.spec.autoscaling.spare_workers, replicas.max)
-
-
-def _cluster_actions(
-    deployment: ModelDeployment,
-    observed: ObservedDeployment,
-    *,
-    desired: _Desired,
-    model_uri: str,
-) -> tuple[ClusterActions, str]:
-    """What to do to the Ray cluster, and the Scaled Event's message (empty: unscaled).
-    The scaling loop runs every second: the cluster is applied only when what it is built
-    from changed, the workers only when their size did."""
-    up_to_date = (
-        observed.token_exists
-        and observed.workers is not None
-        and _head_hash(observed.head) == desired.spec_hash
-    )
-    serve = observed.serve
-    current = _initial_workers(deployment, observed.workers)
-    scale = decide_workers(
-        deployment,
-        target_replicas=serve.target_replicas if serve is not None else None,
-        current_workers=current,
-        listed_replicas=serve.listed_replicas if serve is not None else 0,
-    )
-    scaled = scale.changed and observed.workers is not None
-    actions = ClusterActions(
-        config=desired.config,
-        model_uri=model_uri,
-        spec_hash=desired.spec_hash,
-        apply_cluster=not up_to_date,
-        # A new model or new settings go to the running head in place, so Serve rolls its
-        # replicas without a second cluster (a head that does not take it deploys the
-        # mounted ConfigMap when the kubelet refreshes it).
-        push_config=not up_to_date and observed.head is not None and observed.token_exists,
-        workers=scale.workers if scale.changed or not up_to_date else None,
-        mark_idle=scale.changed and scale.workers < current and serve is not None,
-        scaled=("up" if scale.workers > current else "down") if scaled else None,
-    )
-    return actions, scale.message if scaled else ""
 
 
 def _conditions(
@@ -521,19 +301,19 @@ def derive_deployment_status(
     generation = deployment.metadata.generation or 0
     model = observed.model
     failures: list[GateFailure] = []
-    desired: _Desired | SpecError | None = None
+    desired: Desired | SpecError | None = None
     if isinstance(model, ResolvedModel):
         # A uri model's metrics are in its card, which only the replica reads: the
         # replica applies the same gate there (ServeArgs.require_metrics).
         if deployment.spec.model.from_training is not None:
             failures = gate(deployment, model)
         if not failures:
-            desired = _desired(deployment, model, settings)
+            desired = desired_cluster(deployment, model, settings)
     phase, reason, message = _phase(observed, failures=failures, desired=desired)
     roll_out = phase not in ("Pending", "Rejected")
     actions, scaled = None, ""
-    if roll_out and isinstance(desired, _Desired) and isinstance(model, ResolvedModel):
-        actions, scaled = _cluster_actions(
+    if roll_out and isinstance(desired, Desired) and isinstance(model, ResolvedModel):
+        actions, scaled = cluster_actions(
             deployment, observed, desired=desired, model_uri=model.uri
         )
     conditions = _conditions(
@@ -549,7 +329,7 @@ def derive_deployment_status(
     workers = Counts(
         desired=actions.workers
         if scaled and actions and actions.workers is not None
-        else _desired_replicas(observed.workers),
+        else desired_replicas(observed.workers),
         ready=_ready_replicas(observed.workers),
     )
     status = ModelDeploymentStatus(
