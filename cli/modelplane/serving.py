@@ -48,8 +48,7 @@ from modelplane_operator.status.serving import (
     summarize_serve_message,
 )
 from modelplane_operator.validation import Problem
-from modelplane_runtime.contract import TrainingResult
-from modelplane_runtime.storage import ENV_PVC_ROOT
+from modelplane_runtime.contract import ENV_PVC_ROOT, TrainingResult
 
 READY_TIMEOUT_S = 300.0
 EXIT_REJECTED = 4
