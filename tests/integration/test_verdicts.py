@@ -2,9 +2,11 @@
 
 One rule, two enforcers: for each file under examples/ (and examples/invalid/), the verdict
 of `modelplane run --check` is the cluster's. An invalid example is refused by the API
-server at apply and by local mode, both naming the field of its `# expect:` line; a valid
-example is accepted by the API server, not failed by the operator (InvalidSpec), and
-would run locally.
+server at apply and by local mode, both naming the field of its `# expect:` line; one in
+examples/invalid/judged/ is accepted by the API server and ended by the operator with
+InvalidSpec, and refused by local mode, both naming that field; a valid example is
+accepted by the API server, not failed by the operator (InvalidSpec), and would run
+locally.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from modelplane_operator.constants import REASON_INVALID_SPEC
 from tests.factories import EXAMPLES, INVALID_EXAMPLES, expected_message
 
 Verdict = Literal["ok", "refused", "InvalidSpec"]
-FILES = sorted(EXAMPLES.glob("*.yaml")) + sorted(INVALID_EXAMPLES.glob("*.yaml"))
+JUDGED_EXAMPLES = INVALID_EXAMPLES / "judged"
+FILES = (
+    sorted(EXAMPLES.glob("*.yaml"))
+    + sorted(INVALID_EXAMPLES.glob("*.yaml"))
+    + sorted(JUDGED_EXAMPLES.glob("*.yaml"))
+)
 STATUS_TIMEOUT_S = 30
 runner = CliRunner()
 
@@ -79,9 +86,9 @@ def test_modelplane_run_and_the_cluster_give_the_same_verdict(
     on_cluster, cluster_words = cluster_verdict(crds, namespace, path)
     here, local_words = local_verdict(path)
     assert here == on_cluster, f"local: {local_words}\ncluster: {cluster_words}"
-    if path.parent == INVALID_EXAMPLES:
+    if path.parent in (INVALID_EXAMPLES, JUDGED_EXAMPLES):
         expected = expected_message(path)
-        assert on_cluster == "refused"
+        assert on_cluster == ("refused" if path.parent == INVALID_EXAMPLES else "InvalidSpec")
         assert expected in cluster_words, cluster_words
         assert expected in local_words, local_words
     else:
