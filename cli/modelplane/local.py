@@ -35,11 +35,16 @@ from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, TrialStatus
 from modelplane_operator.constants import COND_READY, REASON_RESULT_MISSING
 from modelplane_operator.render import render_run_config
-from modelplane_runtime.contract import ENV_PVC_ROOT, ExitCode, RunConfig, TrainingResult
+from modelplane_runtime.contract import (
+    ENV_PVC_ROOT,
+    RESULT_FILE,
+    ExitCode,
+    RunConfig,
+    TrainingResult,
+)
 from modelplane_runtime.storage import local_path
 
 DEFAULT_PVC_ROOT = Path("runs")
-RESULT_FILE = "result.json"
 
 
 def _free_port() -> int:

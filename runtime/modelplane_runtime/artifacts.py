@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from modelplane_runtime.contract import RunConfig, TrainingResult
+from modelplane_runtime.contract import RESULT_FILE, RunConfig, TrainingResult
 from modelplane_runtime.data.preprocessing import Preprocessing, load_tokenizer, save_tokenizer
 from modelplane_runtime.data.raw import RawData
 from modelplane_runtime.errors import ConfigError
@@ -32,7 +32,7 @@ from modelplane_runtime.models.registry import DataShape, build_model
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
 CURVES = "curves.png"
-RESULT = "result.json"
+RESULT = RESULT_FILE
 CARD_FORMAT = 1
 
 

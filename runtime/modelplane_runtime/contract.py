@@ -37,6 +37,9 @@ ENV_DIST_TIMEOUT = "MODELPLANE_DIST_TIMEOUT_S"
 """Seconds a collective may wait for the other ranks before the run fails."""
 PROGRESS_PORT = 8080
 """Rank 0's /progress and /metrics."""
+RESULT_FILE = "result.json"
+"""The TrainingResult in an artifact's folder, beside the model card (local mode reads it
+where a cluster reads rank 0's termination message)."""
 
 
 class ExitCode(IntEnum):

@@ -153,12 +153,6 @@ def test_a_result_file_that_is_not_a_training_result_is_no_result(tmp_path: Path
     assert local.read_result(tmp_path) == good
 
 
-def test_local_mode_reads_the_result_file_the_runtime_writes() -> None:
-    from modelplane_runtime.artifacts import RESULT  # noqa: PLC0415  (imports torch)
-
-    assert local.RESULT_FILE == RESULT
-
-
 # `modelplane run` refuses what a cluster would refuse or fail, before anything runs.
 
 UNKNOWN_DATA = {"spec.data.train.uri": "builtin://nope"}
