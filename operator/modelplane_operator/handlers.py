@@ -47,7 +47,7 @@ BACKOFF_MAX_SECONDS = 300.0
 
 @dataclass(frozen=True)
 class Backoff:
-    """A training whose passes keep raising: when to try again, and for which spec."""
+    """A resource whose passes keep raising: when to try again, and for which spec."""
 
     failures: int
     until: float
@@ -75,7 +75,8 @@ class State:
         self.locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self.unfinished: set[tuple[str, str]] = set()
         self.backoff: dict[tuple[str, str], Backoff] = {}
-        """Trainings whose last pass raised, by key; cleared by a pass that does not."""
+        """Resources whose last pass raised (a training by (namespace, name), a deployment
+        by (namespace, "ModelDeployment/<name>")); cleared by a pass that does not."""
         self.deployments: set[tuple[str, str]] = set()
         """Every ModelDeployment: each resync reads its Serve state (serving never ends)."""
         self.http: aiohttp.ClientSession | None = None
@@ -157,18 +158,27 @@ async def run_training(
             state.unfinished.add(key)
 
 
-async def run_deployment(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
-    """Reconcile one deployment, one pass at a time per resource."""
+async def run_deployment(namespace: str, name: str, *, generation: int | None = None) -> None:
+    """Reconcile one deployment, one pass at a time per resource, reading it afresh inside
+    the lock (an event's body may predate the status the pass before it wrote). A pass
+    that raises backs off as a training's does, so a failure is not logged every second
+    by the scaling loop; `generation`: the event's, so a changed spec skips the backoff."""
     state = _state()
     key = (namespace, name)
-    async with state.locks[(namespace, f"{c.KIND_DEPLOYMENT}/{name}")]:
-        body = body if body is not None else await state.client.get_model_deployment(*key)
+    lock_key = (namespace, f"{c.KIND_DEPLOYMENT}/{name}")
+    async with state.locks[lock_key]:
+        waiting = state.backoff.get(lock_key)
+        if waiting is not None and waiting.holds(generation=generation, now=time.monotonic()):
+            return
+        body = await state.client.get_model_deployment(*key)
         if body is None:
             state.deployments.discard(key)
+            state.backoff.pop(lock_key, None)
             state.load.forget(key)
             obs.record_phase(c.KIND_DEPLOYMENT, namespace, name, None)
             return
         state.deployments.add(key)
+        generation = body["metadata"].get("generation")
         with obs.reconciling(c.KIND_DEPLOYMENT, namespace, name):
             try:
                 phase = await reconcile_deployment(
@@ -181,8 +191,17 @@ async def run_deployment(namespace: str, name: str, body: dict[str, Any] | None 
                 )
             except Exception:
                 obs.failed(c.KIND_DEPLOYMENT)
-                log.exception("%s/%s: reconcile failed; the resync will retry", namespace, name)
+                backoff = Backoff.after(waiting, generation=generation, now=time.monotonic())
+                state.backoff[lock_key] = backoff
+                log.exception(
+                    "%s/%s: reconcile failed (%d in a row); retrying in %.0f s",
+                    namespace,
+                    name,
+                    backoff.failures,
+                    backoff.until - time.monotonic(),
+                )
                 return
+        state.backoff.pop(lock_key, None)
         obs.record_phase(c.KIND_DEPLOYMENT, namespace, name, phase)
 
 
@@ -278,9 +297,10 @@ async def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
     if kwargs.get("type") == "DELETED":
         _state().deployments.discard((meta["namespace"], meta["name"]))
         _state().load.forget((meta["namespace"], meta["name"]))
+        _state().backoff.pop((meta["namespace"], f"{c.KIND_DEPLOYMENT}/{meta['name']}"), None)
         obs.record_phase(c.KIND_DEPLOYMENT, meta["namespace"], meta["name"], None)
         return
-    await run_deployment(meta["namespace"], meta["name"], dict(body))
+    await run_deployment(meta["namespace"], meta["name"], generation=meta.get("generation"))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_COMPONENT: "serving"})
