@@ -29,7 +29,9 @@ def changed(obj: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         if value is _DELETE:
             node.pop(last, None)
         else:
-            node[last] = value
+            # A copy: a later path may reach into it, and the caller's value (a shared
+            # table in a test module) must not change under the next test.
+            node[last] = copy.deepcopy(value)
     return result
 
 

@@ -311,6 +311,29 @@ def test_suspending_a_search_suspends_its_running_trials_and_starts_none() -> No
     assert search.condition("Suspended")["status"] == "False"
 
 
+def test_a_search_edited_out_of_limits_midway_is_refused_and_continues_once_fixed() -> None:
+    search = Training({**TUNED, "spec.tuning.maxTrials": 3})
+    search.run()
+    search.run()
+    assert search.jobs() == {"demo-t0-train": "0"}
+
+    # The space is edited while trial 0 runs: new trials would sample from it, so the
+    # operator judges it now rather than failing trial after trial in pods.
+    space = {"learningRate": {"type": "uniform", "min": 0.001, "max": 50}}
+    search.change({"spec.tuning.space": space})
+    assert search.run() == "Failed"
+    assert search.condition("Failed")["reason"] == "InvalidSpec"
+    assert "spec.tuning.space.learningRate.max" in search.condition("Failed")["message"]
+
+    search.change({"spec.tuning.space": {**space, "learningRate": {**space["learningRate"],
+                                                                   "max": 0.1}}})  # fmt: skip
+    search.run()
+    # The search goes on with the trial it had: no second demo-t0 with other parameters.
+    assert [t["name"] for t in search.body["status"]["trials"]] == ["demo-t0"]
+    assert search.jobs() == {"demo-t0-train": "0"}
+    assert search.condition("Failed")["status"] == "False"
+
+
 TRIAL_RESULT = {
     "version": 1,
     "run": "demo-t0",

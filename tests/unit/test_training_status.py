@@ -10,6 +10,7 @@ import pytest
 
 from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.api.training import ModelTrainingStatus
 from modelplane_operator.builders.training import build_job
 from modelplane_operator.conditions import format_time
 from modelplane_operator.render import render_run_config
@@ -586,9 +587,14 @@ def test_an_invalid_spec_is_failed_and_stalled_naming_each_field() -> None:
     assert [e.reason for e in decision.events] == ["InvalidSpec"]
 
 
-def test_a_changed_spec_after_an_invalid_verdict_starts_afresh_but_other_failures_stay() -> None:
-    verdict = invalid_spec_status(None, [Problem("spec.x", "bad")], generation=1, now=NOW)
+def test_a_changed_spec_after_an_invalid_verdict_loses_the_verdict_only() -> None:
+    before = ModelTrainingStatus(restarts=2, disruptions=1, job_name="demo-train-3")
+    verdict = invalid_spec_status(before, [Problem("spec.x", "bad")], generation=1, now=NOW)
     judged = training(status=verdict.status.model_dump(mode="json", by_alias=True))
-    assert without_invalid_verdict(judged).status is None
+    kept = without_invalid_verdict(judged).status
+    assert kept is not None
+    assert (kept.phase, kept.conditions) == (None, [])
+    # What the run did before the verdict stays: its attempt, counts and trials.
+    assert (kept.restarts, kept.disruptions, kept.job_name) == (2, 1, "demo-train-3")
     exhausted = training(status={"phase": "Failed", "restarts": 3})
     assert without_invalid_verdict(exhausted).status == exhausted.status

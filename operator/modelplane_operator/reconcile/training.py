@@ -107,7 +107,10 @@ async def reconcile_training(
     training = without_invalid_verdict(training)
     status = training.status
     started = status is not None and (status.job_name is not None or bool(status.trials))
-    if not started and (problems := judge_training(training)):
+    # A search samples its next trials from the spec as it is now, so it is judged on every
+    # pass; a started run keeps the spec its Job was built from (SpecChangeIgnored).
+    judged = not started or training.spec.tuning is not None
+    if judged and (problems := judge_training(training)):
         return await refuse(client, body, problems, now=now)
     try:
         if training.spec.tuning is not None:
@@ -214,11 +217,13 @@ async def _reconcile_run(
         )
     if decision.replace_job:
         # The phase machine decided, and counted the failure or the disruption in status.
-        if job is not None:
-            await client.delete_job(namespace, job["metadata"]["name"])
+        # The next attempt first: if building it fails (a SpecError after a spec edit), the
+        # failed Job stays, and the pass after the fix counts and replaces it again.
         await create_attempt(
             client, training, attempt=attempt + 1, restarts=status.restarts, settings=settings
         )
+        if job is not None:
+            await client.delete_job(namespace, job["metadata"]["name"])
     new_status = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     patch = status_patch(current_status, new_status)
     if patch is not None:

@@ -466,7 +466,12 @@ def judged_invalid(status: ModelTrainingStatus | None) -> bool:
 def without_invalid_verdict(training: ModelTraining) -> ModelTraining:
     """`training` to reconcile: an InvalidSpec verdict (of an older generation, or the
     reconcile would not get this far) judged a spec that has since changed, so the changed
-    spec starts afresh instead of staying Failed."""
-    if judged_invalid(training.status):
-        return training.model_copy(update={"status": None})
-    return training
+    spec is reconciled instead of staying Failed. Only the verdict goes: what the run did
+    before it (its Job, restarts and disruptions, a search's trials) is kept, so a run
+    refused mid-way continues where it was and a search never samples a trial name twice
+    (its old Jobs would be adopted with another trial's parameters)."""
+    status = training.status
+    if status is None or not judged_invalid(status):
+        return training
+    cleared = status.model_copy(update={"phase": None, "conditions": [], "completion_time": None})
+    return training.model_copy(update={"status": cleared})
