@@ -14,6 +14,7 @@ Pure: no I/O, no clock; the same spec always gives the same problems.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from pydantic import ValidationError
@@ -22,6 +23,10 @@ from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import Hyperparameters, ModelTrainingSpec, ParamSpec
 from modelplane_operator.validation import Problem
 from modelplane_runtime.contract import BUILTIN_DATA_KINDS, DATA_KIND_BY_TASK
+
+# A PersistentVolumeClaim's name is a DNS-1123 subdomain.
+CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+CLAIM_NAME_MAX = 253
 
 
 class SpecError(ValueError):
@@ -67,19 +72,41 @@ def _data_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:
             )
 
 
+def training_uris(spec: ModelTrainingSpec) -> dict[str, str | None]:
+    """Every storage location of a training, by field."""
+    return {
+        "spec.data.train.uri": spec.data.train.uri,
+        "spec.data.validation.uri": spec.data.validation.uri if spec.data.validation else None,
+        "spec.output.uri": spec.output.uri,
+        "spec.model.init.uri": spec.model.init.uri if spec.model.init else None,
+    }
+
+
+def claim_problem(field: str, uri: str | None) -> Problem | None:
+    """A pvc:// URI whose claim no pod can mount (none, or not a claim's name), or None.
+    The one rule: the judge asks it before anything exists, the builders before they
+    mount (so a deployment's model.uri is held to it too)."""
+    scheme, _, rest = (uri or "").partition("://")
+    if scheme != "pvc":
+        return None
+    claim = rest.partition("/")[0]
+    if not claim:
+        return Problem(field, f"{uri!r} names no claim; use pvc://<claim>/<path>")
+    if len(claim) > CLAIM_NAME_MAX or not CLAIM_NAME.match(claim):
+        return Problem(
+            field,
+            f"{claim!r} is not a PersistentVolumeClaim name (lower-case letters, digits, "
+            "'-' and '.', starting and ending with a letter or digit)",
+        )
+    return None
+
+
 def _storage_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:
-    """pvc:// URIs without a claim, which no pod can mount. (The API refuses a builtin://
-    output or init location itself.)"""
-    uris = [
-        ("spec.data.train.uri", spec.data.train.uri),
-        ("spec.data.validation.uri", spec.data.validation.uri if spec.data.validation else None),
-        ("spec.output.uri", spec.output.uri),
-        ("spec.model.init.uri", spec.model.init.uri if spec.model.init else None),
-    ]
-    for field, uri in uris:
-        scheme, _, rest = (uri or "").partition("://")
-        if scheme == "pvc" and not rest.partition("/")[0]:
-            yield Problem(field, f"{uri!r} names no claim; use pvc://<claim>/<path>")
+    """pvc:// URIs no pod can mount. (The API refuses a builtin:// output or init
+    location itself.)"""
+    for field, uri in training_uris(spec).items():
+        if (problem := claim_problem(field, uri)) is not None:
+            yield problem
 
 
 def _batch_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:
@@ -98,6 +125,15 @@ def _batch_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:
             (f"spec.tuning.space.batchSize.values[{i}]", value)
             for i, value in enumerate(searched.values or [])
         ]
+    else:
+        # An int range samples every integer between its bounds, most of which do not
+        # divide: trial after trial would fail in its sampler.
+        yield Problem(
+            "spec.tuning.space.batchSize",
+            f"an int range samples batch sizes that do not divide over the {processes} "
+            "training processes (resources.nodes x gpusPerNode); search type choice over "
+            f"multiples of {processes} instead",
+        )
     for field, value in candidates:
         if value % processes:
             yield Problem(

@@ -100,6 +100,18 @@ CASES = [
         "batch size 18 must be divisible by the 4 training processes",
     ),
     (
+        "an int range of batch sizes over several processes",
+        {**GANG_OF_4, **space(batchSize={"type": "int", "min": 16, "max": 64})},
+        ["spec.tuning.space.batchSize"],
+        "an int range samples batch sizes that do not divide over the 4 training processes",
+    ),
+    (
+        "a pvc URI whose claim is not a claim's name",
+        {"spec.model.init": {"uri": "pvc://Models_X/base"}},
+        ["spec.model.init.uri"],
+        "'Models_X' is not a PersistentVolumeClaim name",
+    ),
+    (
         "several problems at once, each named",
         {
             "spec.data.train.uri": "builtin://nope",

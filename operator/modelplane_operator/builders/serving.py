@@ -43,7 +43,7 @@ from modelplane_operator.builders.common import (
     pvc_volumes,
 )
 from modelplane_operator.constants import AGENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
-from modelplane_operator.judge import SpecError
+from modelplane_operator.judge import SpecError, claim_problem
 from modelplane_operator.naming import child_name
 from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import (
@@ -213,6 +213,8 @@ def _pod_spec(
     spec = deployment.spec
     # A pvc:// model at <pvc root>/<claim>/<path>: the runtime resolves the Serve
     # config's URI under $MODELPLANE_PVC_ROOT, the root the training pods wrote it under.
+    if (problem := claim_problem("spec.model.uri", model_uri)) is not None:
+        raise SpecError(problem.field, problem.message)
     claims = pvc_claims([model_uri])
     volumes, mounts = pvc_volumes(claims, root=settings.pvc_root)
     for mount in mounts:

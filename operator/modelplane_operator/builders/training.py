@@ -11,7 +11,6 @@ cannot rejoin the ranks that stayed, so the pods of a multi-node Job live and di
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from modelplane_operator import constants as c
@@ -26,7 +25,7 @@ from modelplane_operator.builders.common import (
     pvc_claims,
     pvc_volumes,
 )
-from modelplane_operator.judge import SpecError
+from modelplane_operator.judge import SpecError, claim_problem, training_uris
 from modelplane_operator.naming import child_name
 from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import ENV_DIST_TIMEOUT, ENV_PVC_ROOT, ExitCode, RunConfig
@@ -39,8 +38,6 @@ CONFIG_FILE = "run.json"
 JOB_NAME_MAX = 50
 # A PersistentVolumeClaim's name is a DNS-1123 subdomain; the API server would refuse a
 # Job that mounts any other name, on every pass.
-CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-CLAIM_NAME_MAX = 253
 
 
 @dataclass(frozen=True)
@@ -149,20 +146,10 @@ def build_job(
     per_node = max(1, spec.resources.gpus_per_node)
     # One node needs no rendezvous across pods: no Service, rank 0 is this pod.
     master = f"{names.job}-0.{names.service}" if nodes > 1 else "127.0.0.1"
-    uris = {
-        "spec.data.train.uri": spec.data.train.uri,
-        "spec.data.validation.uri": spec.data.validation.uri if spec.data.validation else None,
-        "spec.output.uri": spec.output.uri,
-        "spec.model.init.uri": spec.model.init.uri if spec.model.init else None,
-    }
+    uris = training_uris(spec)
     for field, uri in uris.items():
-        for claim in pvc_claims([uri]):
-            if len(claim) > CLAIM_NAME_MAX or not CLAIM_NAME.match(claim):
-                raise SpecError(
-                    field,
-                    f"{claim!r} is not a PersistentVolumeClaim name (lower-case letters, "
-                    "digits, '-' and '.', starting and ending with a letter or digit)",
-                )
+        if (problem := claim_problem(field, uri)) is not None:
+            raise SpecError(problem.field, problem.message)
     claims = pvc_claims(list(uris.values()))
     volumes, mounts = pvc_volumes(claims, root=settings.pvc_root)
     volumes += [
