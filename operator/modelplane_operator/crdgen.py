@@ -194,7 +194,12 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) -> d
         if key not in _KEPT:
             continue
         if key == "properties":
-            out[key] = {name: _convert(sub, defs, defaults=defaults) for name, sub in value.items()}
+            out[key] = {
+                name: _with_object_default(sub, _convert(sub, defs, defaults=defaults))
+                if defaults and name not in node.get("required", ())
+                else _convert(sub, defs, defaults=defaults)
+                for name, sub in value.items()
+            }
         elif key in ("items", "additionalProperties"):
             if value is False:
                 continue  # Kubernetes forbids `additionalProperties: false`; unknown
@@ -215,6 +220,20 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) -> d
         out["description"] = " ".join(out["description"].split())
     # type and description first: the order a reader of the YAML looks for them.
     return {k: out[k] for k in sorted(out, key=lambda k: (_ORDER.get(k, len(_ORDER)), k))}
+
+
+def _with_object_default(source: dict[str, Any], converted: dict[str, Any]) -> dict[str, Any]:
+    """A sub-object a model builds with its own defaults when absent (a pydantic
+    `default_factory`, which JSON Schema cannot show: a bare `$ref` without `default`)
+    defaults to the object of its fields' defaults. So a rule reading
+    `self.batching.maxBatchSize` sees 32 with `batching` unset, as pydantic does, instead
+    of taking the missing object for an unset rule. (Not `{}`: the API server checks a
+    default against the schema's rules without filling in the defaults inside it.)"""
+    if "$ref" in source and "default" not in source and converted.get("type") == "object":
+        fields = converted.get("properties") or {}
+        default = {name: sub["default"] for name, sub in fields.items() if "default" in sub}
+        return {**converted, "default": default}
+    return converted
 
 
 _ORDER = {"type": 0, "description": 1, "required": 2, "properties": 3}

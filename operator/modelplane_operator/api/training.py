@@ -193,7 +193,7 @@ class DataSource(ApiModel):
 
 
 # A column set to its default name reads as unset: a spec dumped with its defaults and
-# parsed again must stay valid, and CEL (which sees no pydantic default) agrees.
+# parsed again must stay valid, and CEL agrees (the CRD fills the same defaults in).
 COLUMN_DEFAULTS = {"textColumn": "text", "labelColumn": "label"}
 
 
@@ -383,7 +383,7 @@ class Objective(ApiModel):
 
     cel_rules = (
         CelRule(
-            # goal's default is not in the CRD, so CEL sees it unset: unset is maximize.
+            # The CRD fills in goal's default (maximize); `has` guards an older CRD.
             rule=(
                 "(has(self.goal) ? self.goal : 'maximize') == "
                 f"(self.metric in {_cel_list(LOWER_IS_BETTER)} ? 'minimize' : 'maximize')"
