@@ -46,12 +46,6 @@ def gate(deployment: ModelDeployment, model: ResolvedModel) -> list[GateFailure]
     return contract_gate_failures(deployment.spec.require_metrics, model.metrics)
 
 
-def gate_failures(deployment: ModelDeployment, model: ResolvedModel) -> list[str]:
-    """One sentence per unmet requireMetrics entry, naming the metric, its value and the
-    threshold. Empty means accepted."""
-    return [str(failure) for failure in gate(deployment, model)]
-
-
 def autoscaling_config(deployment: ModelDeployment) -> dict[str, Any]:
     spec = deployment.spec
     return {

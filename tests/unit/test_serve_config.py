@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from modelplane_operator.api.resources import ModelDeployment
-from modelplane_operator.serve_config import ResolvedModel, gate_failures, render_serve_config
+from modelplane_operator.serve_config import ResolvedModel, gate, render_serve_config
 from modelplane_runtime.contract import (
     SERVE_DEPLOYMENT,
     SERVE_IMPORT_PATH,
@@ -129,7 +129,7 @@ def test_gpus_per_replica_reserve_gpus_and_select_cuda() -> None:
 )
 def test_the_gate_names_each_unmet_metric(required: dict[str, float], expected: list[str]) -> None:
     deployment = ModelDeployment.model_validate(make_deployment({"spec.requireMetrics": required}))
-    assert gate_failures(deployment, MODEL) == expected
+    assert [str(failure) for failure in gate(deployment, MODEL)] == expected
 
 
 def test_the_replica_is_given_require_metrics_to_check_against_the_model_card() -> None:
