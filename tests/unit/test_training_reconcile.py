@@ -334,6 +334,27 @@ def test_a_search_edited_out_of_limits_midway_is_refused_and_continues_once_fixe
     assert search.condition("Failed")["status"] == "False"
 
 
+def test_a_search_that_fails_stops_its_running_trials() -> None:
+    search = Training(
+        {**TUNED, "spec.tuning.parallelTrials": 2, "spec.tuning.maxTrials": 4,
+         "spec.tuning.maxFailedTrials": 0, "spec.maxRestarts": 0}
+    )  # fmt: skip
+    search.run()
+    search.run()
+    assert sorted(search.jobs()) == ["demo-t0-train", "demo-t1-train"]
+    crash = make_pod("demo-t0-train-0-a", "Failed", index=0, exit_code=1)
+    search.fail("demo-t0-train", "BackoffLimitExceeded", "backoff limit", crash)
+    assert search.run() == "Failed"
+    assert search.condition("Failed")["reason"] == "TooManyFailedTrials"
+    # Trial 1 would run on with nobody to reconcile it: it is stopped with the search.
+    assert "demo-t1-train" in search.client.deleted
+    trial = search.body["status"]["trials"][1]
+    assert (trial["phase"], trial["reason"]) == (
+        "Stopped",
+        "the search failed: 1 trials failed (maxFailedTrials 0)",
+    )
+
+
 TRIAL_RESULT = {
     "version": 1,
     "run": "demo-t0",

@@ -34,6 +34,7 @@ from modelplane_operator.status.training import job_attempt, rank0_ip
 from modelplane_operator.status.tuning import (
     FINAL_TRIAL_PHASES,
     apply_early_stopping,
+    conclude_trial,
     derive_tuning_status,
     history,
     observe_trial,
@@ -127,6 +128,21 @@ async def _trial_pass(
     return observed
 
 
+async def _stop_active(
+    client: Client, namespace: str, trials: list[TrialStatus], *, why: str
+) -> list[TrialStatus]:
+    """`trials` with every unfinished one Stopped for `why`, its Jobs deleted."""
+    stopped = []
+    for trial in trials:
+        if trial.phase in FINAL_TRIAL_PHASES:
+            stopped.append(trial)
+            continue
+        for job in await client.list_jobs(namespace, {c.LABEL_RUN: trial.name}):
+            await client.delete_job(namespace, job["metadata"]["name"])
+        stopped.append(conclude_trial(trial, stopped=why))
+    return stopped
+
+
 async def reconcile_tuning(
     client: Client,
     body: Manifest,
@@ -155,8 +171,18 @@ async def reconcile_tuning(
             for job in await client.list_jobs(namespace, {c.LABEL_RUN: trial.name}):
                 await client.delete_job(namespace, job["metadata"]["name"])
 
-    active = sum(t.phase not in FINAL_TRIAL_PHASES for t in trials)
     failed = sum(t.phase == "Failed" for t in trials)
+    if failed > tuning.max_failed_trials:
+        # The search fails in this pass: its running trials cannot change that, and a
+        # Failed training is never reconciled again, so nothing would stop them later.
+        trials = await _stop_active(
+            client,
+            namespace,
+            trials,
+            why=f"the search failed: {failed} trials failed "
+            f"(maxFailedTrials {tuning.max_failed_trials})",
+        )
+    active = sum(t.phase not in FINAL_TRIAL_PHASES for t in trials)
     room = min(tuning.parallel_trials - active, tuning.max_trials - len(trials))
     exhausted = False
     if room > 0 and failed <= tuning.max_failed_trials and not training.spec.suspend:
