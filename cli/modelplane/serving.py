@@ -56,14 +56,20 @@ EXIT_FAILED = 3
 
 
 class LocalServeError(Exception):
-    """The deployment cannot start locally; the message says why and what to do."""
+    """The deployment cannot start locally; the message says why and what to do.
+    `serve_message`: Serve's own account when it reported the failure (what a cluster's
+    head reports to the operator)."""
+
+    def __init__(self, message: str, *, serve_message: str = "") -> None:
+        super().__init__(message)
+        self.serve_message = serve_message
 
 
 class RejectedError(LocalServeError):
     """The deployment is Rejected, with the reason and message a cluster would give."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str, message: str, *, serve_message: str = "") -> None:
+        super().__init__(message, serve_message=serve_message)
         self.reason = reason
 
 
@@ -250,8 +256,9 @@ def start_server(
             raise RejectedError(
                 REASON_METRICS_BELOW_THRESHOLD,
                 f"spec.requireMetrics: the replica refused the model's card: {refusal}",
+                serve_message=message,
             )
-        raise LocalServeError(summarize_serve_message(message))
+        raise LocalServeError(summarize_serve_message(message), serve_message=message)
     server.endpoint = str(event["endpoint"])
     return server
 

@@ -72,7 +72,9 @@ def test_the_operator_rejects_a_uri_deployment_whose_replica_refused_the_card(
     app = application("gated", table_model, {"requireMetrics": {"f1": threshold}})
     with pytest.raises(LocalServeError) as failed:
         start_server(serve_config(app, port=free_port()), workdir=tmp_path, num_cpus=1)
-    said = str(failed.value)
+    # Local mode says it as a cluster does; Serve's own words are what a head reports.
+    assert str(failed.value).startswith("spec.requireMetrics: the replica refused")
+    said = failed.value.serve_message
     assert REQUIRE_METRICS_REFUSAL in said
 
     body = make_deployment(
