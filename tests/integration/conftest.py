@@ -11,6 +11,7 @@ fails.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 import time
@@ -72,7 +73,7 @@ def crds(cluster: LocalCluster) -> LocalCluster:
 
 
 def _test_namespace(
-    cluster: LocalCluster, request: pytest.FixtureRequest, *, logs: bool = False
+    cluster: LocalCluster, request: pytest.FixtureRequest, *, logs: bool = False, kwok: bool = False
 ) -> Iterator[str]:
     """A fresh namespace for one test, dumped to stderr if the test fails (with every
     container's log when `logs`: pods that really ran have something to say)."""
@@ -101,13 +102,31 @@ def _test_namespace(
         path = Path(cluster.workdir) / f"dump-{name}.yaml"
         path.write_text(text)
         print(f"\n--- objects and events of {name} (also in {path}) ---\n{text}", file=sys.stderr)
+    if kwok:
+        _release_job_pods(cluster, name)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _release_job_pods(cluster: LocalCluster, namespace: str) -> None:
+    """Let the namespace's Job pods go with it. A kubelet kills a deleted pod's containers
+    and the Job controller then drops its tracking finalizer; kwok kills nothing, so a Job
+    pod still running when its namespace was deleted kept the finalizer, and its node's
+    GPUs, for the rest of the session (a later test's gang could not be scheduled). Drop
+    the finalizer first, as the Job controller would once the pod ended."""
+    listed = cluster.kubectl("get", "pods", "-n", namespace, "-o", "json", check=False)
+    pods = json.loads(listed.stdout).get("items", []) if listed.returncode == 0 else []
+    for pod in pods:
+        if pod["metadata"].get("finalizers"):
+            cluster.kubectl(
+                "patch", "pod", pod["metadata"]["name"], "-n", namespace, "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}', check=False,
+            )  # fmt: skip
 
 
 @pytest.fixture
 def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace on the kwok cluster for one test."""
-    yield from _test_namespace(cluster, request)
+    yield from _test_namespace(cluster, request, kwok=True)
 
 
 @pytest.fixture(scope="session")
