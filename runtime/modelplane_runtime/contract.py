@@ -70,7 +70,7 @@ BUILTIN_DATA_KINDS: dict[str, DataKind] = {
 """The data sets `builtin://<name>` names, and the kind each holds. The operator judges
 a spec's builtin:// URIs from this table before any pod starts (it cannot import the
 runtime's data modules, which need numpy and scikit-learn); a unit test holds it equal to
-`modelplane_runtime.data.builtin.BUILTIN` and `data.raw.KIND_BY_TASK`."""
+`modelplane_runtime.data.builtin.BUILTIN`, and the runtime reads DATA_KIND_BY_TASK itself."""
 
 
 class _Contract(BaseModel):

@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import TensorDataset
 
-from modelplane_runtime.contract import RunConfig
+from modelplane_runtime.contract import DATA_KIND_BY_TASK, RunConfig
 from modelplane_runtime.data.preprocessing import (
     TOKENIZER_FILE,
     Preprocessing,
@@ -20,7 +20,7 @@ from modelplane_runtime.data.preprocessing import (
     load_tokenizer,
     train_tokenizer,
 )
-from modelplane_runtime.data.raw import KIND_BY_TASK, RawData
+from modelplane_runtime.data.raw import RawData
 from modelplane_runtime.data.readers import read_source
 from modelplane_runtime.errors import ConfigError
 
@@ -106,7 +106,7 @@ def prepare(
     the tokenizer is trained once per run (`_run_tokenizer`): kept in `tokenizer_store`
     and shared from rank 0 through `from_main`.
     """
-    kind = KIND_BY_TASK[config.task]
+    kind = DATA_KIND_BY_TASK[config.task]
     labelled = config.task != "masked-lm"
     data = config.data
     columns = {"text_column": data.text_column, "label_column": data.label_column}

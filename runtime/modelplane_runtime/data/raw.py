@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-Kind = Literal["text", "image", "tabular"]
+from modelplane_runtime.contract import DataKind
 
-KIND_BY_TASK: dict[str, Kind] = {
-    "text-classification": "text",
-    "masked-lm": "text",
-    "image-classification": "image",
-    "tabular-classification": "tabular",
-}
+Kind = DataKind
+"""What a data set's examples are (the contract's DataKind: one table for the operator and here)."""
 
 
 @dataclass(frozen=True)
