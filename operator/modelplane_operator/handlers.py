@@ -102,6 +102,26 @@ def _state() -> State:
     return STATE["state"]
 
 
+def _back_off(
+    state: State,
+    key: tuple[str, str],
+    waiting: Backoff | None,
+    *,
+    generation: int | None,
+    what: str,
+) -> None:
+    """After a pass that raised (inside its `except`): the resource's next backoff step,
+    and one log line with the traceback for it."""
+    backoff = Backoff.after(waiting, generation=generation, now=time.monotonic())
+    state.backoff[key] = backoff
+    log.exception(
+        "%s: reconcile failed (%d in a row); retrying in %.0f s",
+        what,
+        backoff.failures,
+        backoff.until - time.monotonic(),
+    )
+
+
 async def run_training(
     namespace: str,
     name: str,
@@ -139,15 +159,7 @@ async def run_training(
                 )
             except Exception:
                 obs.failed(c.KIND_TRAINING)
-                backoff = Backoff.after(waiting, generation=generation, now=time.monotonic())
-                state.backoff[key] = backoff
-                log.exception(
-                    "%s/%s: reconcile failed (%d in a row); retrying in %.0f s",
-                    namespace,
-                    name,
-                    backoff.failures,
-                    backoff.until - time.monotonic(),
-                )
+                _back_off(state, key, waiting, generation=generation, what=f"{namespace}/{name}")
                 state.unfinished.add(key)
                 return
         state.backoff.pop(key, None)
@@ -191,14 +203,8 @@ async def run_deployment(namespace: str, name: str, *, generation: int | None = 
                 )
             except Exception:
                 obs.failed(c.KIND_DEPLOYMENT)
-                backoff = Backoff.after(waiting, generation=generation, now=time.monotonic())
-                state.backoff[lock_key] = backoff
-                log.exception(
-                    "%s/%s: reconcile failed (%d in a row); retrying in %.0f s",
-                    namespace,
-                    name,
-                    backoff.failures,
-                    backoff.until - time.monotonic(),
+                _back_off(
+                    state, lock_key, waiting, generation=generation, what=f"{namespace}/{name}"
                 )
                 return
         state.backoff.pop(lock_key, None)
