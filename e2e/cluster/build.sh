@@ -6,7 +6,7 @@
 # the wrapper's go.mod, go.sum and build flags: a changed pin rebuilds, an unchanged one
 # is skipped. The cache lives outside the clone so a fresh clone (CI) reuses it.
 #
-# Usage: e2e/cluster/build.sh [tool ...]     tools: kubernetes etcd kwok helm coredns (default: all)
+# Usage: e2e/cluster/build.sh [tool ...]     tools: kubernetes etcd kwok helm coredns seaweedfs (default: all)
 # Prints the bin directory of every tool on stdout, one "tool=dir" per line.
 set -euo pipefail
 
@@ -33,7 +33,9 @@ packages_for() {
     helm) echo "helm.sh/helm/v3/cmd/helm" ;;
     # The wrapper's own main.go: CoreDNS with only the plugins the cluster DNS uses.
     coredns) echo "modelplane.io/e2e/cluster/tools/coredns" ;;
-    *) echo "unknown tool: $1 (known: kubernetes etcd kwok helm coredns)" >&2; return 2 ;;
+    # `weed server -s3`: the S3-compatible object store the storage tests run (harness s3.py).
+    seaweedfs) echo "github.com/seaweedfs/seaweedfs/weed" ;;
+    *) echo "unknown tool: $1 (known: kubernetes etcd kwok helm coredns seaweedfs)" >&2; return 2 ;;
   esac
 }
 
@@ -103,7 +105,7 @@ build_tool() {
 }
 
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm coredns)
+[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm coredns seaweedfs)
 # One build of a tool at a time: scripts/test.sh builds in the background while the
 # integration fixtures may ask for the same tools; the second waits, then finds the cache.
 for tool in "${tools[@]}"; do

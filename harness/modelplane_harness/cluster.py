@@ -710,3 +710,7 @@ if __name__ == "__main__":  # python -m modelplane_harness.cluster sweep
     if sys.argv[1:] != ["sweep"]:
         sys.exit("usage: python -m modelplane_harness.cluster sweep")
     eprint(f"swept {sweep(log=eprint)} cluster(s) left by killed owners")
+    # The tests' S3 servers keep a registry of their own (s3.py, which imports this module).
+    from modelplane_harness import s3
+
+    eprint(f"swept {s3.sweep(log=eprint)} S3 server(s) left by killed owners")
