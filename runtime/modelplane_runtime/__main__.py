@@ -3,7 +3,9 @@
 (see modelplane_runtime.serve.runner).
 
 Exit codes (contract.ExitCode): 0 done; 42 bad configuration or data (never retried);
-1 anything else (the operator replaces the job and it resumes from its checkpoint).
+1 anything else (the operator replaces the job and it resumes from its checkpoint), object
+storage failing after its retries included. Either failure writes one line to the
+termination log (`configuration error: ...`, `storage failure: ...` or `failure: ...`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from modelplane_runtime.contract import (
     RunConfig,
     TrainingResult,
 )
-from modelplane_runtime.errors import ConfigError, exit_code_for
+from modelplane_runtime.errors import ConfigError, StorageError, exit_code_for
 
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -72,6 +74,14 @@ def train(config_path: Path) -> TrainingResult:
         env.close()
 
 
+def _failure_kind(error: BaseException) -> str:
+    if isinstance(error, ConfigError):
+        return "configuration error"
+    if isinstance(error, StorageError):
+        return "storage failure"
+    return "failure"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
@@ -100,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         result = train(args.config)
     except Exception as exc:
         code = exit_code_for(exc)
-        kind = "configuration error" if code == ExitCode.CONFIG_ERROR else "failure"
-        log.error("%s: %s", kind, exc, exc_info=code != ExitCode.CONFIG_ERROR)
+        kind = _failure_kind(exc)
+        # A traceback helps with an unexpected failure, not with one whose message says it all.
+        log.error("%s: %s", kind, exc, exc_info=kind == "failure")
         _report(f"{kind}: {exc}"[:4000])
         return int(code)
     _report(result.to_termination_message())

@@ -7,6 +7,19 @@
 - `tokenizer.json` — text models only;
 - `curves.png` — training loss and validation metrics;
 - `result.json` — the TrainingResult, also the pod's termination message.
+
+The card is written last: a folder (or an s3:// prefix) with a card is a complete
+artifact, and readers trust only weights whose sha256 equals the card's digest.
+
+On s3:// the trainer writes the artifact to a local staging folder, then `publish`
+uploads it: the remote card is deleted first (an old card never vouches for new
+weights), then the weights, tokenizer and curves, then the card, then the result. There
+is no temporary prefix renamed into place, because S3 has no rename (a "move" is a full
+copy of the weights, then a delete). It is not needed: each object's PUT is atomic, and a
+multipart upload is invisible until it completes, so a killed upload leaves either the
+old object or none, never half of one; and since the card goes last and carries the
+weights' digest, a prefix whose card is missing or disagrees with its weights is refused
+by every reader. Card-last gives the all-or-nothing guarantee without copying the weights.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
+from modelplane_runtime import objectstore
 from modelplane_runtime.contract import RESULT_FILE, RunConfig, TrainingResult
 from modelplane_runtime.data.preprocessing import Preprocessing, load_tokenizer, save_tokenizer
 from modelplane_runtime.data.raw import RawData
@@ -101,6 +115,64 @@ def write_result(directory: Path, result: TrainingResult) -> None:
     _write_atomically(directory / RESULT, result.model_dump_json(indent=2).encode())
 
 
+def publish(directory: Path, uri: str) -> None:
+    """Upload the artifact staged in `directory` (saved, its result written) to the
+    s3:// folder `uri`: the old card goes first, the new card and result last (see the
+    module's docstring). Checkpoints under `directory` are not part of it."""
+    prefix = objectstore.parse(uri, field="output.uri")
+    objectstore.delete_object(prefix.child(CARD), field="output.uri")
+    objectstore.delete_object(prefix.child(RESULT), field="output.uri")
+    objectstore.upload_tree(
+        directory, prefix, field="output.uri", last=(CARD, RESULT), exclude=("checkpoints",)
+    )
+
+
+def fetch_published(uri: str, directory: Path) -> bool:
+    """Download the card and result of the s3:// artifact `uri` into `directory`; False
+    when either is not there (the artifact was never published, or is being replaced)."""
+    prefix = objectstore.parse(uri, field="output.uri")
+    for name in (CARD, RESULT):
+        if not objectstore.exists(prefix.child(name), field="output.uri"):
+            return False
+    for name in (CARD, RESULT):
+        objectstore.download_file(prefix.child(name), directory / name, field="output.uri")
+    return True
+
+
+def verify_artifact(
+    directory: Path,
+    *,
+    source: str | None = None,
+    expected_digest: str | None = None,
+    field: str = "model.uri",
+) -> dict[str, Any]:
+    """The card of the artifact in `directory`, once its weights are known to be the ones
+    the card (and `expected_digest`, when given) names. `source` is the URI the folder was
+    copied from: errors name it (the s3:// object), not the local copy."""
+    where = source.rstrip("/") if source else str(directory)
+    card_path = directory / CARD
+    if not card_path.is_file():
+        raise ConfigError(f"{field}: {where} is not a modelplane artifact (no {CARD})")
+    try:
+        card: dict[str, Any] = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{field}: {where}/{CARD} is not JSON: {exc}") from exc
+    if card.get("format") != CARD_FORMAT:
+        raise ConfigError(f"{where}/{CARD}: unsupported model card format {card.get('format')}")
+    weights = directory / card["weights"]
+    if not weights.is_file():
+        raise ConfigError(f"{field}: {where}/{card['weights']} is missing; the card names it")
+    digest = sha256_file(weights)
+    wanted = card["digest"] if digest != card["digest"] else expected_digest
+    if wanted and digest != wanted:
+        which = "the model card's" if wanted == card["digest"] else "the expected digest"
+        raise ConfigError(
+            f"{where}/{card['weights']}: weights digest {digest} does not match {wanted} "
+            f"(the digest differs from {which}); the artifact was changed or is incomplete"
+        )
+    return card
+
+
 def plot_curves(history: dict[str, Any], path: Path) -> None:
     import matplotlib  # noqa: PLC0415
 
@@ -151,18 +223,7 @@ def load_artifact(
     directory: Path, *, expected_digest: str | None = None, device: str = "cpu"
 ) -> LoadedModel:
     """Rebuild the model from `directory` alone, refusing weights whose digest differs."""
-    card_path = directory / CARD
-    if not card_path.is_file():
-        raise ConfigError(f"{directory} is not a modelplane artifact (no {CARD})")
-    card = json.loads(card_path.read_text())
-    if card.get("format") != CARD_FORMAT:
-        raise ConfigError(f"{card_path}: unsupported model card format {card.get('format')}")
-    digest = sha256_file(directory / card["weights"])
-    if digest != card["digest"] or (expected_digest and digest != expected_digest):
-        raise ConfigError(
-            f"{directory}: weights digest {digest} does not match "
-            f"{expected_digest or card['digest']}; the artifact was changed or is incomplete"
-        )
+    card = verify_artifact(directory, expected_digest=expected_digest)
     shape = DataShape(
         num_classes=card["data_shape"]["num_classes"],
         input_shape=tuple(card["data_shape"]["input_shape"]),
@@ -180,14 +241,13 @@ def load_artifact(
     return LoadedModel(model=model, card=card, preprocessing=preprocessing, tokenizer=tokenizer)
 
 
-def load_init_weights(model: nn.Module, directory: Path) -> int:
+def load_init_weights(model: nn.Module, directory: Path, *, source: str | None = None) -> int:
     """Copy every tensor of `directory`'s weights whose name and shape match `model`'s.
 
     Heads differ between pre-training and fine-tuning and are left as initialised; an
     encoder that matches nothing means the artifact does not fit this model.
     """
-    if not (directory / CARD).is_file():
-        raise ConfigError(f"model.init.uri: {directory} is not a modelplane artifact")
+    verify_artifact(directory, source=source, field="model.init.uri")
     saved = load_file(str(directory / WEIGHTS))
     own = model.state_dict()
     matching = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
@@ -195,8 +255,8 @@ def load_init_weights(model: nn.Module, directory: Path) -> int:
     missing = [k for k in encoder_keys if k not in matching]
     if not matching or missing:
         raise ConfigError(
-            f"model.init.uri: {directory} does not fit this model ({len(missing)} encoder "
-            "tensors missing or of another shape); use the same architecture and params"
+            f"model.init.uri: {source or directory} does not fit this model ({len(missing)} "
+            "encoder tensors missing or of another shape); use the same architecture and params"
         )
     model.load_state_dict(matching, strict=False)
     return len(matching)

@@ -40,6 +40,17 @@ PROGRESS_PORT = 8080
 RESULT_FILE = "result.json"
 """The TrainingResult in an artifact's folder, beside the model card (local mode reads it
 where a cluster reads rank 0's termination message)."""
+ENV_STORAGE_CACHE = "MODELPLANE_STORAGE_CACHE"
+"""Where s3:// objects are downloaded to and staged for upload (a pod's emptyDir; local
+mode: a folder of its own). A served model is downloaded here once per pod."""
+
+# s3:// credentials: the keys of the Secret that `spec.storage.secretRef` names. Each key
+# becomes the environment variable of the same name in the pods (the operator never reads
+# the values), the names boto3 and every AWS SDK read. Required keys first.
+S3_SECRET_KEYS_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_SECRET_KEYS_OPTIONAL = ("AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
+"""AWS_ENDPOINT_URL points at an S3-compatible store (MinIO, SeaweedFS, Ceph, R2...);
+unset, AWS itself. AWS_REGION defaults to us-east-1."""
 
 
 class ExitCode(IntEnum):

@@ -1,4 +1,4 @@
-"""The two ways a run can fail, and the exit code each one gets."""
+"""The ways a run can fail, and the exit code each one gets."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ class ConfigError(Exception):
     """
 
     exit_code = ExitCode.CONFIG_ERROR
+
+
+class StorageError(Exception):
+    """Object storage failed after its retries (unreachable, timing out, answering 5xx).
+
+    Not the configuration's fault: the process exits with ExitCode.INFRASTRUCTURE, so the
+    operator replaces the job, which resumes from its newest checkpoint. The message names
+    the object, the endpoint and the cause.
+    """
+
+    exit_code = ExitCode.INFRASTRUCTURE
 
 
 def exit_code_for(error: BaseException) -> ExitCode:

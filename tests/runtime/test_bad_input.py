@@ -46,7 +46,7 @@ def test_an_unknown_architecture_is_a_config_error(
     ("setup", "expected"),
     [
         (lambda tmp: DataConfig(train_uri=f"file://{tmp}/missing.jsonl"), "not found"),
-        (lambda tmp: DataConfig(train_uri="s3://bucket/data.csv"), "not a supported URI"),
+        (lambda tmp: DataConfig(train_uri="gs://bucket/data.csv"), "not a supported URI"),
         (lambda tmp: DataConfig(train_uri="builtin://imagenet"), "unknown built-in"),
         (lambda tmp: DataConfig(train_uri="builtin://digits"), "needs text data"),
         (

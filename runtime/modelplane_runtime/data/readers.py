@@ -11,7 +11,7 @@ import numpy as np
 from modelplane_runtime.data.builtin import BUILTIN
 from modelplane_runtime.data.raw import Kind, RawData
 from modelplane_runtime.errors import ConfigError
-from modelplane_runtime.storage import local_path, split_uri
+from modelplane_runtime.storage import materialize, split_uri
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -40,7 +40,8 @@ def read_source(
                 f"but the task needs {kind} data"
             )
         return load()
-    path = local_path(uri, field=f"{field}.uri")
+    # An s3:// object is downloaded to the storage cache; an s3:// folder (of images) too.
+    path = materialize(uri, field=f"{field}.uri")
     if not path.exists():
         raise ConfigError(f"{field}.uri: {uri} not found (looked at {path})")
     columns = {"text_column": text_column, "label_column": label_column, "field": field}

@@ -21,7 +21,7 @@ from modelplane_runtime.artifacts import LoadedModel, load_artifact
 from modelplane_runtime.contract import REQUIRE_METRICS_REFUSAL, ServeArgs, gate_failures
 from modelplane_runtime.data.raw import RawData
 from modelplane_runtime.errors import ConfigError
-from modelplane_runtime.storage import local_path
+from modelplane_runtime.serve.model_cache import model_dir
 
 log = logging.getLogger("modelplane.serve")
 
@@ -91,7 +91,7 @@ class Predictor:
             raise ConfigError("optimization.dtype fp16 needs a GPU; use bf16 or fp32 on CPUs")
         if args.quantization == "int8" and self.device.type != "cpu":
             raise ConfigError("optimization.quantization int8 is for CPU serving")
-        directory = local_path(args.model_uri, field="model.uri")
+        directory = model_dir(args.model_uri, expected_digest=args.expected_digest)
         self.loaded: LoadedModel = load_artifact(
             directory, expected_digest=args.expected_digest, device="cpu"
         )

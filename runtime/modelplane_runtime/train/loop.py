@@ -1,10 +1,19 @@
-"""The training loop: DDP, mixed precision, accumulation, clipping, checkpoints, resume."""
+"""The training loop: DDP, mixed precision, accumulation, clipping, checkpoints, resume.
+
+With an s3:// output the trainer works in a local staging folder under the storage cache
+(one per rank) and the bucket is the truth: rank 0 uploads each checkpoint and, at the
+end, publishes the artifact (artifacts.publish); a run resumes from the bucket's newest
+checkpoint, so a replacement pod on another node continues where the last one stopped.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,20 +25,31 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from modelplane_runtime import objectstore
 from modelplane_runtime.artifacts import (
     CARD,
     RESULT,
+    fetch_published,
     load_init_weights,
+    publish,
     save_artifact,
+    verify_artifact,
     write_result,
 )
 from modelplane_runtime.contract import OBJECTIVE_EPOCHS, RunConfig, TrainingResult
 from modelplane_runtime.data.prepare import Prepared, prepare
+from modelplane_runtime.data.preprocessing import TOKENIZER_FILE
 from modelplane_runtime.errors import ConfigError
 from modelplane_runtime.evaluate import default_metrics, evaluate
 from modelplane_runtime.models.registry import DataShape, build_model, resolve_params
-from modelplane_runtime.storage import local_path
-from modelplane_runtime.train.checkpoint import load_latest, save_checkpoint
+from modelplane_runtime.objectstore import S3Uri
+from modelplane_runtime.storage import cache_key, cache_root, is_remote, local_path, materialize
+from modelplane_runtime.train.checkpoint import (
+    load_latest,
+    load_latest_remote,
+    save_checkpoint,
+    upload_checkpoint,
+)
 from modelplane_runtime.train.distributed import DistEnv
 from modelplane_runtime.train.progress import ProgressReporter
 from modelplane_runtime.train.sampler import GlobalBatchSampler
@@ -58,7 +78,15 @@ class History:
         return {"steps": self.steps, "epochs": self.epochs}
 
 
-def artifact_dir(config: RunConfig) -> Path:
+def artifact_uri(config: RunConfig) -> str:
+    return f"{config.output_uri.rstrip('/')}/{config.name}"
+
+
+def artifact_dir(config: RunConfig, *, rank: int = 0) -> Path:
+    """Where this rank writes the artifact and checkpoints: the output itself on a file
+    system, a staging folder in the storage cache for object storage."""
+    if is_remote(config.output_uri):
+        return cache_root() / "staging" / cache_key(artifact_uri(config)) / f"rank-{rank}"
     return local_path(config.output_uri, field="output.uri") / config.name
 
 
@@ -92,8 +120,12 @@ class Trainer:
         self.device = env.device()
         self.reporter = reporter or ProgressReporter(port=0)
         self.on_step = on_step
-        self.output = artifact_dir(config)
+        self.output = artifact_dir(config, rank=env.rank)
         self.checkpoints = self.output / "checkpoints"
+        self.remote: S3Uri | None = None
+        if is_remote(config.output_uri):
+            self.remote = objectstore.parse(artifact_uri(config), field="output.uri")
+            self._stage_from_bucket(self.remote)
         precision = config.optim.precision
         if precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("hyperparameters.precision fp16 needs a GPU; use bf16 or fp32")
@@ -101,11 +133,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.metrics = config.metrics or default_metrics(config.task)
 
-        init_dir = local_path(config.init_uri, field="model.init.uri") if config.init_uri else None
+        init_dir = None
+        if config.init_uri:
+            init_dir = materialize(config.init_uri, field="model.init.uri", folder=True)
+            verify_artifact(init_dir, source=config.init_uri, field="model.init.uri")
         torch.manual_seed(config.optim.seed)
         self.data: Prepared = prepare(
             config, init_dir=init_dir, tokenizer_store=self.checkpoints, from_main=env.from_main
         )
+        if self.remote is not None and env.is_main:
+            self._upload_tokenizer(self.remote)
         self.params = resolve_params(config.architecture, config.params)
         self.shape = DataShape(
             num_classes=self.data.num_classes,
@@ -115,7 +152,7 @@ class Trainer:
         torch.manual_seed(config.optim.seed)  # identical initial weights on every rank
         self.model = build_model(config.architecture, config.task, self.params, self.shape)
         if init_dir is not None:
-            load_init_weights(self.model, init_dir)
+            load_init_weights(self.model, init_dir, source=config.init_uri)
         self.model.to(self.device)
         self.wrapped: nn.Module = self.model
         if env.distributed:
@@ -148,6 +185,26 @@ class Trainer:
         self.position = Position()
         self.history = History()
         self.resumed_from: int | None = None
+
+    # -- object storage -------------------------------------------------------------------
+
+    def _stage_from_bucket(self, remote: S3Uri) -> None:
+        """Start from the bucket alone: a staging folder an earlier run left in local
+        mode's cache must not resurrect checkpoints the bucket no longer has. The run's
+        tokenizer (kept beside the checkpoints) comes back from the bucket."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        tokenizer = remote.child(f"checkpoints/{TOKENIZER_FILE}")
+        if self.env.is_main and objectstore.exists(tokenizer, field="output.uri"):
+            objectstore.download_file(
+                tokenizer, self.checkpoints / TOKENIZER_FILE, field="output.uri"
+            )
+
+    def _upload_tokenizer(self, remote: S3Uri) -> None:
+        local = self.checkpoints / TOKENIZER_FILE
+        target = remote.child(f"checkpoints/{TOKENIZER_FILE}")
+        if local.is_file() and not objectstore.exists(target, field="output.uri"):
+            objectstore.upload_file(local, target, field="output.uri")
 
     # -- the loop --------------------------------------------------------------------
 
@@ -313,16 +370,25 @@ class Trainer:
                 "history_steps": self.history.steps,
                 "history_epochs": self.history.epochs,
             }
-            save_checkpoint(
+            path = save_checkpoint(
                 self.checkpoints,
                 step=self.position.step,
                 state=state,
                 keep=self.config.checkpoint_keep,
             )
+            if self.remote is not None:
+                upload_checkpoint(
+                    path, self.remote.child("checkpoints"), keep=self.config.checkpoint_keep
+                )
         self.env.barrier()
 
     def _resume(self) -> None:
-        found = load_latest(self.checkpoints)
+        if self.remote is not None:
+            found = load_latest_remote(self.remote.child("checkpoints"), self.checkpoints)
+            where = f"{self.remote.child('checkpoints/')}"
+        else:
+            found = load_latest(self.checkpoints)
+            where = str(self.checkpoints)
         if found is None:
             return
         path, state = found
@@ -335,7 +401,7 @@ class Trainer:
             first = str(exc).strip().splitlines()[-1].strip()
             raise ConfigError(
                 f"checkpoint {path} does not fit this run's model ({first}); use another "
-                f"output or delete {self.checkpoints} to start over"
+                f"output or delete {where} to start over"
             ) from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -366,7 +432,7 @@ class Trainer:
         result = TrainingResult(
             run=self.config.name,
             metrics=metrics,
-            artifact_uri=f"{self.config.output_uri}/{self.config.name}",
+            artifact_uri=artifact_uri(self.config),
             digest="",
             steps=self.position.step,
             epochs=self.config.optim.epochs,
@@ -387,6 +453,8 @@ class Trainer:
             )
             result = result.model_copy(update={"digest": digest})
             write_result(self.output, result)
+            if self.remote is not None:
+                publish(self.output, str(self.remote))
             self.reporter.update(phase="done", metrics=metrics)
         self.env.barrier()
         return result
@@ -406,11 +474,17 @@ def objective_by_step(
 
 def finished_result(config: RunConfig) -> TrainingResult | None:
     """The result of an identical run that already finished, so a rerun does no work."""
-    directory = artifact_dir(config)
+    if is_remote(config.output_uri):
+        with tempfile.TemporaryDirectory(prefix="modelplane-published-") as scratch:
+            if not fetch_published(artifact_uri(config), Path(scratch)):
+                return None
+            return _identical_result(config, Path(scratch))
+    return _identical_result(config, artifact_dir(config))
+
+
+def _identical_result(config: RunConfig, directory: Path) -> TrainingResult | None:
     if not (directory / RESULT).is_file() or not (directory / CARD).is_file():
         return None
-    import json  # noqa: PLC0415
-
     card = json.loads((directory / CARD).read_text())
     if card.get("run_config") != config.model_dump(mode="json"):
         return None
