@@ -14,7 +14,7 @@ from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.apidocs import api_reference_is_stale, write_api_reference
 from modelplane_operator.constants import REASON_INVALID_SPEC
 from modelplane_operator.crdgen import stale_crds, write_crds
-from modelplane_operator.judge import judge_training
+from modelplane_operator.judge import judge_training, unreachable_without_default
 from modelplane_operator.validation import Checked, Problem, check_file
 
 app = typer.Typer(
@@ -87,6 +87,7 @@ def validate(
         for checked in check_file(path):
             if checked.ok:
                 out.print(f"[green]ok[/green]      {checked.source}: {checked.name}")
+                _warn_of_credentials(checked)
                 continue
             failed += 1
             out.print(f"[red]invalid[/red] {checked.source}: {checked.name}")
@@ -94,6 +95,20 @@ def validate(
                 out.print(f"  - {problem}", markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _warn_of_credentials(checked: Checked) -> None:
+    """An s3:// URI without spec.storage is valid, and runs only where the operator has a
+    default Secret (the chart's storage.defaultSecretName): say so, without failing."""
+    resource = checked.resource
+    if not isinstance(resource, ModelTraining | ModelDeployment):
+        return
+    if (problem := unreachable_without_default(resource)) is not None:
+        out.print(
+            f"  warning: Failed ({REASON_INVALID_SPEC}) on a cluster whose operator has no "
+            f"default storage Secret: {problem}",
+            markup=False,
+        )
 
 
 def verdict(checked: Checked) -> tuple[str, tuple[Problem, ...]]:
@@ -110,6 +125,20 @@ def verdict(checked: Checked) -> tuple[str, tuple[Problem, ...]]:
 
         judged = tuple(spec_problems(checked.resource))
     return (REASON_INVALID_SPEC, judged) if judged else ("ok", ())
+
+
+def _refuse_without_credentials(results: list[Checked]) -> None:
+    """Exit 1 before anything runs when an s3:// URI has no credentials in this
+    environment: a file that trains and then serves fails at once, not after training."""
+    from modelplane.local import credentials_refusal, resource_uris  # noqa: PLC0415
+
+    for checked in results:
+        if isinstance(checked.resource, ModelTraining | ModelDeployment):
+            refusal = credentials_refusal(resource_uris(checked.resource))
+            if refusal is not None:
+                err.print(f"[red]cannot run[/red] {checked.source}: {checked.name}")
+                err.print(f"  - {refusal}", markup=False)
+                raise typer.Exit(1)
 
 
 def _print_verdict(checked: Checked, said: str, problems: tuple[Problem, ...]) -> None:
@@ -177,6 +206,7 @@ def run(
     )
     from modelplane.serving import record_training, serve  # noqa: PLC0415
 
+    _refuse_without_credentials(results)
     for checked in results:
         resource = checked.resource
         if isinstance(resource, ModelDeployment):

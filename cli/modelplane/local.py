@@ -3,7 +3,8 @@
 The resource renders to the same RunConfig the operator would put in a ConfigMap;
 `nodes x max(1, gpusPerNode)` runtime processes start with torchrun's environment
 (Gloo when there is more than one), URIs resolve as the runtime resolves them (with
-`pvc://<claim>/...` under a pvc root of local mode's own), and a progress bar follows
+`pvc://<claim>/...` under a pvc root of local mode's own, and `s3://` through a storage
+cache of its own with the caller's AWS_* credentials), and a progress bar follows
 rank 0's `/progress`. A search's trials end, and the search is judged, by the operator's
 own rules (`conclude_trial`, `derive_tuning_status`): the same runs give the same verdict
 here and on a cluster.
@@ -31,17 +32,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.api.common import StorageSpec, is_s3
+from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, TrialStatus
 from modelplane_operator.constants import COND_READY, REASON_RESULT_MISSING
+from modelplane_operator.judge import training_uris
 from modelplane_operator.render import render_run_config
 from modelplane_runtime.contract import (
     ENV_PVC_ROOT,
+    ENV_STORAGE_CACHE,
     RESULT_FILE,
+    S3_SECRET_KEYS_REQUIRED,
     ExitCode,
     RunConfig,
     TrainingResult,
 )
+from modelplane_runtime.errors import ConfigError, StorageError
 from modelplane_runtime.storage import local_path
 
 DEFAULT_PVC_ROOT = Path("runs")
@@ -66,11 +72,70 @@ class LocalRun:
     valid one."""
     stopped: str | None = None
     """Why the run was stopped early (a tuning trial the median rule stopped)."""
+    artifact_uri: str | None = None
+    """The artifact's s3:// location when it went to object storage; `artifact` is then
+    the local folder its result was downloaded to."""
+
+    @property
+    def location(self) -> str:
+        """Where the artifact is: its s3:// URI, or its folder on this machine."""
+        return self.artifact_uri or str(self.artifact)
 
 
 def pvc_root() -> Path:
     """Where local mode keeps `pvc://` claims (./runs unless MODELPLANE_PVC_ROOT says)."""
     return Path(os.environ.get(ENV_PVC_ROOT, DEFAULT_PVC_ROOT)).resolve()
+
+
+def storage_cache() -> Path:
+    """Where local mode's runtime processes keep s3:// objects: a folder beside its pvc
+    root (./runs/.local/storage-cache unless MODELPLANE_STORAGE_CACHE says)."""
+    configured = os.environ.get(ENV_STORAGE_CACHE)
+    return Path(configured).resolve() if configured else pvc_root() / ".local" / "storage-cache"
+
+
+class StorageCredentialsError(RuntimeError):
+    """An s3:// URI in local mode, and no credentials in this environment to reach it."""
+
+
+def resource_uris(resource: ModelTraining | ModelDeployment) -> dict[str, str | None]:
+    """The storage locations a resource names, by field (a fromTraining model's place is
+    known only once its training ran)."""
+    if isinstance(resource, ModelTraining):
+        return training_uris(resource.spec)
+    return {"spec.model.uri": resource.spec.model.uri}
+
+
+def credentials_refusal(uris: dict[str, str | None]) -> str | None:
+    """Why local mode cannot reach the s3:// URIs among `uris` (no credentials in this
+    environment), or None."""
+    s3 = [field for field, uri in uris.items() if is_s3(uri)]
+    missing = [key for key in S3_SECRET_KEYS_REQUIRED if not os.environ.get(key)]
+    if not s3 or not missing:
+        return None
+    return (
+        f"{s3[0]}: {uris[s3[0]]} is in object storage, and local mode reads its "
+        f"credentials from this environment: set {' and '.join(missing)} (and "
+        "AWS_ENDPOINT_URL for an S3-compatible store, AWS_REGION if it needs one)"
+    )
+
+
+def check_storage_credentials(
+    uris: dict[str, str | None], storage: StorageSpec | None, *, console: Console
+) -> None:
+    """Local mode reads and writes s3:// with the caller's AWS_* environment, the same
+    variables a pod gets from its Secret. It cannot read a cluster Secret: a
+    spec.storage.secretRef is noted and the environment used instead. Raises
+    StorageCredentialsError when an s3:// URI is used without AWS_ACCESS_KEY_ID."""
+    if (refusal := credentials_refusal(uris)) is not None:
+        raise StorageCredentialsError(refusal)
+    if storage is not None and any(is_s3(uri) for uri in uris.values()):
+        console.print(
+            f"note: spec.storage.secretRef names Secret {storage.secret_ref.name!r}, which "
+            "local mode cannot read (there is no cluster): s3:// uses the AWS_* "
+            "credentials of this environment instead",
+            markup=False,
+        )
 
 
 def process_count(training: ModelTraining) -> int:
@@ -102,6 +167,7 @@ def run_training(
     """Train `training` locally (or one tuning trial of it, named `run_name`, with
     `hyperparameters`); returns when every process has ended."""
     root = pvc_root()
+    check_storage_credentials(training_uris(training.spec), training.spec.storage, console=console)
     world = process_count(training)
     progress_port = _free_port()
     config = render_run_config(
@@ -115,6 +181,7 @@ def run_training(
     env = {
         **os.environ,
         ENV_PVC_ROOT: str(root),
+        ENV_STORAGE_CACHE: str(storage_cache()),
         "MODELPLANE_PROGRESS_HOST": "127.0.0.1",
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(_free_port()),
@@ -152,9 +219,20 @@ def run_training(
         for process in processes:
             process.wait()
         raise
-    # Where the runtime put it: its own resolution of output.uri, under the root it got.
-    artifact = local_path(config.output_uri, field="output.uri", root=root) / name
-    result = read_result(artifact) if code == 0 else None
+    artifact_uri = None
+    if is_s3(config.output_uri):
+        # In object storage: the result comes down through the runtime's own client.
+        artifact_uri = f"{config.output_uri.rstrip('/')}/{name}"
+        artifact = workdir / "artifact"
+        try:
+            result = fetch_result(artifact_uri, artifact) if code == 0 else None
+        except (ConfigError, StorageError) as error:
+            console.print(f"could not read the result: {error}", markup=False)
+            result = None
+    else:
+        # Where the runtime put it: its own resolution of output.uri, under the root it got.
+        artifact = local_path(config.output_uri, field="output.uri", root=root) / name
+        result = read_result(artifact) if code == 0 else None
     return LocalRun(
         exit_code=code,
         config=config,
@@ -162,7 +240,20 @@ def run_training(
         logs=workdir,
         result=result,
         stopped=stopped,
+        artifact_uri=artifact_uri,
     )
+
+
+def fetch_result(artifact_uri: str, directory: Path) -> TrainingResult | None:
+    """The TrainingResult published beside the s3:// artifact, downloaded into
+    `directory`; None when it is not there (the run never published)."""
+    from modelplane_runtime import objectstore  # noqa: PLC0415  (boto3: only for s3://)
+
+    location = objectstore.parse(artifact_uri, field="output.uri").child(RESULT_FILE)
+    if not objectstore.exists(location, field="output.uri"):
+        return None
+    objectstore.download_file(location, directory / RESULT_FILE, field="output.uri")
+    return read_result(directory)
 
 
 def read_result(artifact: Path) -> TrainingResult | None:
@@ -263,7 +354,8 @@ def print_summary(run: LocalRun, console: Console) -> None:
     if run.result is None:
         console.print(
             f"[red]training ended without a result[/red] (Failed, {REASON_RESULT_MISSING} on "
-            f"a cluster): {run.artifact / RESULT_FILE} is missing or not a TrainingResult"
+            f"a cluster): {run.location.rstrip('/')}/{RESULT_FILE} is missing or not a "
+            "TrainingResult"
         )
         return
     table = Table(title=f"{run.config.name}: validation metrics")
@@ -272,9 +364,9 @@ def print_summary(run: LocalRun, console: Console) -> None:
     for name, value in run.result.metrics.items():
         table.add_row(name, f"{value:.4f}")
     console.print(table)
-    console.print(f"artifact: {run.artifact}")
+    console.print(f"artifact: {run.location}")
     console.print(f"digest:   {run.result.digest}")
-    console.print(f"curves:   {run.artifact / 'curves.png'}")
+    console.print(f"curves:   {run.location.rstrip('/')}/curves.png")
 
 
 def exit_code(run: LocalRun) -> int:
@@ -397,7 +489,7 @@ def print_tuning_summary(training: ModelTraining, search: LocalSearch, console: 
         )
     console.print(table)
     if search.status.phase == "Succeeded" and best is not None:
-        console.print(f"best: {best.status.name}; artifact: {best.run.artifact}")
+        console.print(f"best: {best.status.name}; artifact: {best.run.location}")
         return 0
     ready = next((c for c in search.status.conditions if c.type == COND_READY), None)
     verdict = f"{search.status.phase} ({ready.reason})" if ready else str(search.status.phase)

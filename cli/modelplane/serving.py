@@ -33,7 +33,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from modelplane.local import pvc_root
+from modelplane.local import (
+    StorageCredentialsError,
+    check_storage_credentials,
+    pvc_root,
+    storage_cache,
+)
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.constants import (
     COND_READY,
@@ -48,7 +53,7 @@ from modelplane_operator.status.serving import (
     summarize_serve_message,
 )
 from modelplane_operator.validation import Problem
-from modelplane_runtime.contract import ENV_PVC_ROOT, TrainingResult
+from modelplane_runtime.contract import ENV_PVC_ROOT, ENV_STORAGE_CACHE, TrainingResult
 
 READY_TIMEOUT_S = 300.0
 EXIT_REJECTED = 4
@@ -234,7 +239,12 @@ def start_server(
     with log_path.open("w") as log:
         process = subprocess.Popen(
             command,
-            env={**os.environ, ENV_PVC_ROOT: str(pvc_root()), **(env or {})},
+            env={
+                **os.environ,
+                ENV_PVC_ROOT: str(pvc_root()),
+                ENV_STORAGE_CACHE: str(storage_cache()),
+                **(env or {}),
+            },
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
@@ -282,6 +292,13 @@ def prepare(deployment: ModelDeployment, *, console: Console, port: int) -> dict
     cannot be found, RejectedError when it does not meet requireMetrics."""
     model = resolve_model(deployment)
     judge(deployment, model)
+    try:
+        # The resolved model: a fromTraining artifact may have gone to s3:// too.
+        check_storage_credentials(
+            {"spec.model.uri": model.uri}, deployment.spec.storage, console=console
+        )
+    except StorageCredentialsError as error:
+        raise LocalServeError(str(error)) from error
     deployment = _for_this_machine(deployment, console)
     cpus = os.cpu_count() or 1
     if deployment.spec.replicas.max > cpus:

@@ -53,6 +53,15 @@ ENV_DASHBOARD_URL: Final = "MODELPLANE_DASHBOARD_URL"
 ENV_METRICS_URL: Final = "MODELPLANE_METRICS_URL"
 ENV_REPLICA_METRICS_URL: Final = "MODELPLANE_REPLICA_METRICS_URL"
 ENV_RESULT_GRACE: Final = "MODELPLANE_RESULT_GRACE_SECONDS"
+ENV_STORAGE_SECRET: Final = "MODELPLANE_STORAGE_SECRET"
+"""The cluster's default Secret of s3:// credentials, by name, looked up in each
+resource's namespace; unset, a resource with an s3:// URI must name its own."""
+ENV_STORAGE_CACHE_LIMIT: Final = "MODELPLANE_STORAGE_CACHE_LIMIT"
+
+# Where pods that read or write s3:// keep their objects: an emptyDir, named to the
+# runtime by MODELPLANE_STORAGE_CACHE (modelplane_runtime.contract.ENV_STORAGE_CACHE).
+STORAGE_CACHE_PATH: Final = "/var/cache/modelplane"
+STORAGE_CACHE_VOLUME: Final = "storage-cache"
 
 # Ports of the pods the operator creates (the runtime's own, PROGRESS_PORT and
 # SERVE_HTTP_PORT, are in modelplane_runtime.contract).

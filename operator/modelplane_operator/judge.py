@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 from pydantic import ValidationError
 
-from modelplane_operator.api.resources import ModelTraining
+from modelplane_operator.api.common import StorageSpec, is_s3
+from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.api.training import Hyperparameters, ModelTrainingSpec, ParamSpec
 from modelplane_operator.validation import Problem
 from modelplane_runtime.contract import BUILTIN_DATA_KINDS, DATA_KIND_BY_TASK
@@ -82,6 +83,18 @@ def training_uris(spec: ModelTrainingSpec) -> dict[str, str | None]:
     }
 
 
+def unreachable_without_default(resource: ModelTraining | ModelDeployment) -> Problem | None:
+    """The credentials problem of `resource` on a cluster whose operator has no default
+    Secret: what `modelplane validate` warns of, since the API server accepts it and the
+    operator decides by its own setting. (A fromTraining model's place is not known yet.)"""
+    if isinstance(resource, ModelTraining):
+        return credentials_problem(
+            training_uris(resource.spec), resource.spec.storage, default_secret=""
+        )
+    uris: dict[str, str | None] = {"spec.model.uri": resource.spec.model.uri}
+    return credentials_problem(uris, resource.spec.storage, default_secret="")
+
+
 def claim_problem(field: str, uri: str | None) -> Problem | None:
     """A pvc:// URI whose claim no pod can mount (none, or not a claim's name), or None.
     The one rule: the judge asks it before anything exists, the builders before they
@@ -99,6 +112,30 @@ def claim_problem(field: str, uri: str | None) -> Problem | None:
             "'-' and '.', starting and ending with a letter or digit)",
         )
     return None
+
+
+def storage_secret(storage: StorageSpec | None, default: str) -> str:
+    """The Secret whose keys the pods get for s3://: the resource's own, else the
+    operator's default (empty when there is none)."""
+    return storage.secret_ref.name if storage is not None else default
+
+
+def credentials_problem(
+    uris: dict[str, str | None], storage: StorageSpec | None, *, default_secret: str
+) -> Problem | None:
+    """An s3:// URI with no credentials to reach it, or None. The API server cannot tell
+    (it does not know the operator's default Secret), so the builders ask before they
+    build, and the resource ends with InvalidSpec instead of pods that fail to start."""
+    s3_fields = [field for field, uri in uris.items() if is_s3(uri)]
+    if not s3_fields or storage_secret(storage, default_secret):
+        return None
+    return Problem(
+        s3_fields[0],
+        f"{uris[s3_fields[0]]!r} is in object storage and nothing says which credentials "
+        "reach it: set spec.storage.secretRef.name to a Secret in this namespace with "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or install the operator with a "
+        "cluster default (the chart's storage.defaultSecretName)",
+    )
 
 
 def _storage_problems(spec: ModelTrainingSpec) -> Iterator[Problem]:

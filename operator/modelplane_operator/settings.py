@@ -20,6 +20,11 @@ RESULT_GRACE_SECONDS = 60.0
 # torch.distributed's own default: long enough for a slow rank's checkpoint load or a
 # data set's first read, short enough that a lost rank fails the attempt in minutes.
 DIST_TIMEOUT_SECONDS = 600.0
+# The emptyDir that holds a pod's s3:// objects: a training's downloaded data and its
+# artifact staged for upload, a replica's downloaded model. Past it the kubelet evicts
+# the pod, which the run survives (a restart), so it is a guard against a runaway, not a
+# quota: large enough for every model and data set this platform trains on one node.
+STORAGE_CACHE_LIMIT = "50Gi"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class Settings:
     dist_timeout_seconds: float = DIST_TIMEOUT_SECONDS
     """Seconds a training's collective may wait for the other ranks before the run fails
     (the training pods' MODELPLANE_DIST_TIMEOUT_S)."""
+    storage_secret: str = ""
+    """Name of the Secret with s3:// credentials that a resource without spec.storage
+    uses, in its own namespace; empty: none, and such a resource fails with InvalidSpec.
+    The operator never reads the Secret: the pods get its keys as environment."""
+    storage_cache_limit: str = STORAGE_CACHE_LIMIT
+    """Size limit of the emptyDir where a pod keeps its s3:// objects; empty: none."""
 
     @classmethod
     def from_environ(cls) -> Settings:
@@ -63,4 +74,6 @@ class Settings:
             replica_metrics_url=env.get(c.ENV_REPLICA_METRICS_URL, defaults.replica_metrics_url),
             result_grace_seconds=float(env.get(c.ENV_RESULT_GRACE, defaults.result_grace_seconds)),
             dist_timeout_seconds=float(env.get(ENV_DIST_TIMEOUT, defaults.dist_timeout_seconds)),
+            storage_secret=env.get(c.ENV_STORAGE_SECRET, defaults.storage_secret),
+            storage_cache_limit=env.get(c.ENV_STORAGE_CACHE_LIMIT, defaults.storage_cache_limit),
         )

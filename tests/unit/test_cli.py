@@ -8,13 +8,19 @@ from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from modelplane import local
 from modelplane.cli import app
-from modelplane.local import LocalRun
+from modelplane.local import (
+    LocalRun,
+    check_storage_credentials,
+    credentials_refusal,
+    storage_cache,
+)
 from modelplane_operator.api.resources import ModelTraining
-from modelplane_operator.judge import judge_training
+from modelplane_operator.judge import judge_training, training_uris
 from modelplane_operator.render import render_run_config
 from modelplane_runtime.contract import TrainingResult
 from tests.factories import (
@@ -210,3 +216,73 @@ def test_run_check_rejects_a_deployment_the_operators_builders_refuse(tmp_path: 
     assert result.exit_code == 1, result.output
     assert "Rejected (InvalidSpec)" in result.output
     assert "spec.resources.memory: 100Mi is below the 250Mi a worker pod needs" in result.output
+
+
+# s3:// without a cluster: local mode's credentials are the caller's AWS_* environment.
+
+S3_TRAINING = make_training(
+    {"spec.output.uri": "s3://models/runs", "spec.storage": {"secretRef": {"name": "s3-creds"}}}
+)
+
+
+def s3_file(tmp_path: Path, *documents: dict[str, Any]) -> Path:
+    path = tmp_path / "s3.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    return path
+
+
+def test_local_mode_refuses_s3_without_credentials_before_running_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    started: list[str] = []
+    monkeypatch.setattr("modelplane.local.run_training", lambda *a, **k: started.append("run"))
+    result = runner.invoke(app, ["run", str(s3_file(tmp_path, S3_TRAINING))])
+    assert result.exit_code == 1
+    assert started == []
+    assert "spec.output.uri: s3://models/runs is in object storage" in result.output
+    assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in result.output
+
+
+def test_a_secret_ref_is_noted_and_the_environment_used_instead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    training = ModelTraining.model_validate(S3_TRAINING)
+    console = Console(record=True, width=200)
+    check_storage_credentials(training_uris(training.spec), training.spec.storage, console=console)
+    said = console.export_text()
+    assert "Secret 's3-creds', which local mode cannot read" in said
+    assert "AWS_* credentials of this environment" in said
+
+
+def test_without_s3_local_mode_needs_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    training = ModelTraining.model_validate(make_training())
+    assert credentials_refusal(training_uris(training.spec)) is None
+
+
+def test_local_modes_storage_cache_is_beside_its_pvc_root_unless_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path / "runs"))
+    monkeypatch.delenv("MODELPLANE_STORAGE_CACHE", raising=False)
+    assert storage_cache() == tmp_path / "runs" / ".local" / "storage-cache"
+    monkeypatch.setenv("MODELPLANE_STORAGE_CACHE", str(tmp_path / "cache"))
+    assert storage_cache() == tmp_path / "cache"
+
+
+def test_validate_accepts_s3_without_a_secret_and_warns_that_it_needs_the_default(
+    tmp_path: Path,
+) -> None:
+    bare = make_training({"spec.output.uri": "s3://models/runs"})
+    result = runner.invoke(app, ["validate", str(s3_file(tmp_path, bare))])
+    assert result.exit_code == 0, result.output
+    assert "warning: Failed (InvalidSpec) on a cluster whose operator has no default" in (
+        result.output
+    )
+    assert "spec.storage.secretRef.name" in result.output
+    result = runner.invoke(app, ["validate", str(s3_file(tmp_path, S3_TRAINING))])
+    assert (result.exit_code, "warning" in result.output) == (0, False)

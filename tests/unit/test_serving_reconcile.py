@@ -203,3 +203,15 @@ def test_a_failed_training_rejects_until_it_is_recreated_and_succeeds() -> None:
     client.trainings["quickstart"] = succeeded_training()
     assert one_pass(client, body) == "Progressing"
     assert ("Deployment", NAMES.head) in client.objects
+
+
+def test_an_s3_model_with_no_secret_and_no_default_is_rejected_with_nothing_applied() -> None:
+    client = FakeClient()
+    body = deployment_body({"uri": "s3://models/sentiment/run-1"})
+    assert one_pass(client, body) == "Rejected"
+    (patch,) = client.status_patches
+    stalled = next(cond for cond in patch["conditions"] if cond["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", c.REASON_INVALID_SPEC)
+    assert stalled["message"].startswith("spec.model.uri")
+    assert "storage.defaultSecretName" in stalled["message"]
+    assert client.objects == {}

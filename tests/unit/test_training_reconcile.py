@@ -185,6 +185,12 @@ INVALID = [
         {"spec.output.uri": "pvc://Models_X/out"},
         "spec.output.uri: 'Models_X' is not a PersistentVolumeClaim name",
     ),
+    (
+        "an s3 output with no secret and no default secret of the operator",
+        {"spec.output.uri": "s3://models/out"},
+        "spec.output.uri: 's3://models/out' is in object storage and nothing says which "
+        "credentials reach it",
+    ),
 ]
 
 

@@ -20,6 +20,7 @@ from modelplane_operator.status.training import (
     derive_training_status,
     invalid_spec_status,
     rank0_ip,
+    restart_backoff,
     without_invalid_verdict,
 )
 from modelplane_operator.validation import Problem
@@ -27,6 +28,8 @@ from tests.factories import make_training
 from tests.unit.pods import NO_SUCH_IMAGE, make_pod
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+FAILED_AT = NOW - timedelta(minutes=10)
+"""An attempt that failed long enough ago that its restart backoff has passed."""
 GRACE = timedelta(seconds=60)
 RESULT = {
     "version": 1,
@@ -189,7 +192,7 @@ CASES = [
         training(),
         Observed(
             attempt=0,
-            job=job(("Failed", "BackoffLimitExceeded")),
+            job=job(("Failed", "BackoffLimitExceeded"), since=FAILED_AT),
             pods=(pod(0, "Failed", exit_code=1),),
         ),
         "Pending",
@@ -202,7 +205,7 @@ CASES = [
         Observed(
             attempt=1,
             restarts=1,
-            job=job(("Failed", "BackoffLimitExceeded")),
+            job=job(("Failed", "BackoffLimitExceeded"), since=FAILED_AT),
             pods=(pod(0, "Failed", exit_code=137),),
         ),
         "Failed",
@@ -273,7 +276,7 @@ def test_a_restart_counts_and_says_why() -> None:
         training(),
         Observed(
             attempt=0,
-            job=job(("Failed", "BackoffLimitExceeded")),
+            job=job(("Failed", "BackoffLimitExceeded"), since=FAILED_AT),
             pods=(pod(0, "Failed", exit_code=1),),
         ),
         now=NOW,
@@ -598,3 +601,84 @@ def test_a_changed_spec_after_an_invalid_verdict_loses_the_verdict_only() -> Non
     assert (kept.restarts, kept.disruptions, kept.job_name) == (2, 1, "demo-train-3")
     exhausted = training(status={"phase": "Failed", "restarts": 3})
     assert without_invalid_verdict(exhausted).status == exhausted.status
+
+
+UPLOAD_FAILED = (
+    "could not upload s3://models/runs/demo/model.safetensors to http://10.0.0.7:8333: "
+    "Could not connect to the endpoint URL after 5 attempts"
+)
+
+
+def failed_rank(index: int, message: str, finished: str) -> dict[str, Any]:
+    """A rank whose trainer exited 1 (an infrastructure failure) saying `message`."""
+    failed = rank(index, 1)
+    failed["status"]["containerStatuses"][0]["state"]["terminated"].update(
+        {"message": message, "finishedAt": finished}
+    )
+    return failed
+
+
+@pytest.mark.parametrize(
+    ("restarts", "phase", "reason"),
+    [(1, "Failed", "RestartsExhausted"), (0, "Pending", "Restarting")],
+    ids=["the last attempt fails the run", "an attempt with restarts left is replaced"],
+)
+def test_a_failed_attempt_says_what_its_last_failed_pod_said(
+    restarts: int, phase: str, reason: str
+) -> None:
+    pods = (
+        failed_rank(1, "rank 1 saw its peer leave", "2026-05-01T11:59:00Z"),
+        failed_rank(0, UPLOAD_FAILED, "2026-05-01T11:59:30Z"),
+    )
+    observed = Observed(
+        attempt=restarts, restarts=restarts, job=failed_job(GANG, BACKOFF), pods=pods
+    )
+    status = derive_training_status(GANG, observed, now=NOW).status
+    assert (status.phase, status.conditions[0].reason) == (phase, reason)
+    ready = next(cond for cond in status.conditions if cond.type == "Ready")
+    assert f"pod demo-train-0-a exited 1: {UPLOAD_FAILED}" in ready.message
+    assert "rank 1 saw its peer leave" not in ready.message
+
+
+def test_a_failed_pods_long_message_is_quoted_by_its_end() -> None:
+    log_tail = "x" * 5000 + " StorageError: the end says why"
+    observed = Observed(
+        attempt=1,
+        restarts=1,
+        job=failed_job(ONE_NODE, BACKOFF),
+        pods=(failed_rank(0, log_tail, "2026-05-01T11:59:30Z"),),
+    )
+    status = derive_training_status(ONE_NODE, observed, now=NOW).status
+    failed = next(cond for cond in status.conditions if cond.type == "Failed")
+    assert failed.message.endswith("StorageError: the end says why")
+    assert len(failed.message) < 1000
+
+
+def test_a_failed_attempt_is_replaced_only_after_its_backoff() -> None:
+    """10 s after the first failure, doubling with each restart before it: the status says
+    when the next attempt starts, counts nothing and replaces nothing until then."""
+    failed_at = NOW - timedelta(seconds=15)
+    observed = Observed(
+        attempt=1,
+        restarts=1,
+        job=job(("Failed", "BackoffLimitExceeded"), since=failed_at),
+        pods=(pod(0, "Failed", exit_code=1, message="storage failure: could not upload"),),
+    )
+    waiting = derive_training_status(training(), observed, now=NOW)
+    assert (waiting.status.phase, waiting.replace_job, waiting.status.restarts) == (
+        "Pending",
+        False,
+        1,
+    )
+    ready = next(c for c in waiting.status.conditions if c.type == "Ready")
+    assert ready.reason == "Restarting"
+    assert "could not upload" in ready.message
+    assert f"starts at {format_time(failed_at + timedelta(seconds=20))}" in ready.message
+    later = derive_training_status(training(), observed, now=failed_at + timedelta(seconds=20))
+    assert (later.replace_job, later.status.restarts) == (True, 2)
+
+
+def test_the_restart_backoff_doubles_and_is_capped() -> None:
+    assert [restart_backoff(n).total_seconds() for n in range(7)] == [
+        10, 20, 40, 80, 160, 300, 300,
+    ]  # fmt: skip

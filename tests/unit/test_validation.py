@@ -118,7 +118,7 @@ def test_camel_case_round_trips_through_yaml_names() -> None:
         (
             {"spec.model": {"uri": "builtin://digits"}},
             "spec.model.uri",
-            "model.uri must be a pvc:// or file:// location",
+            "model.uri must be a pvc://, s3:// or file:// location",
         ),
     ],
     ids=[
@@ -287,12 +287,12 @@ def test_deployment_rules(changes: dict[str, Any], field: str, message: str) -> 
         (
             {"spec.model.init": {"uri": "builtin://sentiment"}},
             "spec.model.init.uri",
-            "model.init.uri must be a pvc:// or file:// location",
+            "model.init.uri must be a pvc://, s3:// or file:// location",
         ),
         (
             {"spec.output.uri": "builtin://models"},
             "spec.output.uri",
-            "output.uri must be a pvc:// or file:// location",
+            "output.uri must be a pvc://, s3:// or file:// location",
         ),
         (
             {"spec.data.labelColumn": "target"},

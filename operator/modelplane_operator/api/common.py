@@ -12,12 +12,17 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 
 from modelplane_operator.api.base import CEL_KEY, ApiModel, CelRule, StatusModel
 
-URI_SCHEMES = ("pvc", "file", "builtin")
-_URI_RE = re.compile(r"^(pvc|file|builtin)://\S+$")
-_URI_CEL = "self.matches('^(pvc|file|builtin)://[^ ]+$')"
+URI_SCHEMES = ("pvc", "file", "builtin", "s3")
+# An S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending
+# with a letter or digit (AWS's naming rules; S3-compatible stores follow them).
+_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_URI_RE = re.compile(rf"^((pvc|file|builtin)://\S+|s3://{_BUCKET}(/\S*)?)$")
+_URI_CEL = f"self.matches('^((pvc|file|builtin)://[^ ]+|s3://{_BUCKET}(/[^ ]*)?)$')"
 URI_MESSAGE = (
     "must be a URI with scheme pvc:// (a PersistentVolumeClaim and a path in it), "
-    "file:// (a path inside the pod) or builtin:// (a data set shipped with modelplane)"
+    "file:// (a path inside the pod), builtin:// (a data set shipped with modelplane) or "
+    "s3://<bucket>/<key prefix> (an S3 or S3-compatible object store; a bucket name is 3 "
+    "to 63 lowercase letters, digits, dots and hyphens)"
 )
 
 
@@ -40,21 +45,71 @@ Uri = Annotated[
         }
     ),
 ]
-"""A storage location: `pvc://<claim>/<path>`, `file:///<path>` or `builtin://<name>`."""
+"""A storage location: `pvc://<claim>/<path>`, `file:///<path>`, `builtin://<name>` or
+`s3://<bucket>/<key prefix>`."""
 
 
-def artifact_uri_rule(field: str) -> CelRule:
-    """A rule for a model whose `uri` is an artifact's place (read or written): builtin://
-    names a data set, which holds no artifact and takes no writes."""
-    return CelRule(
-        rule="!has(self.uri) || !self.uri.startsWith('builtin://')",
-        message=(
-            f"{field} must be a pvc:// or file:// location: builtin:// names a data set "
-            "shipped with modelplane, not a model artifact"
+def is_s3(uri: str | None) -> bool:
+    """The URI names an object in S3 (or an S3-compatible store)."""
+    return bool(uri) and str(uri).startswith("s3://")
+
+
+def _s3_key_prefix(uri: str) -> str:
+    return uri.removeprefix("s3://").partition("/")[2].strip("/")
+
+
+def artifact_uri_rules(field: str) -> tuple[CelRule, ...]:
+    """The rules for a model whose `uri` is an artifact's place (read or written):
+    builtin:// names a data set, which holds no artifact and takes no writes; an s3://
+    artifact lives under a key prefix, never at a bucket's root, which other runs and
+    other tools share."""
+    return (
+        CelRule(
+            rule="!has(self.uri) || !self.uri.startsWith('builtin://')",
+            message=(
+                f"{field} must be a pvc://, s3:// or file:// location: builtin:// names a "
+                "data set shipped with modelplane, not a model artifact"
+            ),
+            check=lambda m: m.uri is None or not m.uri.startswith("builtin://"),
+            field_path=".uri",
         ),
-        check=lambda m: m.uri is None or not m.uri.startswith("builtin://"),
-        field_path=".uri",
+        CelRule(
+            rule=(
+                "!has(self.uri) || !self.uri.startsWith('s3://') || "
+                "self.uri.matches('^s3://[^/]+/+[^/ ]')"
+            ),
+            message=(
+                f"{field} must name a key prefix after the bucket, as in "
+                "s3://<bucket>/<prefix>: an artifact never goes to a bucket's root"
+            ),
+            check=lambda m: not is_s3(m.uri) or bool(_s3_key_prefix(m.uri)),
+            field_path=".uri",
+        ),
     )
+
+
+# A Secret's name is a DNS-1123 subdomain.
+_SECRET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class SecretRef(ApiModel):
+    """A Secret in the resource's own namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=_SECRET_NAME)
+    """Name of the Secret. Its keys become environment variables of the same name in the
+    pods: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (required), AWS_SESSION_TOKEN,
+    AWS_REGION and AWS_ENDPOINT_URL (optional; AWS_ENDPOINT_URL points at an
+    S3-compatible store such as MinIO, SeaweedFS or Ceph, unset means AWS). The operator
+    never reads the values."""
+
+
+class StorageSpec(ApiModel):
+    """Credentials for s3:// URIs."""
+
+    secret_ref: SecretRef
+    """The Secret holding the object store's credentials. Without spec.storage, pods use
+    the cluster's default Secret (the chart's storage.defaultSecretName), and a resource
+    with an s3:// URI fails with InvalidSpec when there is none."""
 
 
 # Kubernetes' resource.Quantity grammar (k8s.io/apimachinery resource.ParseQuantity): a
@@ -272,8 +327,11 @@ __all__ = [
     "MemoryQuantity",
     "MetricName",
     "Scheduling",
+    "SecretRef",
+    "StorageSpec",
     "Toleration",
     "Uri",
-    "artifact_uri_rule",
+    "artifact_uri_rules",
+    "is_s3",
     "parse_quantity",
 ]

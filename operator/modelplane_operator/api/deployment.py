@@ -13,8 +13,10 @@ from modelplane_operator.api.common import (
     CpuQuantity,
     MemoryQuantity,
     Scheduling,
+    StorageSpec,
     Uri,
-    artifact_uri_rule,
+    artifact_uri_rules,
+    is_s3,
 )
 
 # Metrics a deployment can require a minimum of: those where higher is better.
@@ -31,7 +33,7 @@ class ModelSource(ApiModel):
             message="set exactly one of fromTraining and uri",
             check=lambda m: (m.from_training is None) != (m.uri is None),
         ),
-        artifact_uri_rule("model.uri"),
+        *artifact_uri_rules("model.uri"),
     )
 
     from_training: str | None = Field(
@@ -178,6 +180,22 @@ class ModelDeploymentSpec(ApiModel):
             check=lambda s: s.max_ongoing_requests >= s.batching.max_batch_size,
             field_path=".maxOngoingRequests",
         ),
+        CelRule(
+            # A fromTraining model is wherever the training put it, maybe in s3://.
+            rule=(
+                "!has(self.storage) || has(self.model.fromTraining) || "
+                "(has(self.model.uri) && self.model.uri.startsWith('s3://'))"
+            ),
+            message=(
+                "storage holds credentials for an s3:// model, and model.uri is not s3:// "
+                "(nor is the model fromTraining, whose artifact may be): remove storage, or "
+                "it would be ignored"
+            ),
+            check=lambda s: (
+                s.storage is None or s.model.from_training is not None or is_s3(s.model.uri)
+            ),
+            field_path=".storage",
+        ),
     )
 
     model: ModelSource
@@ -200,6 +218,10 @@ class ModelDeploymentSpec(ApiModel):
     max_queued_requests: int = Field(default=64, ge=0, le=100000)
     """Requests one replica lets wait beyond maxOngoingRequests; beyond that callers get
     503 with Retry-After at once instead of waiting ever longer."""
+    storage: StorageSpec | None = None
+    """Credentials for an s3:// model (model.uri, or the artifact of the fromTraining
+    ModelTraining). Unset, the pods use the cluster's default Secret, if the operator has
+    one."""
 
 
 class ModelInfo(StatusModel):

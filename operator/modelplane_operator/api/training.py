@@ -14,8 +14,10 @@ from modelplane_operator.api.common import (
     CpuQuantity,
     MemoryQuantity,
     Scheduling,
+    StorageSpec,
     Uri,
-    artifact_uri_rule,
+    artifact_uri_rules,
+    is_s3,
 )
 
 Architecture = Literal["transformer", "bert", "resnet", "mlp"]
@@ -129,7 +131,7 @@ def _hidden_divisible_by_heads(m: ModelSpec) -> bool:
 class ModelInit(ApiModel):
     """Saved weights to start from instead of a random initialisation."""
 
-    cel_rules = (artifact_uri_rule("model.init.uri"),)
+    cel_rules = artifact_uri_rules("model.init.uri")
 
     uri: Uri
     """Location of a modelplane artifact (for example a masked-LM pre-training run)."""
@@ -310,7 +312,7 @@ class Checkpointing(ApiModel):
 class Output(ApiModel):
     """Where the trained artifact goes."""
 
-    cel_rules = (artifact_uri_rule("output.uri"),)
+    cel_rules = artifact_uri_rules("output.uri")
 
     uri: Uri
     """Folder for the artifact (weights, model card, tokenizer, plots); each run writes a
@@ -506,6 +508,22 @@ class Tuning(ApiModel):
 
 
 TEXT_TASKS = ("text-classification", "masked-lm")
+# Any of the training's storage locations in object storage: only then is spec.storage read.
+_ANY_S3_CEL = (
+    "self.data.train.uri.startsWith('s3://') || "
+    "(has(self.data.validation) && self.data.validation.uri.startsWith('s3://')) || "
+    "self.output.uri.startsWith('s3://') || "
+    "(has(self.model.init) && self.model.init.uri.startsWith('s3://'))"
+)
+
+
+def _any_s3(s: ModelTrainingSpec) -> bool:
+    uris = [s.data.train.uri, s.output.uri]
+    uris += [s.data.validation.uri] if s.data.validation else []
+    uris += [s.model.init.uri] if s.model.init else []
+    return any(is_s3(uri) for uri in uris)
+
+
 _FP16_CEL = (
     "has(self.hyperparameters) && has(self.hyperparameters.precision) && "
     "self.hyperparameters.precision == 'fp16'"
@@ -617,6 +635,16 @@ class ModelTrainingSpec(ApiModel):
             ),
             field_path=".data.labelColumn",
         ),
+        CelRule(
+            rule=f"!has(self.storage) || {_ANY_S3_CEL}",
+            message=(
+                "storage holds credentials for s3:// URIs, and no URI of this training is "
+                "s3:// (data.train, data.validation, model.init, output): remove storage, "
+                "or it would be ignored"
+            ),
+            check=lambda s: s.storage is None or _any_s3(s),
+            field_path=".storage",
+        ),
     )
 
     model: ModelSpec
@@ -637,9 +665,13 @@ class ModelTrainingSpec(ApiModel):
     """Optional hyperparameter search; each trial is its own job."""
     max_restarts: int = Field(default=3, ge=0, le=100)
     """Times a job failed by the infrastructure is replaced; it resumes from its newest
-    checkpoint. Configuration errors are never retried."""
+    checkpoint. The next attempt starts 10 s after a failure, the wait doubling with each
+    restart (at most 5 min). Configuration errors are never retried."""
     suspend: bool = False
     """Suspend the job (pods are removed; resuming continues from the newest checkpoint)."""
+    storage: StorageSpec | None = None
+    """Credentials for the s3:// URIs (data, model.init, output). Unset, the pods use the
+    cluster's default Secret, if the operator has one."""
 
 
 class Progress(StatusModel):

@@ -1,12 +1,19 @@
-"""Pieces every child manifest shares: owner references, labels, PVC volumes."""
+"""Pieces every child manifest shares: owner references, labels, PVC volumes, the
+object-storage credentials and cache."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from modelplane_operator import constants as c
-from modelplane_operator.api.common import Scheduling
+from modelplane_operator.api.common import Scheduling, StorageSpec, is_s3
 from modelplane_operator.api.resources import ObjectMeta
+from modelplane_operator.judge import SpecError, credentials_problem, storage_secret
+from modelplane_runtime.contract import (
+    ENV_STORAGE_CACHE,
+    S3_SECRET_KEYS_OPTIONAL,
+    S3_SECRET_KEYS_REQUIRED,
+)
 
 Manifest = dict[str, Any]
 
@@ -57,6 +64,41 @@ def pvc_volumes(claims: list[str], *, root: str) -> tuple[list[Manifest], list[M
         {"name": f"pvc-{i}", "mountPath": f"{root}/{claim}"} for i, claim in enumerate(claims)
     ]
     return volumes, mounts
+
+
+def storage_wiring(
+    uris: dict[str, str | None],
+    storage: StorageSpec | None,
+    *,
+    default_secret: str,
+    cache_limit: str,
+) -> tuple[list[Manifest], list[Manifest], list[Manifest]]:
+    """(env, volumes, volumeMounts) of a pod that reads or writes the s3:// URIs among
+    `uris` (by spec field): the Secret's keys as environment (its values never pass
+    through the operator; a missing optional key is left unset) and an emptyDir cache for
+    the objects. All empty when no URI is s3://, so such pods stay as they were. Raises
+    SpecError when no Secret is named and the operator has no default."""
+    if not any(is_s3(uri) for uri in uris.values()):
+        return [], [], []
+    if (problem := credentials_problem(uris, storage, default_secret=default_secret)) is not None:
+        raise SpecError(problem.field, problem.message)
+    secret = storage_secret(storage, default_secret)
+    env: list[Manifest] = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for key in S3_SECRET_KEYS_REQUIRED
+    ]
+    env += [
+        {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
+        }
+        for key in S3_SECRET_KEYS_OPTIONAL
+    ]
+    env.append({"name": ENV_STORAGE_CACHE, "value": c.STORAGE_CACHE_PATH})
+    empty_dir: Manifest = {"sizeLimit": cache_limit} if cache_limit else {}
+    volumes = [{"name": c.STORAGE_CACHE_VOLUME, "emptyDir": empty_dir}]
+    mounts = [{"name": c.STORAGE_CACHE_VOLUME, "mountPath": c.STORAGE_CACHE_PATH}]
+    return env, volumes, mounts
 
 
 def pod_security_context(run_as_user: int) -> Manifest:

@@ -41,6 +41,7 @@ from modelplane_operator.builders.common import (
     pod_security_context,
     pvc_claims,
     pvc_volumes,
+    storage_wiring,
 )
 from modelplane_operator.constants import AGENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
 from modelplane_operator.judge import SpecError, claim_problem
@@ -224,6 +225,16 @@ def _pod_spec(
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # Ray's object store
     ]
     mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    # An s3:// model is downloaded once per pod into its cache. The head gets the same
+    # credentials and cache as the workers: every Ray pod runs what Serve places on it.
+    storage_env, storage_volumes, storage_mounts = storage_wiring(
+        {"spec.model.uri": model_uri},
+        spec.storage,
+        default_secret=settings.storage_secret,
+        cache_limit=settings.storage_cache_limit,
+    )
+    volumes += storage_volumes
+    mounts += storage_mounts
     if config:
         names = names_for(deployment.metadata.name or "")
         volumes.append({"name": "serve-config", "configMap": {"name": names.config_map}})
@@ -236,7 +247,7 @@ def _pod_spec(
             {
                 **container,
                 "image": pod_image(spec.resources, settings.runtime_image),
-                "env": _env(deployment, settings),
+                "env": _env(deployment, settings) + storage_env,
                 "volumeMounts": mounts,
                 "securityContext": {
                     "allowPrivilegeEscalation": False,

@@ -24,6 +24,7 @@ from modelplane_operator.builders.common import (
     pod_security_context,
     pvc_claims,
     pvc_volumes,
+    storage_wiring,
 )
 from modelplane_operator.judge import SpecError, claim_problem, training_uris
 from modelplane_operator.naming import child_name
@@ -160,6 +161,15 @@ def build_job(
         {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    # Every rank: rank 0 uploads the artifact, and every rank reads the data.
+    storage_env, storage_volumes, storage_mounts = storage_wiring(
+        uris,
+        spec.storage,
+        default_secret=settings.storage_secret,
+        cache_limit=settings.storage_cache_limit,
+    )
+    volumes += storage_volumes
+    mounts += storage_mounts
     command = [
         "torchrun",
         f"--nnodes={nodes}",
@@ -195,6 +205,7 @@ def build_job(
                     {"name": ENV_PVC_ROOT, "value": settings.pvc_root},
                     {"name": ENV_DIST_TIMEOUT, "value": f"{settings.dist_timeout_seconds:g}"},
                     {"name": "PYTHONUNBUFFERED", "value": "1"},
+                    *storage_env,
                 ],
                 "ports": [{"name": "progress", "containerPort": settings.progress_port}],
                 "resources": _resources(training),

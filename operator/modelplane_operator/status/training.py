@@ -5,7 +5,8 @@
        │                        ├─ Job complete, no result past the grace ─► Failed ResultMissing
        │                        │
        │                        ├─ a pod disrupted (evicted, preempted) ──► (replace Job) Pending
-       │                        ├─ infrastructure failure, restarts left ─► (replace Job) Pending
+       │                        ├─ infrastructure failure, restarts left ─► (replace Job after
+       │                        │                                          the backoff) Pending
        │                        ├─ infrastructure failure, none left ─────► Failed RestartsExhausted
        └────────────────────────┴─ config-error exit code ────────────────► Failed ConfigError
     any ──spec.suspend──► Suspended ──resume──► Pending
@@ -16,7 +17,9 @@ without counting against maxRestarts: the run did nothing wrong. A pod that cann
 its image keeps the training Pending with the ImagePullFailed reason: the kubelet keeps
 retrying, and the Job never ends by itself. An attempt that failed because the kernel
 OOM-killed a rank gives reason OOMKilled (restarting or failed) and names the pod and
-its memory limit: the Job's own message does not say why its pod failed.
+its memory limit: the Job's own message does not say why its pod failed. A failed
+attempt is replaced after a backoff (`restart_backoff`: 10 s doubling per restart, at most
+5 min, counted from the Job's Failed condition so a restarted operator waits the same).
 
 A spec the operator judges unrunnable (judge.py, or a builder's SpecError) is Failed
 with reason InvalidSpec for its generation; a new generation is judged afresh. A Job
@@ -49,7 +52,13 @@ Manifest = dict[str, Any]
 FINAL_PHASES = ("Succeeded", "Failed")
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 RESULT_GRACE = timedelta(seconds=RESULT_GRACE_SECONDS)
+RESTART_BACKOFF = timedelta(seconds=10)
+RESTART_BACKOFF_CAP = timedelta(minutes=5)
 QUOTED_MESSAGE_CHARS = 200
+# A failed rank's termination message: the runtime's own words (a storage error names the
+# object, the endpoint and the cause), or with FallbackToLogsOnError its log's tail, whose
+# end says the most.
+QUOTED_FAILURE_CHARS = 600
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,33 @@ def disruption(job: Manifest | None, pods: tuple[Manifest, ...]) -> str | None:
     return None
 
 
+def failed_pod_message(pods: tuple[Manifest, ...]) -> str | None:
+    """What the pod that failed last said as it ended (its termination message), naming
+    the pod and its exit code, or None when no failed pod left a message. The Job's own
+    condition only says that a pod failed; this says why, e.g. that rank 0 could not
+    upload the artifact to object storage."""
+    failed = []
+    for pod in pods:
+        state = _terminated(pod)
+        if state and state.get("exitCode") not in (None, 0) and str(state.get("message") or ""):
+            failed.append((str(state.get("finishedAt") or ""), pod, state))
+    if not failed:
+        return None
+    _, pod, state = max(failed, key=lambda found: found[0])
+    name = (pod.get("metadata") or {}).get("name") or "(unnamed)"
+    message = " ".join(str(state["message"]).split())
+    if len(message) > QUOTED_FAILURE_CHARS:
+        message = "..." + message[-QUOTED_FAILURE_CHARS:]
+    return f"pod {name} exited {state['exitCode']}: {message}"
+
+
+def _failure(failed: Manifest, pods: tuple[Manifest, ...]) -> str:
+    """Why a Job failed: its condition, and what its last failed pod said."""
+    why = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
+    said = failed_pod_message(pods)
+    return f"{why}; {said}" if said is not None else why
+
+
 def rank0_outcome(pods: tuple[Manifest, ...]) -> TrainingResult | str:
     """Rank 0's result from its termination message, or what is missing instead."""
     rank0 = [
@@ -203,6 +239,23 @@ def completed_at(job: Manifest | None) -> datetime | None:
         if cond and cond.get("lastTransitionTime"):
             return datetime.fromisoformat(str(cond["lastTransitionTime"]))
     return None
+
+
+def restart_backoff(restarts: int) -> timedelta:
+    """How long after a failed attempt the next one starts: 10 s, doubling with each
+    restart before it, at most 5 minutes — the Job controller's own pod backoff, which the
+    operator's restarts (a new Job each) would otherwise skip. Without it, a cause that
+    lasts a minute (object storage down, a flaky node) burns every restart in that minute."""
+    return min(RESTART_BACKOFF * 2 ** min(restarts, 16), RESTART_BACKOFF_CAP)
+
+
+def next_attempt_at(failed: Manifest, *, restarts: int) -> datetime | None:
+    """When the attempt after the one that failed (its Job's Failed condition) starts;
+    None when the condition has no time (then at once)."""
+    stamp = failed.get("lastTransitionTime")
+    if not stamp:
+        return None
+    return datetime.fromisoformat(str(stamp)) + restart_backoff(restarts)
 
 
 def result_missing(
@@ -316,29 +369,53 @@ def _verdict(  # noqa: PLR0911  (one return per edge of the phase machine)
                 "does not count against maxRestarts)",
                 replace=True,
             )
-        why = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
-        if (oom := oom_killed(pods)) is not None:
-            why = oom.message
-        if observed.restarts < training.spec.max_restarts:
-            status.restarts = observed.restarts + 1
-            return _Verdict(
-                "Pending",
-                c.REASON_OOM_KILLED if oom else c.REASON_RESTARTING,
-                f"attempt {observed.attempt + 1} failed ({why}); replacing the job, which "
-                "resumes from its newest checkpoint",
-                replace=True,
-            )
-        return _Verdict(
-            "Failed",
-            c.REASON_OOM_KILLED if oom else c.REASON_RESTARTS_EXHAUSTED,
-            f"failed after {observed.restarts} restart(s) (maxRestarts "
-            f"{training.spec.max_restarts}); last failure: {why}",
-        )
+        return _failed_attempt(training, observed, status, failed, now=now)
     running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded")]
     if len(running) >= training.spec.resources.nodes:
         status.start_time = status.start_time or format_time(now)
         return _Verdict("Running", c.REASON_TRAINING, "training")
     return _Verdict("Pending", *_pending_reason(pods, observed.job_warnings))
+
+
+def _failed_attempt(
+    training: ModelTraining,
+    observed: Observed,
+    status: ModelTrainingStatus,
+    failed: Manifest,
+    *,
+    now: datetime,
+) -> _Verdict:
+    """An attempt that failed on its own: the next one after the backoff while restarts
+    are left, else Failed."""
+    pods = observed.pods
+    why = _failure(failed, pods)
+    oom = oom_killed(pods)
+    if oom is not None:
+        why = oom.message
+    if observed.restarts < training.spec.max_restarts:
+        due = next_attempt_at(failed, restarts=observed.restarts)
+        if due is not None and now < due:
+            return _Verdict(
+                "Pending",
+                c.REASON_OOM_KILLED if oom else c.REASON_RESTARTING,
+                f"attempt {observed.attempt + 1} failed ({why}); the next attempt starts "
+                f"at {format_time(due)}, {restart_backoff(observed.restarts).seconds} s "
+                "after the failure (the backoff doubles with each restart)",
+            )
+        status.restarts = observed.restarts + 1
+        return _Verdict(
+            "Pending",
+            c.REASON_OOM_KILLED if oom else c.REASON_RESTARTING,
+            f"attempt {observed.attempt + 1} failed ({why}); replacing the job, which "
+            "resumes from its newest checkpoint",
+            replace=True,
+        )
+    return _Verdict(
+        "Failed",
+        c.REASON_OOM_KILLED if oom else c.REASON_RESTARTS_EXHAUSTED,
+        f"failed after {observed.restarts} restart(s) (maxRestarts "
+        f"{training.spec.max_restarts}); last failure: {why}",
+    )
 
 
 def derive_training_status(
