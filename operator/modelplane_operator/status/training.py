@@ -246,7 +246,7 @@ def restart_backoff(restarts: int) -> timedelta:
     restart before it, at most 5 minutes — the Job controller's own pod backoff, which the
     operator's restarts (a new Job each) would otherwise skip. Without it, a cause that
     lasts a minute (object storage down, a flaky node) burns every restart in that minute."""
-    return min(RESTART_BACKOFF * 2 ** min(restarts, 16), RESTART_BACKOFF_CAP)
+    return min(RESTART_BACKOFF * (1 << min(restarts, 16)), RESTART_BACKOFF_CAP)
 
 
 def next_attempt_at(failed: Manifest, *, restarts: int) -> datetime | None:
