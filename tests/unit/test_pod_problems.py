@@ -30,6 +30,12 @@ CASES: list[tuple[str, list[dict[str, Any]], str | None, list[str]]] = [
         ["couldn't parse image name"],
     ),
     (
+        "a Secret that does not exist is a container config error with the kubelet's words",
+        [make_pod("p-0", waiting=("CreateContainerConfigError", 'secret "s3" not found'))],
+        c.REASON_CONTAINER_CONFIG,
+        ["pod p-0 cannot start its container", 'secret "s3" not found'],
+    ),
+    (
         "a crash loop names the container and how it last ended",
         [
             make_pod(

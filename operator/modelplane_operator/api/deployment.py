@@ -265,10 +265,10 @@ class ModelDeploymentStatus(StatusModel):
     """Ready, Progressing, ModelAccepted, Reconciling and Stalled conditions. The reason
     says where the deployment stands: WaitingForTraining, RollingOut, Serving,
     ApplicationError (Serve could not run the model), CrashLoopBackOff, ImagePullFailed,
-    OOMKilled; Rejected with MetricsBelowThreshold, MetricMissing, TrainingFailed (the
-    training named by fromTraining failed), UnservableModel (a task serving cannot
-    answer) or InvalidSpec (the operator cannot build what the spec describes; fix it
-    and re-apply)."""
+    ContainerConfigError (a Secret or key the pods need is missing), OOMKilled; Rejected
+    with MetricsBelowThreshold, MetricMissing, TrainingFailed (the training named by
+    fromTraining failed), UnservableModel (a task serving cannot answer) or InvalidSpec
+    (the operator cannot build what the spec describes; fix it and re-apply)."""
     endpoint: str | None = None
     """HTTP endpoint inside the cluster (Open Inference Protocol v2 and /predict)."""
     model: ModelInfo | None = None

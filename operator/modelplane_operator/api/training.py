@@ -726,11 +726,12 @@ class ModelTrainingStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     """Ready, Progressing, Failed, Suspended, Reconciling and Stalled conditions. The
     reason says where the run stands: Created, WaitingForPods, Unschedulable,
-    ImagePullFailed, QuotaExceeded, Training, Restarting, Suspended or (a search)
-    Searching while it runs; Succeeded; Failed with ConfigError (the runtime refused the
-    configuration), RestartsExhausted, OOMKilled, InvalidSpec (the operator judged the
-    spec unrunnable before creating a pod; fix it and re-apply), ResultMissing (the Job
-    completed without rank 0's result), TooManyFailedTrials or NoTrialSucceeded. A
+    ImagePullFailed, ContainerConfigError (a Secret or key the pods need is missing),
+    QuotaExceeded, Training, Restarting, Suspended or (a search) Searching while it
+    runs; Succeeded; Failed with ConfigError (the runtime refused the configuration),
+    RestartsExhausted, OOMKilled, InvalidSpec (the operator judged the spec unrunnable
+    before creating a pod; fix it and re-apply), ResultMissing (the Job completed
+    without rank 0's result), TooManyFailedTrials or NoTrialSucceeded. A
     SpecChangeIgnored condition (reason ImmutableFieldChanged) says a running job keeps
     its spec."""
     progress: Progress | None = None

@@ -33,6 +33,9 @@ IMAGE_PULL_WAITING = frozenset(
 )
 """Container waiting reasons of an image the kubelet cannot pull."""
 CRASH_LOOP_WAITING = "CrashLoopBackOff"
+CONFIG_WAITING = "CreateContainerConfigError"
+"""The kubelet cannot build the container's environment or mounts: most often a Secret
+or ConfigMap (or one of its keys) that does not exist, such as spec.storage.secretRef."""
 OOM_KILLED = "OOMKilled"
 """The kubelet's termination reason for a container the kernel killed at its limit."""
 
@@ -112,8 +115,9 @@ def oom_killed(pods: Iterable[Manifest]) -> PodProblem | None:
 
 
 def pod_problem(pods: Iterable[Manifest]) -> PodProblem | None:
-    """The first pod, in the order given, whose container cannot pull its image, was
-    killed at its memory limit or keeps crashing; None when no container shows any.
+    """The first pod, in the order given, whose container cannot pull its image, cannot
+    be configured (a missing Secret or key), was killed at its memory limit or keeps
+    crashing; None when no container shows any.
     Within a container, an OOM kill wins over the crash loop it causes."""
     for pod in pods:
         name = str((pod.get("metadata") or {}).get("name") or "(unnamed)")
@@ -126,6 +130,9 @@ def pod_problem(pods: Iterable[Manifest]) -> PodProblem | None:
             if why in IMAGE_PULL_WAITING:
                 message = f"pod {name} cannot pull its image ({why}): {kubelet}"
                 return PodProblem(c.REASON_IMAGE_PULL, name, message[:MESSAGE_LIMIT])
+            if why == CONFIG_WAITING:
+                message = f"pod {name} cannot start its container: {kubelet}"
+                return PodProblem(c.REASON_CONTAINER_CONFIG, name, message[:MESSAGE_LIMIT])
             if why == CRASH_LOOP_WAITING:
                 message = (
                     f"pod {name}: container {container.get('name')} keeps crashing "
