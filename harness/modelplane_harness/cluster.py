@@ -25,10 +25,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -37,6 +37,8 @@ from modelplane_harness.node import save_state as save_node_state
 from modelplane_harness.node import stop_from_state as stop_node_from_state
 from modelplane_harness.node_cleanup import is_alive
 from modelplane_harness.pki import SERVICE_CIDR, issue_client_cert, make_pki
+
+R = TypeVar("R", bound="Registered")
 
 __all__ = ["SERVICE_CIDR", "make_pki"]
 
@@ -669,24 +671,47 @@ def save_state(state: ClusterState, state_file: Path) -> None:
     tmp.replace(state_file)
 
 
+class Registered(Protocol):
+    """What every registry entry records: the boot it ran in and the pid it dies with."""
+
+    boot: str
+    owner: int | None
+
+
+def orphaned_entries(
+    directory: Path,
+    parse: Callable[[dict[str, Any]], R],
+    *,
+    what: str,
+    log: Callable[[str], None],
+) -> Iterator[tuple[Path, R, bool]]:
+    """(entry, state, same_boot) of each entry in the registry `directory` whose owner is
+    gone. `same_boot` False: the machine restarted since it registered, so its processes,
+    mounts and namespaces are gone and its pids may now be anyone's: only files remain.
+    An entry that does not parse as `what`'s state is logged and left alone."""
+    for entry in sorted(directory.glob("*.json")) if directory.exists() else ():
+        try:
+            state = parse(json.loads(entry.read_text()))
+        except (ValueError, TypeError) as exc:
+            log(f"{entry}: not {what}'s state ({exc}); left for a person to read")
+            continue
+        if state.boot != _boot_id():
+            yield entry, state, False
+        elif state.owner is not None and not is_alive(state.owner):
+            yield entry, state, True
+
+
 def sweep(*, log: Callable[[str], None] = lambda _: None) -> int:
     """Stop every registered cluster whose owner process is gone; return how many.
 
     A test session stops its clusters itself; this is the safety net for one that was
     killed first (scripts/test.sh runs it when it ends, whatever ended it)."""
     swept = 0
-    for entry in sorted(registry().glob("*.json")) if registry().exists() else ():
-        try:
-            state = ClusterState(**json.loads(entry.read_text()))
-        except (ValueError, TypeError) as exc:
-            log(f"{entry}: not a cluster's state ({exc}); left for a person to read")
-            continue
-        if state.boot != _boot_id():
-            # The machine restarted since: its processes, mounts and namespaces are gone,
-            # and its pids may now be anyone's.
+    for entry, state, same_boot in orphaned_entries(
+        registry(), lambda raw: ClusterState(**raw), what="a cluster", log=log
+    ):
+        if not same_boot:
             entry.unlink(missing_ok=True)
-            continue
-        if state.owner is None or is_alive(state.owner):
             continue
         log(f"stopping the cluster in {state.workdir}: its owner {state.owner} is gone")
         try:

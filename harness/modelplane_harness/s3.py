@@ -34,7 +34,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 # As the cluster's: a pid checked against its command line before it is signalled, and
 # the boot id that tells whether recorded pids still mean anything.
-from modelplane_harness.cluster import _boot_id, _runs_in, cache_dir, free_port, repo_root
+from modelplane_harness.cluster import (
+    _boot_id,
+    _runs_in,
+    cache_dir,
+    free_port,
+    orphaned_entries,
+    repo_root,
+)
 from modelplane_harness.node_cleanup import is_alive
 
 if TYPE_CHECKING:
@@ -417,15 +424,10 @@ def _registry_entry(data_dir: Path) -> Path:
 def sweep(*, log: Callable[[str], None] = lambda _: None) -> int:
     """Stop every registered S3 server whose owner process is gone; return how many."""
     swept = 0
-    for entry in sorted(registry().glob("*.json")) if registry().exists() else ():
-        try:
-            state = ServerState(**json.loads(entry.read_text()))
-        except (ValueError, TypeError) as exc:
-            log(f"{entry}: not an S3 server's state ({exc}); left for a person to read")
-            continue
-        if state.boot == _boot_id():
-            if state.owner is None or is_alive(state.owner):
-                continue
+    for entry, state, same_boot in orphaned_entries(
+        registry(), lambda raw: ServerState(**raw), what="an S3 server", log=log
+    ):
+        if same_boot:
             log(f"stopping the S3 server in {state.data_dir}: its owner {state.owner} is gone")
             if _runs_in(state.pid, state.data_dir):
                 _terminate(state.pid)
