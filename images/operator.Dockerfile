@@ -37,7 +37,8 @@ FROM base
 RUN --mount=from=uv,source=/uv,target=/usr/local/bin/uv --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=/src/pyproject.toml \
     --mount=type=bind,source=constraints.txt,target=/src/constraints.txt \
-    SOURCE_DATE_EPOCH=0 UV_LINK_MODE=copy uv pip install --prefix /opt/modelplane --python /usr/bin/python3.11 --compile-bytecode -c /src/constraints.txt -r /src/pyproject.toml --extra operator \
+    --mount=type=bind,source=uv.toml,target=/src/uv.toml \
+    SOURCE_DATE_EPOCH=0 UV_LINK_MODE=copy uv pip install --prefix /opt/modelplane --python /usr/bin/python3.11 --compile-bytecode --config-file /src/uv.toml -c /src/constraints.txt -r /src/pyproject.toml --extra operator \
  && rm -f /opt/modelplane/.lock /opt/modelplane/lib/*/site-packages/*.dist-info/direct_url.json
 # The app layer: the modelplane wheel alone.
 RUN --mount=from=uv,source=/uv,target=/usr/local/bin/uv --mount=type=cache,target=/root/.cache/uv --mount=from=wheel,source=/dist,target=/dist \

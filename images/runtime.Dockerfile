@@ -42,8 +42,9 @@ ARG FLAVOR
 RUN --mount=from=uv,source=/uv,target=/usr/local/bin/uv --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=/src/pyproject.toml \
     --mount=type=bind,source=constraints.txt,target=/src/constraints.txt \
+    --mount=type=bind,source=uv.toml,target=/src/uv.toml \
     case "$FLAVOR" in cuda) backend=;; cpu) backend='--torch-backend cpu';; *) echo "FLAVOR must be one of: cuda cpu" >&2; exit 1;; esac \
- && SOURCE_DATE_EPOCH=0 UV_LINK_MODE=copy uv pip install --prefix /opt/modelplane --python /usr/bin/python3.11 --compile-bytecode -c /src/constraints.txt -r /src/pyproject.toml --extra runtime --extra serve $backend \
+ && SOURCE_DATE_EPOCH=0 UV_LINK_MODE=copy uv pip install --prefix /opt/modelplane --python /usr/bin/python3.11 --compile-bytecode --config-file /src/uv.toml -c /src/constraints.txt -r /src/pyproject.toml --extra runtime --extra serve $backend \
  && rm -f /opt/modelplane/.lock /opt/modelplane/lib/*/site-packages/*.dist-info/direct_url.json
 # The app layer: the modelplane wheel alone.
 RUN --mount=from=uv,source=/uv,target=/usr/local/bin/uv --mount=type=cache,target=/root/.cache/uv --mount=from=wheel,source=/dist,target=/dist \

@@ -19,7 +19,7 @@ venv="$root/.venv"
 # Key on the pinned dependencies only, so editing tool settings in pyproject.toml does
 # not rebuild the environment.
 deps="$(python3 -c 'import sys, tomllib, json; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print(json.dumps([p["dependencies"], p["optional-dependencies"]], sort_keys=True))' "$root/pyproject.toml")"
-key="$( (echo "$deps"; cat "$root/constraints.txt" "$root/harness/pyproject.toml"; echo "$extras"; python3 --version) | sha256sum | cut -c1-12)"
+key="$( (echo "$deps"; cat "$root/constraints.txt" "$root/uv.toml" "$root/harness/pyproject.toml"; echo "$extras"; python3 --version) | sha256sum | cut -c1-12)"
 marker="$venv/.complete-$key"
 
 if [[ -f "$marker" ]]; then
@@ -34,7 +34,8 @@ python3 -m venv "$venv"
 # extra, so nothing that ships can carry it.
 harness=()
 [[ ",$extras," == *",dev,"* ]] && harness=(-e "$root/harness")
-"$venv/bin/uv" pip install --python "$venv/bin/python" -c "$root/constraints.txt" \
+"$venv/bin/uv" pip install --python "$venv/bin/python" --config-file "$root/uv.toml" \
+  -c "$root/constraints.txt" \
   -e "$root[$extras]" "${harness[@]}"
 touch "$marker"
 echo "[bootstrap] environment ready: $venv" >&2

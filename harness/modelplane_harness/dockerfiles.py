@@ -123,6 +123,7 @@ def render(recipe: Recipe, image: ImageRecipe, repo: Path) -> str:
         f"RUN {UV_MOUNT} \\",
         "    --mount=type=bind,source=pyproject.toml,target=/src/pyproject.toml \\",
         "    --mount=type=bind,source=constraints.txt,target=/src/constraints.txt \\",
+        "    --mount=type=bind,source=uv.toml,target=/src/uv.toml \\",
         f"    {deps} \\",
         f" && {_leftovers(recipe)}",
         "# The app layer: the modelplane wheel alone.",

@@ -197,7 +197,8 @@ class Builder:
         wanted = {extra: project["optional-dependencies"][extra] for extra in image.extras}
         args = deps_install(recipe, image, flavor)
         key = _key(
-            "deps", constraints.read_text(), project["dependencies"], wanted, args,
+            "deps", constraints.read_text(), (self.repo / "uv.toml").read_text(),
+            project["dependencies"], wanted, args,
             recipe.python, UV_ENV, LEFTOVERS, _host_python(recipe),
         )  # fmt: skip
 
@@ -205,6 +206,7 @@ class Builder:
             paths = {
                 "/src/constraints.txt": str(constraints),
                 "/src/pyproject.toml": str(self.repo / "pyproject.toml"),
+                "/src/uv.toml": str(self.repo / "uv.toml"),
             }
             self._install(root, localize(args, paths), log)
 

@@ -240,6 +240,7 @@ def deps_install(recipe: Recipe, image: ImageRecipe, flavor: Flavor | None) -> l
     args = [
         "pip", "install", "--prefix", recipe.python.prefix,
         "--python", recipe.python.interpreter, "--compile-bytecode",
+        "--config-file", "/src/uv.toml",
         "-c", "/src/constraints.txt", "-r", "/src/pyproject.toml",
     ]  # fmt: skip
     for extra in image.extras:

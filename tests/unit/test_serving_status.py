@@ -521,9 +521,10 @@ def test_a_serving_deployment_with_an_oom_killed_worker_stays_ready_and_names_it
 
 
 def training_with(task: str = "text-classification", **status: Any) -> ModelTraining:
+    architecture = "llama" if task == "text-generation" else "bert"
     obj = make_training(
         {
-            "spec.model": {"architecture": "bert", "task": task},
+            "spec.model": {"architecture": architecture, "task": task},
             "spec.data.train.uri": "builtin://sentiment",
         },
         name="sentiment",
@@ -551,11 +552,17 @@ def stalled(status: Any) -> tuple[str | None, str, str, str]:
             c.REASON_UNSERVABLE_MODEL,
             "task masked-lm",
         ),
+        (
+            training_with("text-generation", phase="Succeeded", artifact={"uri": "pvc://m/m"}),
+            c.REASON_UNSERVABLE_MODEL,
+            "task text-generation",
+        ),
     ],
     ids=[
         "a failed training rejects the deployment",
         "a masked-lm training is refused before it ends",
         "a succeeded masked-lm training is refused too",
+        "a language model is not served yet",
     ],
 )
 def test_a_training_that_can_never_give_a_servable_model_is_terminal(

@@ -219,22 +219,22 @@ def test_deployment_rules(changes: dict[str, Any], field: str, message: str) -> 
         (
             {"spec.model": {**RESNET, "params": {"heads": 4}}},
             "spec.model.params.heads",
-            "params.heads is only for transformer and bert",
+            "params.heads is only for transformer, bert and llama",
         ),
         (
             {"spec.model.params": {"heads": 2}},
             "spec.model.params.heads",
-            "params.heads is only for transformer and bert",
+            "params.heads is only for transformer, bert and llama",
         ),
         (
             {"spec.model.params": {"vocabSize": 1000}},
             "spec.model.params.vocabSize",
-            "params.vocabSize is only for transformer and bert",
+            "params.vocabSize is only for transformer, bert and llama",
         ),
         (
             {"spec.model.params": {"maxLength": 32}},
             "spec.model.params.maxLength",
-            "params.maxLength is only for transformer and bert",
+            "params.maxLength is only for transformer, bert, llama and huggingface",
         ),
         (
             {"spec.model": {**RESNET, "params": {"dropout": 0.1}}},

@@ -19,8 +19,10 @@ from modelplane_operator.api.common import (
     is_s3,
 )
 
-# Metrics a deployment can require a minimum of: those where higher is better.
-GATE_METRICS = ("accuracy", "f1", "precision", "recall", "top5Accuracy")
+# Metrics a deployment can require: a minimum of those where higher is better (fractions),
+# a maximum of perplexity (the contract's LOWER_IS_BETTER_METRICS: lower is better).
+FRACTION_GATE_METRICS = ("accuracy", "f1", "precision", "recall", "top5Accuracy", "tokenAccuracy")
+GATE_METRICS = (*FRACTION_GATE_METRICS, "perplexity")
 DeploymentPhase = Literal["Pending", "Progressing", "Ready", "Degraded", "Rejected"]
 
 
@@ -157,15 +159,29 @@ class ModelDeploymentSpec(ApiModel):
         CelRule(
             rule=(
                 "!has(self.requireMetrics) || "
-                "self.requireMetrics.all(k, self.requireMetrics[k] >= 0.0 && "
-                "self.requireMetrics[k] <= 1.0)"
+                "self.requireMetrics.all(k, k == 'perplexity' || "
+                "(self.requireMetrics[k] >= 0.0 && self.requireMetrics[k] <= 1.0))"
             ),
             message=(
                 "requireMetrics values must be from 0 to 1: the gate metrics are fractions "
                 "(f1: 0.9, not 90)"
             ),
-            check=lambda s: all(0.0 <= v <= 1.0 for v in s.require_metrics.values()),
+            check=lambda s: all(
+                k == "perplexity" or 0.0 <= v <= 1.0 for k, v in s.require_metrics.items()
+            ),
             field_path=".requireMetrics",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.requireMetrics) || !('perplexity' in self.requireMetrics) || "
+                "self.requireMetrics['perplexity'] >= 1.0"
+            ),
+            message=(
+                "requireMetrics.perplexity is the most perplexity allowed (lower is better), "
+                "and no model's perplexity is below 1"
+            ),
+            check=lambda s: s.require_metrics.get("perplexity", 1.0) >= 1.0,
+            field_path=".requireMetrics.perplexity",
         ),
         CelRule(
             rule=(
@@ -201,8 +217,10 @@ class ModelDeploymentSpec(ApiModel):
     model: ModelSource
     """The trained model to serve."""
     require_metrics: dict[str, float] = Field(default_factory=dict, max_length=16)
-    """Minimum validation metrics, each a fraction from 0 to 1 (for example f1: 0.9); a
-    model below any of them is Rejected and not rolled out."""
+    """The validation metrics the model must meet, by name: a minimum for accuracy, f1,
+    precision, recall, top5Accuracy and tokenAccuracy (fractions from 0 to 1, for example
+    f1: 0.9), a maximum for perplexity (lower is better, for example perplexity: 12). A
+    model that misses any of them is Rejected and not rolled out."""
     replicas: ReplicaRange = Field(default_factory=ReplicaRange)
     """Replica bounds for the autoscaler."""
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)

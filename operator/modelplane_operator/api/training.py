@@ -19,33 +19,56 @@ from modelplane_operator.api.common import (
     artifact_uri_rules,
     is_s3,
 )
+from modelplane_runtime.contract import (
+    BUILTIN_MODELS,
+    HUGGINGFACE_ARCHITECTURES,
+    LOWER_IS_BETTER_METRICS,
+)
 
-Architecture = Literal["transformer", "bert", "resnet", "mlp"]
-Task = Literal["text-classification", "masked-lm", "image-classification", "tabular-classification"]
+Architecture = Literal["transformer", "bert", "resnet", "mlp", "llama", "huggingface"]
+Task = Literal[
+    "text-classification",
+    "masked-lm",
+    "image-classification",
+    "tabular-classification",
+    "text-generation",
+]
 TASKS_BY_ARCHITECTURE: dict[str, tuple[str, ...]] = {
     "transformer": ("text-classification",),
     "bert": ("text-classification", "masked-lm"),
     "resnet": ("image-classification",),
     "mlp": ("tabular-classification", "image-classification"),
+    "llama": ("text-generation",),
+    "huggingface": ("text-generation",),
 }
-EvalMetric = Literal["accuracy", "f1", "precision", "recall", "top5Accuracy", "perplexity"]
+EvalMetric = Literal[
+    "accuracy", "f1", "precision", "recall", "top5Accuracy", "perplexity", "tokenAccuracy"
+]
 ObjectiveMetric = Literal[
-    "accuracy", "f1", "precision", "recall", "top5Accuracy", "perplexity", "loss"
+    "accuracy", "f1", "precision", "recall", "top5Accuracy", "perplexity", "tokenAccuracy", "loss"
 ]
 TrainingPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
 ENCODERS = ("transformer", "bert")
+# Architectures built from transformers' classes (the contract's HUGGINGFACE_ARCHITECTURES):
+# their artifact is a Hugging Face folder, and they take an adapter and FSDP.
+HF_ARCHITECTURES = HUGGINGFACE_ARCHITECTURES
+# Architectures with attention heads: hidden must be divisible by heads.
+WITH_HEADS = (*ENCODERS, "llama")
+# The Llama decoder's linear layers, which adapter.targetModules may name (a huggingface
+# model's are only known from its folder: the runtime checks them there).
+LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # The model.params each architecture reads (the runtime's models/registry.py DEFAULTS; a
 # unit test holds the two together). A structural CRD schema cannot give one field
 # different properties by architecture (a discriminated union of differing objects), so
 # ModelSpec refuses each param an architecture does not read with a rule of its own.
 PARAMS_BY_ARCHITECTURE: dict[str, tuple[str, ...]] = {
-    "layers": ("transformer", "bert", "resnet", "mlp"),
-    "hidden": ("transformer", "bert", "resnet", "mlp"),
-    "heads": ENCODERS,
+    "layers": ("transformer", "bert", "resnet", "mlp", "llama"),
+    "hidden": ("transformer", "bert", "resnet", "mlp", "llama"),
+    "heads": WITH_HEADS,
     "dropout": (*ENCODERS, "mlp"),
-    "maxLength": ENCODERS,
-    "vocabSize": ENCODERS,
+    "maxLength": (*WITH_HEADS, "huggingface"),
+    "vocabSize": WITH_HEADS,
 }
 # The encoders' hidden and heads when params leave them unset (registry.DEFAULTS).
 ENCODER_HIDDEN, ENCODER_HEADS = 64, 4
@@ -56,8 +79,9 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "masked-lm": ("perplexity",),
     "image-classification": ("accuracy", "f1", "precision", "recall"),
     "tabular-classification": ("accuracy", "f1", "precision", "recall"),
+    "text-generation": ("perplexity", "tokenAccuracy"),
 }
-LOWER_IS_BETTER = ("loss", "perplexity")
+LOWER_IS_BETTER = LOWER_IS_BETTER_METRICS
 
 # Hyperparameters a tuning space may name, by the kind of value they take.
 TUNABLE_FLOATS = ("learningRate", "weightDecay", "maxGradNorm")
@@ -84,22 +108,25 @@ class ModelParams(ApiModel):
     the architecture does not read is refused (each field says which take it)."""
 
     layers: int | None = Field(default=None, ge=1, le=64)
-    """All architectures: encoder layers (transformer, bert; default 2), hidden layers
-    (mlp; default 2) or blocks per stage (resnet; default 1)."""
+    """All but huggingface: encoder layers (transformer, bert; default 2), decoder layers
+    (llama; default 2), hidden layers (mlp; default 2) or blocks per stage (resnet;
+    default 1)."""
     hidden: int | None = Field(default=None, ge=4, le=16384)
-    """All architectures: model dimension (transformer, bert; default 64, divisible by
-    heads), layer width (mlp; default 64) or base channels (resnet; default 16)."""
+    """All but huggingface: model dimension (transformer, bert, llama; default 64,
+    divisible by heads), layer width (mlp; default 64) or base channels (resnet; default
+    16)."""
     heads: int | None = Field(default=None, ge=1, le=128)
-    """transformer and bert only: attention heads (default 4); hidden must be divisible
-    by heads."""
+    """transformer, bert and llama only: attention heads (default 4); hidden must be
+    divisible by heads."""
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     """transformer, bert and mlp only (not resnet): dropout probability (default 0.1)."""
     max_length: int | None = Field(default=None, ge=8, le=8192)
-    """transformer and bert only: longest token sequence (default 64); longer texts are
+    """transformer, bert, llama and huggingface only: longest token sequence (default 64;
+    llama 256; huggingface the model's own limit, at most 512); longer texts are
     truncated."""
     vocab_size: int | None = Field(default=None, ge=64, le=262144)
-    """transformer and bert only: size of the tokenizer vocabulary trained on the data
-    (default 2000)."""
+    """transformer, bert and llama only: size of the tokenizer vocabulary trained on the
+    data (default 2000)."""
 
 
 _PARAM_ATTRS = {"layers": "layers", "hidden": "hidden", "heads": "heads", "dropout": "dropout"}
@@ -121,20 +148,60 @@ def _param_rule(name: str, architectures: tuple[str, ...]) -> CelRule:
 
 
 def _hidden_divisible_by_heads(m: ModelSpec) -> bool:
-    if m.architecture not in ENCODERS:
+    if m.architecture not in WITH_HEADS:
         return True
     hidden = m.params.hidden if m.params.hidden is not None else ENCODER_HIDDEN
     heads = m.params.heads if m.params.heads is not None else ENCODER_HEADS
     return hidden % heads == 0
 
 
+_BUILTIN_MODEL_URIS = tuple(f"builtin://{name}" for name in BUILTIN_MODELS)
+
+
 class ModelInit(ApiModel):
     """Saved weights to start from instead of a random initialisation."""
 
-    cel_rules = artifact_uri_rules("model.init.uri")
+    cel_rules = artifact_uri_rules("model.init.uri", builtin=_BUILTIN_MODEL_URIS)
 
     uri: Uri
-    """Location of a modelplane artifact (for example a masked-LM pre-training run)."""
+    """Location of a modelplane artifact (for example a masked-LM pre-training run), a
+    Hugging Face model folder (config.json, safetensors weights, tokenizer files; with
+    architecture huggingface), or a pretrained model that ships with modelplane:
+    builtin://smollm2-135m-instruct (SmolLM2-135M-Instruct, Apache-2.0)."""
+
+
+class ModelAdapter(ApiModel):
+    """A low-rank adapter (LoRA, by PEFT) trained instead of every weight: the base stays
+    frozen, the artifact holds the adapter and a reference (URI and digest) to its base."""
+
+    method: Literal["lora"] = "lora"
+    """lora: low-rank updates to the target modules' weights."""
+    rank: int = Field(default=8, ge=1, le=1024)
+    """Rank of each update (LoRA's r)."""
+    alpha: float = Field(default=16.0, gt=0.0, le=4096.0)
+    """Scale of the updates (LoRA's alpha; the update is multiplied by alpha / rank)."""
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapter's input."""
+    target_modules: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Names of the linear layers to adapt (the last part of a module's name, such as
+    q_proj); empty adapts every linear layer but the output head. For llama they are among
+    q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj and down_proj; a huggingface model's
+    are checked against its folder before training starts."""
+    merge: bool = False
+    """Fold the trained adapter into the base weights and save a full model instead of
+    the adapter."""
+
+
+class Parallelism(ApiModel):
+    """How the training processes share the model."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every process holds the whole model (data parallel). fsdp: parameters,
+    gradients and optimizer state are sharded over the processes (PyTorch's fully_shard),
+    for models that do not fit one GPU; with precision bf16 the shards compute in bf16
+    and reduce gradients in fp32. fsdp is for llama and huggingface."""
 
 
 class ModelSpec(ApiModel):
@@ -147,7 +214,7 @@ class ModelSpec(ApiModel):
                 "task does not fit architecture: transformer does text-classification; "
                 "bert does text-classification or masked-lm; resnet does "
                 "image-classification; mlp does tabular-classification or "
-                "image-classification"
+                "image-classification; llama and huggingface do text-generation"
             ),
             check=lambda m: m.task in TASKS_BY_ARCHITECTURE[m.architecture],
             field_path=".task",
@@ -160,7 +227,7 @@ class ModelSpec(ApiModel):
         CelRule(
             # An unset hidden or heads is the encoders' default, which the pod would use.
             rule=(
-                f"!(self.architecture in {_cel_list(ENCODERS)}) || "
+                f"!(self.architecture in {_cel_list(WITH_HEADS)}) || "
                 f"(has(self.params) && has(self.params.hidden) ? self.params.hidden : "
                 f"{ENCODER_HIDDEN}) % (has(self.params) && has(self.params.heads) ? "
                 f"self.params.heads : {ENCODER_HEADS}) == 0"
@@ -172,18 +239,71 @@ class ModelSpec(ApiModel):
             check=_hidden_divisible_by_heads,
             field_path=".params.heads",
         ),
+        CelRule(
+            rule="self.architecture != 'huggingface' || has(self.init)",
+            message=(
+                "architecture huggingface trains the model of a Hugging Face folder: set "
+                "model.init.uri to it (or to builtin://smollm2-135m-instruct)"
+            ),
+            check=lambda m: m.architecture != "huggingface" or m.init is not None,
+            field_path=".init",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.init) || !self.init.uri.startsWith('builtin://') || "
+                "self.architecture == 'huggingface'"
+            ),
+            message=(
+                "a builtin:// pretrained model in model.init.uri is a Hugging Face model: "
+                "use architecture huggingface"
+            ),
+            check=lambda m: (
+                m.init is None
+                or not m.init.uri.startswith("builtin://")
+                or m.architecture == "huggingface"
+            ),
+            field_path=".architecture",
+        ),
+        CelRule(
+            rule=(f"!has(self.adapter) || self.architecture in {_cel_list(HF_ARCHITECTURES)}"),
+            message="model.adapter (LoRA) is for llama and huggingface models",
+            check=lambda m: m.adapter is None or m.architecture in HF_ARCHITECTURES,
+            field_path=".adapter",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.adapter) || !has(self.adapter.targetModules) || "
+                "self.architecture != 'llama' || "
+                f"self.adapter.targetModules.all(t, t in {_cel_list(LLAMA_MODULES)})"
+            ),
+            message=(
+                "adapter.targetModules names a module llama does not have; its linear "
+                f"layers are {_spoken(LLAMA_MODULES)}"
+            ),
+            check=lambda m: (
+                m.adapter is None
+                or m.architecture != "llama"
+                or all(t in LLAMA_MODULES for t in m.adapter.target_modules)
+            ),
+            field_path=".adapter.targetModules",
+        ),
     )
 
     architecture: Architecture
     """Network family: transformer (encoder classifier), bert (encoder with masked-LM and
-    classification heads), resnet (image classifier) or mlp (tabular classifier)."""
+    classification heads), resnet (image classifier), mlp (tabular classifier), llama (a
+    Llama decoder, transformers' class, sized by params) or huggingface (the model of
+    the Hugging Face folder in init.uri, as its config.json says)."""
     task: Task
     """What the model learns; must fit the architecture."""
     params: ModelParams = Field(default_factory=ModelParams)
     """Network size; unset fields take tiny defaults that train in seconds on a CPU.
     Each field names the architectures that read it; any other refuses it."""
     init: ModelInit | None = None
-    """Start from saved weights (same architecture) instead of random ones."""
+    """Start from saved weights (same architecture) instead of random ones; for
+    huggingface, the model to train."""
+    adapter: ModelAdapter | None = None
+    """Train a LoRA adapter instead of every weight (llama and huggingface)."""
 
 
 class DataSource(ApiModel):
@@ -325,7 +445,9 @@ class Evaluation(ApiModel):
     metrics: list[EvalMetric] = Field(default_factory=list, max_length=6)
     """Metrics to compute (the validation loss always is); empty means the task's
     standard set (accuracy, f1, precision, recall for classification; perplexity for
-    masked-lm). top5Accuracy is for images and only computed when listed."""
+    masked-lm; perplexity and tokenAccuracy, the share of response tokens predicted
+    exactly, for text-generation). top5Accuracy is for images and only computed when
+    listed."""
 
 
 # Numbers only: CEL cannot see a field whose items have no single type, so numeric and
@@ -507,7 +629,9 @@ class Tuning(ApiModel):
     """Hyperparameters to search, by name (as in spec.hyperparameters), and their ranges."""
 
 
-TEXT_TASKS = ("text-classification", "masked-lm")
+TEXT_TASKS = ("text-classification", "masked-lm", "text-generation")
+UNLABELLED_TASKS = ("masked-lm", "text-generation")
+LM_METRICS = DEFAULT_METRICS["text-generation"]
 # Any of the training's storage locations in object storage: only then is spec.storage read.
 _ANY_S3_CEL = (
     "self.data.train.uri.startsWith('s3://') || "
@@ -559,11 +683,34 @@ class ModelTrainingSpec(ApiModel):
                 "!has(self.evaluation) || !has(self.evaluation.metrics) || "
                 "(self.model.task == 'masked-lm' "
                 "? self.evaluation.metrics.all(m, m == 'perplexity') "
-                ": self.evaluation.metrics.all(m, m != 'perplexity'))"
+                ": (self.model.task == 'text-generation' || "
+                "self.evaluation.metrics.all(m, m != 'perplexity')))"
             ),
-            message="perplexity is the metric of masked-lm, and masked-lm has no other",
+            message=(
+                "perplexity is the metric of masked-lm, and masked-lm has no other "
+                "(text-generation has perplexity and tokenAccuracy)"
+            ),
             check=lambda s: all(
-                (m == "perplexity") == (s.model.task == "masked-lm") for m in s.evaluation.metrics
+                (m == "perplexity") == (s.model.task == "masked-lm")
+                or s.model.task == "text-generation"
+                for m in s.evaluation.metrics
+            ),
+            field_path=".evaluation.metrics",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.evaluation) || !has(self.evaluation.metrics) || "
+                "(self.model.task == 'text-generation' "
+                f"? self.evaluation.metrics.all(m, m in {_cel_list(LM_METRICS)}) "
+                ": self.evaluation.metrics.all(m, m != 'tokenAccuracy'))"
+            ),
+            message=(
+                "text-generation computes perplexity and tokenAccuracy, and tokenAccuracy "
+                "is only for text-generation"
+            ),
+            check=lambda s: all(
+                (m in LM_METRICS) if s.model.task == "text-generation" else m != "tokenAccuracy"
+                for m in s.evaluation.metrics
             ),
             field_path=".evaluation.metrics",
         ),
@@ -590,7 +737,8 @@ class ModelTrainingSpec(ApiModel):
             message=(
                 "tuning.objective.metric must be loss or a metric the run computes: one of "
                 "evaluation.metrics, or without them the task's standard set (accuracy, f1, "
-                "precision, recall; perplexity for masked-lm)"
+                "precision, recall; perplexity for masked-lm; perplexity and tokenAccuracy "
+                "for text-generation)"
             ),
             check=_objective_is_computed,
             field_path=".tuning.objective.metric",
@@ -619,8 +767,8 @@ class ModelTrainingSpec(ApiModel):
                 f"self.model.task in {_cel_list(TEXT_TASKS)}"
             ),
             message=(
-                "data.textColumn is for text tasks (text-classification, masked-lm); a "
-                "table's features are every column but labelColumn"
+                "data.textColumn is for text tasks (text-classification, masked-lm, "
+                "text-generation); a table's features are every column but labelColumn"
             ),
             check=lambda s: (
                 s.data.text_column == COLUMN_DEFAULTS["textColumn"] or s.model.task in TEXT_TASKS
@@ -628,10 +776,17 @@ class ModelTrainingSpec(ApiModel):
             field_path=".data.textColumn",
         ),
         CelRule(
-            rule=f"{_column_unset('labelColumn', 'self.data')} || self.model.task != 'masked-lm'",
-            message="data.labelColumn is not read by masked-lm, which learns from unlabelled text",
+            rule=(
+                f"{_column_unset('labelColumn', 'self.data')} || "
+                f"!(self.model.task in {_cel_list(UNLABELLED_TASKS)})"
+            ),
+            message=(
+                "data.labelColumn is not read by masked-lm or text-generation, which learn "
+                "from text (a response is the label of its prompt)"
+            ),
             check=lambda s: (
-                s.data.label_column == COLUMN_DEFAULTS["labelColumn"] or s.model.task != "masked-lm"
+                s.data.label_column == COLUMN_DEFAULTS["labelColumn"]
+                or s.model.task not in UNLABELLED_TASKS
             ),
             field_path=".data.labelColumn",
         ),
@@ -644,6 +799,18 @@ class ModelTrainingSpec(ApiModel):
             ),
             check=lambda s: s.storage is None or _any_s3(s),
             field_path=".storage",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.parallelism) || !has(self.parallelism.strategy) || "
+                "self.parallelism.strategy == 'ddp' || "
+                f"self.model.architecture in {_cel_list(HF_ARCHITECTURES)}"
+            ),
+            message="parallelism.strategy fsdp is for llama and huggingface models",
+            check=lambda s: (
+                s.parallelism.strategy == "ddp" or s.model.architecture in HF_ARCHITECTURES
+            ),
+            field_path=".parallelism.strategy",
         ),
     )
 
@@ -661,6 +828,8 @@ class ModelTrainingSpec(ApiModel):
     """Where the artifact is written."""
     evaluation: Evaluation = Field(default_factory=Evaluation)
     """Validation metrics."""
+    parallelism: Parallelism = Field(default_factory=Parallelism)
+    """How the processes share the model: ddp (default) or fsdp."""
     tuning: Tuning | None = None
     """Optional hyperparameter search; each trial is its own job."""
     max_restarts: int = Field(default=3, ge=0, le=100)

@@ -115,6 +115,13 @@ def resolve_from_training(
             f"waiting for ModelTraining {name!r}: it does not exist in this namespace",
         )
     task = training.spec.model.task
+    if task == "text-generation":
+        return ModelRefused(
+            c.REASON_UNSERVABLE_MODEL,
+            f"spec.model.fromTraining: ModelTraining {name!r} trains task {task}; serving "
+            "language models (an OpenAI-compatible API) is not available yet. Its artifact "
+            "is a Hugging Face folder that transformers and other servers load",
+        )
     if task == "masked-lm":
         return ModelRefused(
             c.REASON_UNSERVABLE_MODEL,
