@@ -306,16 +306,29 @@ def _follow(
                 bar.update(task, description="stopped")
                 return 0, reason
             if snap and snap.get("total_steps"):
-                loss = snap.get("loss")
-                info = f"epoch {snap['epoch']}" + (f"  loss {loss:.4f}" if loss else "")
                 bar.update(
                     task,
                     total=snap["total_steps"],
                     completed=snap["step"],
                     description=snap["phase"],
-                    info=info,
+                    info=progress_info(snap),
                 )
             time.sleep(0.3)
+
+
+def progress_info(snap: dict[str, Any]) -> str:
+    """The text beside the bar: epoch, loss, and throughput (tokens/s for a language
+    model, whose samples differ in length; samples/s otherwise)."""
+    info = f"epoch {snap['epoch']}"
+    loss = snap.get("loss")
+    if loss:
+        info += f"  loss {loss:.4f}"
+    tokens, samples = snap.get("tokens_per_second"), snap.get("samples_per_second")
+    if tokens:
+        info += f"  {tokens:,.0f} tokens/s"
+    elif samples:
+        info += f"  {samples:,.0f} samples/s"
+    return info
 
 
 def _worst(codes: list[int]) -> int:

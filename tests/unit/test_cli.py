@@ -286,3 +286,11 @@ def test_validate_accepts_s3_without_a_secret_and_warns_that_it_needs_the_defaul
     assert "spec.storage.secretRef.name" in result.output
     result = runner.invoke(app, ["validate", str(s3_file(tmp_path, S3_TRAINING))])
     assert (result.exit_code, "warning" in result.output) == (0, False)
+
+
+def test_the_progress_line_shows_tokens_per_second_for_a_language_model() -> None:
+    lm = {"epoch": 1, "loss": 2.5, "tokens_per_second": 1234.4, "samples_per_second": 9.0}
+    assert local.progress_info(lm) == "epoch 1  loss 2.5000  1,234 tokens/s"
+    classifier = {"epoch": 2, "loss": 0.5, "samples_per_second": 880.2}
+    assert local.progress_info(classifier) == "epoch 2  loss 0.5000  880 samples/s"
+    assert local.progress_info({"epoch": 1}) == "epoch 1"
