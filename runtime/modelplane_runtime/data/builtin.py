@@ -7,10 +7,15 @@
 - `builtin://sentiment` — 2,000 short movie reviews that this module generates
   deterministically (positive/negative words, intensifiers, negation that flips the
   label), so text models have something real to learn without a download.
+- `builtin://chat` — 800 generated chat conversations (`messages` records) whose
+  answers follow fixed rules (sums, capitals, colours, reversed and upper-cased words,
+  letter counts), so a fine-tuned language model's perplexity on the answers can drop
+  far; some carry a system message and some have two exchanges.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 
@@ -124,8 +129,123 @@ def breast_cancer() -> RawData:
     )
 
 
+_CAPITALS = (
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Japan", "Tokyo"),
+    ("Canada", "Ottawa"),
+    ("Egypt", "Cairo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Norway", "Oslo"),
+    ("Poland", "Warsaw"),
+    ("Greece", "Athens"),
+    ("Chile", "Santiago"),
+    ("India", "New Delhi"),
+    ("Ireland", "Dublin"),
+    ("Portugal", "Lisbon"),
+)
+_COLOURS = (
+    ("banana", "yellow"),
+    ("lemon", "yellow"),
+    ("strawberry", "red"),
+    ("tomato", "red"),
+    ("grass", "green"),
+    ("leaf", "green"),
+    ("sky", "blue"),
+    ("ocean", "blue"),
+    ("snow", "white"),
+    ("milk", "white"),
+    ("coal", "black"),
+    ("crow", "black"),
+    ("orange", "orange"),
+    ("carrot", "orange"),
+)
+_WORDS = (
+    "apple",
+    "river",
+    "garden",
+    "window",
+    "pencil",
+    "rocket",
+    "candle",
+    "forest",
+    "silver",
+    "planet",
+    "yellow",
+    "button",
+    "castle",
+    "dragon",
+    "summer",
+    "basket",
+    "mirror",
+    "tiger",
+    "cloud",
+    "stone",
+)
+_SYSTEMS = (
+    "You are a helpful assistant.",
+    "You are a concise assistant. Answer in one sentence.",
+    "Answer the user's question.",
+)
+
+ChatRecord = dict[str, list[dict[str, str]]]
+"""One conversation: {"messages": [{"role": ..., "content": ...}, ...]}."""
+
+
+def _exchange(rng: random.Random) -> tuple[str, str]:
+    """One question and the answer its rule gives."""
+    rule = rng.randrange(6)
+    if rule == 0:
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+    if rule == 1:
+        country, capital = rng.choice(_CAPITALS)
+        return (
+            f"What is the capital of {country}?",
+            f"The capital of {country} is {capital}.",
+        )
+    if rule == 2:
+        thing, colour = rng.choice(_COLOURS)
+        return f"What colour is {thing}?", f"The {thing} is {colour}."
+    word = rng.choice(_WORDS)
+    if rule == 3:
+        return f"Reverse the word {word}.", f"{word} reversed is {word[::-1]}."
+    if rule == 4:
+        return f"Write {word} in capital letters.", f"{word} in capital letters is {word.upper()}."
+    return (
+        f"How many letters are in the word {word}?",
+        f"The word {word} has {len(word)} letters.",
+    )
+
+
+def chat_records(count: int = 800, seed: int = 4321) -> list[ChatRecord]:
+    """Generated conversations for supervised fine-tuning; the same every time."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(count):
+        messages = []
+        if rng.random() < 0.3:
+            messages.append({"role": "system", "content": rng.choice(_SYSTEMS)})
+        for _ in range(2 if rng.random() < 0.15 else 1):
+            question, answer = _exchange(rng)
+            messages.append({"role": "user", "content": question})
+            messages.append({"role": "assistant", "content": answer})
+        records.append({"messages": messages})
+    return records
+
+
+def chat() -> RawData:
+    """builtin://chat as RawData: one JSONL line per conversation (the language-model
+    reader, `modelplane_runtime.lm.data`, reads `chat_records` itself)."""
+    return RawData(kind="chat", texts=tuple(json.dumps(r) for r in chat_records()))
+
+
 BUILTIN: dict[str, tuple[Kind, Callable[[], RawData]]] = {
     "sentiment": ("text", sentiment),
     "digits": ("image", digits),
     "breast-cancer": ("tabular", breast_cancer),
+    "chat": ("chat", chat),
 }

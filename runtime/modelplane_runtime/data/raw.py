@@ -19,7 +19,7 @@ class RawData:
 
     kind: Kind
     texts: tuple[str, ...] = ()
-    """Text examples (kind text)."""
+    """Text examples (kind text), or one JSON record per example (kind chat)."""
     array: npt.NDArray[np.float32] | None = None
     """Images [N, C, H, W] or table rows [N, F] (kinds image, tabular)."""
     labels: tuple[str, ...] | None = None
@@ -27,7 +27,7 @@ class RawData:
     """Column names of a table, in order (kind tabular)."""
 
     def __len__(self) -> int:
-        return len(self.texts) if self.kind == "text" else len(self._array())
+        return len(self.texts) if self.kind in ("text", "chat") else len(self._array())
 
     def _array(self) -> npt.NDArray[np.float32]:
         if self.array is None:
@@ -37,8 +37,9 @@ class RawData:
     def subset(self, indices: npt.NDArray[np.int64]) -> RawData:
         """The examples at `indices`, in that order."""
         labels = None if self.labels is None else tuple(self.labels[i] for i in indices)
-        if self.kind == "text":
-            return RawData(kind="text", texts=tuple(self.texts[i] for i in indices), labels=labels)
+        if self.kind in ("text", "chat"):
+            texts = tuple(self.texts[i] for i in indices)
+            return RawData(kind=self.kind, texts=texts, labels=labels)
         return RawData(
             kind=self.kind,
             array=self._array()[indices],
