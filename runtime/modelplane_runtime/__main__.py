@@ -47,6 +47,9 @@ def _report(text: str) -> None:
 
 
 def train(config_path: Path) -> TrainingResult:
+    # transformers' progress bars (loading and writing weights) are noise in a pod's log;
+    # huggingface_hub reads this when it is first imported, so set it before that.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from modelplane_runtime.train.distributed import DistEnv  # noqa: PLC0415
     from modelplane_runtime.train.loop import Trainer, finished_result  # noqa: PLC0415
     from modelplane_runtime.train.progress import ProgressReporter  # noqa: PLC0415

@@ -37,7 +37,12 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from modelplane_runtime import objectstore
-from modelplane_runtime.contract import RESULT_FILE, RunConfig, TrainingResult
+from modelplane_runtime.contract import (
+    HUGGINGFACE_ARCHITECTURES,
+    RESULT_FILE,
+    RunConfig,
+    TrainingResult,
+)
 from modelplane_runtime.data.preprocessing import Preprocessing, load_tokenizer, save_tokenizer
 from modelplane_runtime.data.raw import RawData
 from modelplane_runtime.errors import ConfigError
@@ -224,6 +229,12 @@ def load_artifact(
 ) -> LoadedModel:
     """Rebuild the model from `directory` alone, refusing weights whose digest differs."""
     card = verify_artifact(directory, expected_digest=expected_digest)
+    if card["architecture"] in HUGGINGFACE_ARCHITECTURES:
+        raise ConfigError(
+            f"model.uri: {directory} is a {card['task']} model ({card['architecture']}, a "
+            "Hugging Face folder): serving language models (an OpenAI-compatible API) is "
+            "not available yet; transformers and other servers load the folder as it is"
+        )
     shape = DataShape(
         num_classes=card["data_shape"]["num_classes"],
         input_shape=tuple(card["data_shape"]["input_shape"]),

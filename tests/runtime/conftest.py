@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,27 @@ from typing import Any
 
 from modelplane_harness.cluster import free_port
 from modelplane_runtime.contract import DataConfig, OptimConfig, RunConfig
+
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "dog",
+    "ran",
+    "far",
+    "away",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "green",
+    "fox",
+    "jumps",
+]
+TINY_LLAMA = {"layers": 2, "hidden": 32, "heads": 2, "max_length": 32, "vocab_size": 300}
 
 
 def make_config(tmp_path: Path, *, name: str = "run", **overrides: Any) -> RunConfig:
@@ -31,6 +54,42 @@ def make_config(tmp_path: Path, *, name: str = "run", **overrides: Any) -> RunCo
     }
     fields.update(overrides)
     return RunConfig(**fields)
+
+
+def write_lm_records(path: Path, *, count: int = 48, seed: int = 0) -> list[dict[str, str]]:
+    """`count` prompt/response JSONL records of random lengths at `path` (so ranks and
+    micro-batches hold different numbers of supervised tokens); returns them."""
+    rng = random.Random(seed)
+
+    def words(low: int, high: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+
+    records = [{"prompt": words(2, 8), "response": words(1, 9)} for _ in range(count)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def make_lm_config(tmp_path: Path, *, name: str = "lm", **overrides: Any) -> RunConfig:
+    """A tiny llama trained from scratch, fp32, two micro-batches per step, a checkpoint
+    every 2 steps; override any field. Without `data`, on records written to
+    `tmp_path/train.jsonl`."""
+    if "data" not in overrides:
+        train = tmp_path / "train.jsonl"
+        write_lm_records(train)
+        overrides["data"] = DataConfig(train_uri=f"file://{train}", validation_split=0.25)
+    fields: dict[str, Any] = {
+        "architecture": "llama",
+        "task": "text-generation",
+        "params": dict(TINY_LLAMA),
+        "optim": OptimConfig(
+            epochs=2, batch_size=8, learning_rate=3e-3, gradient_accumulation=2, seed=1
+        ),
+        "checkpoint_every_steps": 2,
+        "objective": "perplexity",
+    }
+    fields.update(overrides)
+    return make_config(tmp_path, name=name, **fields)
 
 
 def run_processes(

@@ -1,4 +1,12 @@
-"""The training loop: DDP, mixed precision, accumulation, clipping, checkpoints, resume.
+"""The training loop: DDP or FSDP, mixed precision, accumulation, clipping, checkpoints,
+resume.
+
+Two kinds of model go through it: the built-in classifiers and masked-LM (models.registry,
+data.prepare, artifacts.save_artifact), and causal language models built from
+transformers (architectures in HUGGINGFACE_ARCHITECTURES: modelplane_runtime.lm), which
+may also be sharded with FSDP (train.fsdp). A language model's loss is normalised by the
+number of supervised tokens in the whole optimizer step, over every rank and
+micro-batch, so any number of processes computes the gradient one process computes.
 
 With an s3:// output the trainer works in a local staging folder under the storage cache
 (one per rank) and the bucket is the truth: rank 0 uploads each checkpoint and, at the
@@ -18,12 +26,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import TensorDataset
 
 from modelplane_runtime import objectstore
 from modelplane_runtime.artifacts import (
@@ -36,14 +45,25 @@ from modelplane_runtime.artifacts import (
     verify_artifact,
     write_result,
 )
-from modelplane_runtime.contract import OBJECTIVE_EPOCHS, RunConfig, TrainingResult
+from modelplane_runtime.contract import (
+    HUGGINGFACE_ARCHITECTURES,
+    OBJECTIVE_EPOCHS,
+    RunConfig,
+    TrainingResult,
+)
 from modelplane_runtime.data.prepare import Prepared, prepare
 from modelplane_runtime.data.preprocessing import TOKENIZER_FILE
 from modelplane_runtime.errors import ConfigError
-from modelplane_runtime.evaluate import default_metrics, evaluate
+from modelplane_runtime.evaluate import (
+    check_lm_metrics,
+    default_metrics,
+    evaluate,
+    evaluate_lm_sharded,
+)
 from modelplane_runtime.models.registry import DataShape, build_model, resolve_params
 from modelplane_runtime.objectstore import S3Uri
 from modelplane_runtime.storage import cache_key, cache_root, is_remote, local_path, materialize
+from modelplane_runtime.train import fsdp
 from modelplane_runtime.train.checkpoint import (
     load_latest,
     load_latest_remote,
@@ -54,10 +74,16 @@ from modelplane_runtime.train.distributed import DistEnv
 from modelplane_runtime.train.progress import ProgressReporter
 from modelplane_runtime.train.sampler import GlobalBatchSampler
 from modelplane_runtime.train.schedule import lr_multiplier
-from modelplane_runtime.train.tasks import task_loss
+from modelplane_runtime.train.tasks import lm_batch, supervised_tokens, task_loss
+
+if TYPE_CHECKING:
+    from modelplane_runtime.lm.data import LmData
 
 log = logging.getLogger("modelplane.train")
 LOG_EVERY_STEPS = 50
+BASE_EPOCH = "0"
+"""The history key of a language model's evaluation before any training: the base
+model's perplexity, so a fine-tune's gain shows. Never a tuning objective or a result."""
 
 
 @dataclass
@@ -122,6 +148,14 @@ class Trainer:
         self.on_step = on_step
         self.output = artifact_dir(config, rank=env.rank)
         self.checkpoints = self.output / "checkpoints"
+        self.language = config.architecture in HUGGINGFACE_ARCHITECTURES
+        self.sharded = config.parallelism == "fsdp" and env.distributed  # 1 process: plain
+        if config.parallelism == "fsdp" and not self.language:
+            raise ConfigError(
+                f"parallelism: fsdp shards the transformers-based models (architecture "
+                f"{' or '.join(HUGGINGFACE_ARCHITECTURES)}), not {config.architecture}; "
+                "use ddp"
+            )
         self.remote: S3Uri | None = None
         if is_remote(config.output_uri):
             self.remote = objectstore.parse(artifact_uri(config), field="output.uri")
@@ -133,34 +167,31 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.metrics = config.metrics or default_metrics(config.task)
 
-        init_dir = None
-        if config.init_uri:
-            init_dir = materialize(config.init_uri, field="model.init.uri", folder=True)
-            verify_artifact(init_dir, source=config.init_uri, field="model.init.uri")
-        torch.manual_seed(config.optim.seed)
-        self.data: Prepared = prepare(
-            config, init_dir=init_dir, tokenizer_store=self.checkpoints, from_main=env.from_main
-        )
+        self.model: nn.Module
+        self.train_set: TensorDataset
+        if self.language:
+            self._build_language_model()
+        else:
+            self._build_classifier()
         if self.remote is not None and env.is_main:
             self._upload_tokenizer(self.remote)
-        self.params = resolve_params(config.architecture, config.params)
-        self.shape = DataShape(
-            num_classes=self.data.num_classes,
-            input_shape=tuple(self.data.preprocessing.input_shape),
-            vocab_size=self.data.vocab_size,
-        )
-        torch.manual_seed(config.optim.seed)  # identical initial weights on every rank
-        self.model = build_model(config.architecture, config.task, self.params, self.shape)
-        if init_dir is not None:
-            load_init_weights(self.model, init_dir, source=config.init_uri)
         self.model.to(self.device)
         self.wrapped: nn.Module = self.model
-        if env.distributed:
+        if self.sharded:
+            if env.is_main:
+                log.info(
+                    "FSDP: %d layers and the root sharded over %d processes",
+                    len(fsdp.layer_units(self.model)),
+                    env.world_size,
+                )
+            fsdp.shard(self.model, precision=precision, device=self.device)
+            self.autocast_dtype = None  # the sharding's policy casts the parameters
+        elif env.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(self.model, device_ids=device_ids)
         self.optimizer = _optimizer(config, self.model)
         self.sampler = GlobalBatchSampler(
-            len(self.data.train),
+            len(self.train_set),
             global_batch=config.optim.batch_size,
             rank=env.rank,
             world_size=env.world_size,
@@ -171,7 +202,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"batchSize x gradientAccumulation ({config.optim.batch_size} x "
-                f"{accumulation}) is more than the {len(self.data.train)} training examples"
+                f"{accumulation}) is more than the {len(self.train_set)} training examples"
             )
         self.total_steps = self.steps_per_epoch * config.optim.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -186,6 +217,55 @@ class Trainer:
         self.history = History()
         self.resumed_from: int | None = None
 
+    def _build_classifier(self) -> None:
+        config = self.config
+        init_dir = None
+        if config.init_uri:
+            init_dir = materialize(config.init_uri, field="model.init.uri", folder=True)
+            verify_artifact(init_dir, source=config.init_uri, field="model.init.uri")
+        torch.manual_seed(config.optim.seed)
+        self.data: Prepared = prepare(
+            config,
+            init_dir=init_dir,
+            tokenizer_store=self.checkpoints,
+            from_main=self.env.from_main,
+        )
+        self.train_set = self.data.train
+        self.params = resolve_params(config.architecture, config.params)
+        self.shape = DataShape(
+            num_classes=self.data.num_classes,
+            input_shape=tuple(self.data.preprocessing.input_shape),
+            vocab_size=self.data.vocab_size,
+        )
+        torch.manual_seed(config.optim.seed)  # identical initial weights on every rank
+        self.model = build_model(config.architecture, config.task, self.params, self.shape)
+        if init_dir is not None:
+            load_init_weights(self.model, init_dir, source=config.init_uri)
+
+    def _build_language_model(self) -> None:
+        """A transformers model (or a LoRA adapter on one) and its token tensors; the
+        from-scratch tokenizer is kept beside the checkpoints (`lm-tokenizer/`)."""
+        # transformers and peft take seconds to import: only language-model runs pay it.
+        from modelplane_runtime.lm.data import prepare_lm  # noqa: PLC0415
+        from modelplane_runtime.lm.models import build_lm, resolve_base  # noqa: PLC0415
+
+        config = self.config
+        if config.task != "text-generation":
+            raise ConfigError(
+                f"task: architecture {config.architecture} trains text-generation, "
+                f"not {config.task}"
+            )
+        check_lm_metrics(self.metrics)
+        self.base_dir = resolve_base(config)
+        self.lm: LmData = prepare_lm(
+            config,
+            base_dir=self.base_dir,
+            tokenizer_store=self.checkpoints,
+            from_main=self.env.from_main,
+        )
+        self.train_set = self.lm.train
+        self.model = build_lm(config, self.base_dir, self.lm.tokenizer)  # seeded: all ranks alike
+
     # -- object storage -------------------------------------------------------------------
 
     def _stage_from_bucket(self, remote: S3Uri) -> None:
@@ -194,13 +274,35 @@ class Trainer:
         tokenizer (kept beside the checkpoints) comes back from the bucket."""
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not self.env.is_main:
+            return
+        if self.language:
+            folder = remote.child(f"checkpoints/{_lm_tokenizer_folder()}")
+            if objectstore.list_objects(folder, field="output.uri"):
+                objectstore.download_prefix(
+                    folder, self.checkpoints / _lm_tokenizer_folder(), field="output.uri"
+                )
+            return
         tokenizer = remote.child(f"checkpoints/{TOKENIZER_FILE}")
-        if self.env.is_main and objectstore.exists(tokenizer, field="output.uri"):
+        if objectstore.exists(tokenizer, field="output.uri"):
             objectstore.download_file(
                 tokenizer, self.checkpoints / TOKENIZER_FILE, field="output.uri"
             )
 
     def _upload_tokenizer(self, remote: S3Uri) -> None:
+        if self.language:
+            name = _lm_tokenizer_folder()
+            local_folder = self.checkpoints / name
+            marker = remote.child(f"checkpoints/{name}/{TOKENIZER_FILE}")
+            if local_folder.is_dir() and not objectstore.exists(marker, field="output.uri"):
+                # tokenizer.json, the marker, goes last: a folder that has it is complete
+                objectstore.upload_tree(
+                    local_folder,
+                    remote.child(f"checkpoints/{name}"),
+                    field="output.uri",
+                    last=(TOKENIZER_FILE,),
+                )
+            return
         local = self.checkpoints / TOKENIZER_FILE
         target = remote.child(f"checkpoints/{TOKENIZER_FILE}")
         if local.is_file() and not objectstore.exists(target, field="output.uri"):
@@ -210,6 +312,8 @@ class Trainer:
 
     def fit(self) -> TrainingResult:
         self._resume()
+        if self.language and self.position.step == 0 and BASE_EPOCH not in self.history.epochs:
+            self._evaluate(-1)  # the base model, under BASE_EPOCH
         self.reporter.update(
             phase="training",
             total_steps=self.total_steps,
@@ -219,6 +323,7 @@ class Trainer:
         optim = self.config.optim
         samples_per_step = optim.batch_size * optim.gradient_accumulation
         throughput: float | None = None
+        token_rate: float | None = None
         last_metrics: dict[str, float] = {}
         self.wrapped.train()
         for epoch in range(self.position.epoch, optim.epochs):
@@ -226,10 +331,11 @@ class Trainer:
             micro_batches = self.sampler.batches(epoch, start=first * optim.gradient_accumulation)
             for step_in_epoch in range(first, self.steps_per_epoch):
                 began = time.perf_counter()
-                loss = self._step(micro_batches, epoch=epoch, step_in_epoch=step_in_epoch)
-                seconds = time.perf_counter() - began
-                rate = samples_per_step / max(seconds, 1e-9)
-                throughput = rate if throughput is None else 0.9 * throughput + 0.1 * rate
+                loss, tokens = self._step(micro_batches, epoch=epoch, step_in_epoch=step_in_epoch)
+                seconds = max(time.perf_counter() - began, 1e-9)
+                throughput = _smoothed(throughput, samples_per_step / seconds)
+                if tokens is not None:
+                    token_rate = _smoothed(token_rate, tokens / seconds)
                 self.position = Position(epoch, step_in_epoch + 1, self.position.step + 1)
                 self.history.steps.append({"step": self.position.step, "loss": loss})
                 self.reporter.update(
@@ -237,6 +343,7 @@ class Trainer:
                     step=self.position.step,
                     loss=loss,
                     samples_per_second=throughput,
+                    tokens_per_second=token_rate,
                 )
                 if self.env.is_main and self.position.step % LOG_EVERY_STEPS == 0:
                     log.info(
@@ -256,8 +363,85 @@ class Trainer:
 
     def _step(
         self, micro_batches: Iterator[torch.Tensor], *, epoch: int, step_in_epoch: int
-    ) -> float:
-        """One optimizer step over `gradientAccumulation` micro-batches; the mean loss."""
+    ) -> tuple[float, int | None]:
+        """One optimizer step over `gradientAccumulation` micro-batches: the mean loss,
+        and for a language model the tokens all processes read (padding excluded)."""
+        optim = self.config.optim
+        tokens: int | None = None
+        if self.language:
+            mean, tokens = self._lm_gradients(micro_batches)
+        else:
+            mean = self._classifier_gradients(micro_batches, epoch=epoch, step=step_in_epoch)
+        value = float(mean)
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"the training loss became {value} at step {self.position.step + 1} "
+                f"(epoch {epoch + 1}): lower hyperparameters.learningRate, raise warmupSteps "
+                "or train in fp32"
+            )
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        # Under FSDP the gradients are DTensor shards: the norm is the global one.
+        nn.utils.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return value, tokens
+
+    def _gradient_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """Reduce gradients over the ranks after the last micro-batch only."""
+        if self.sharded:
+            fsdp.set_gradient_sync(self.model, enabled=last)
+            return contextlib.nullcontext()
+        if last or not isinstance(self.wrapped, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.wrapped.no_sync()
+
+    def _lm_gradients(self, micro_batches: Iterator[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Backward over a language model's micro-batches: each token's loss weighs
+        1 / (the supervised tokens of the whole step, every rank's). DDP and FSDP average
+        the gradients over the W ranks, hence the factor W. Returns the step's mean token
+        loss and the tokens read."""
+        from modelplane_runtime.lm.loss import lm_loss_sum  # noqa: PLC0415
+
+        accumulation = self.config.optim.gradient_accumulation
+        tensors = self.lm.train.tensors
+        batches = [lm_batch(tensors, next(micro_batches), self.device) for _ in range(accumulation)]
+        counts = torch.tensor(
+            [
+                sum(supervised_tokens(labels) for _, labels, _ in batches),
+                sum(int(mask.sum()) for _, _, mask in batches),
+            ],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        if self.env.distributed:
+            dist.all_reduce(counts)
+        supervised, read = max(1, int(counts[0])), int(counts[1])
+        weight = self.env.world_size / supervised
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for micro, (input_ids, labels, mask) in enumerate(batches):
+            with self._gradient_sync(last=micro == accumulation - 1):
+                with self._autocast():
+                    nll, _, _, _ = lm_loss_sum(self.wrapped, input_ids, labels, mask)
+                scaled = nll * weight
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward()  # type: ignore[no-untyped-call]
+            total += nll.detach().double()
+        if self.env.distributed:
+            dist.all_reduce(total)  # every rank sees the same value, so all stop together
+        return total / supervised, read
+
+    def _classifier_gradients(
+        self, micro_batches: Iterator[torch.Tensor], *, epoch: int, step: int
+    ) -> torch.Tensor:
+        """Backward over the micro-batches, each loss a mean over its examples; the
+        mean loss over every rank."""
         optim = self.config.optim
         inputs_all, labels_all = self.data.train.tensors
         total = torch.zeros((), device=self.device)
@@ -266,12 +450,7 @@ class Trainer:
             inputs = inputs_all[indices].to(self.device)
             labels = labels_all[indices].to(self.device)
             last = micro == optim.gradient_accumulation - 1
-            sync = (
-                contextlib.nullcontext()
-                if last or not isinstance(self.wrapped, DistributedDataParallel)
-                else self.wrapped.no_sync()
-            )
-            with sync:
+            with self._gradient_sync(last=last):
                 with self._autocast():
                     loss, _, _ = task_loss(
                         self.wrapped,
@@ -279,7 +458,7 @@ class Trainer:
                         labels,
                         masked_lm=self.config.task == "masked-lm",
                         vocab_size=self.shape.vocab_size,
-                        generator=self._mask_generator(epoch, step_in_epoch, micro),
+                        generator=self._mask_generator(epoch, step, micro),
                     )
                 scaled = loss / optim.gradient_accumulation
                 if self.scaler is not None:
@@ -290,24 +469,7 @@ class Trainer:
         if self.env.distributed:
             dist.all_reduce(mean)  # every rank sees the same value, so all stop together
             mean /= self.env.world_size
-        value = float(mean)
-        if not math.isfinite(value):
-            raise ConfigError(
-                f"the training loss became {value} at step {self.position.step + 1} "
-                f"(epoch {epoch + 1}): lower hyperparameters.learningRate, raise warmupSteps "
-                "or train in fp32"
-            )
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return value
+        return mean
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -324,7 +486,11 @@ class Trainer:
     # -- evaluation, checkpoints, the end ---------------------------------------------
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
-        """Validation metrics on rank 0; the other ranks wait."""
+        """Validation metrics after `epoch` (0-based; -1: before training) on rank 0;
+        the other ranks wait. A language model is evaluated by every rank, each on its
+        share of the data."""
+        if self.language:
+            return self._evaluate_language_model(epoch)
         metrics: dict[str, float] = {}
         if self.env.is_main:
             self.reporter.update(phase="evaluating")
@@ -348,6 +514,34 @@ class Trainer:
         self.env.barrier()
         return metrics
 
+    def _evaluate_language_model(self, epoch: int) -> dict[str, float]:
+        if self.env.is_main:
+            self.reporter.update(phase="evaluating")
+        metrics = evaluate_lm_sharded(
+            self.wrapped if self.sharded else self.model,
+            self.lm.validation,
+            metrics=self.metrics,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            device=self.device,
+            autocast=self._autocast if self.autocast_dtype else None,
+        )
+        key = str(epoch + 1)
+        self.history.epochs[key] = metrics
+        if self.env.is_main:
+            log.info(
+                "%s validation %s",
+                "base model" if key == BASE_EPOCH else f"epoch {key}",
+                " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+            )
+            if key == BASE_EPOCH:
+                self.reporter.update(phase="training")  # not a trained epoch's metrics
+            else:
+                self.reporter.update(
+                    phase="training", metrics=metrics, metrics_step=self.position.step
+                )
+        return metrics
+
     def _rng_states(self) -> list[torch.Tensor]:
         """Every rank's torch RNG state (dropout), gathered so rank 0 can save them all."""
         own = torch.get_rng_state()
@@ -357,12 +551,23 @@ class Trainer:
         dist.all_gather_object(gathered, own)
         return gathered
 
+    def _full_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(model, optimizer) state dicts, whole, on rank 0 (empty elsewhere). A language
+        model's are gathered from the shards under FSDP, and keyed by parameter name
+        either way, so a checkpoint resumes under DDP or FSDP alike."""
+        if self.language:
+            return fsdp.full_state(self.model, self.optimizer)
+        if not self.env.is_main:
+            return {}, {}
+        return self.model.state_dict(), self.optimizer.state_dict()
+
     def _checkpoint(self) -> None:
         rng = self._rng_states()
+        model_state, optimizer_state = self._full_state()  # a collective under FSDP
         if self.env.is_main:
             state = {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "position": [self.position.epoch, self.position.step_in_epoch, self.position.step],
@@ -393,8 +598,17 @@ class Trainer:
             return
         path, state = found
         try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
+            if self.language:
+                fsdp.load_full_state(
+                    self.model,
+                    self.optimizer,
+                    model_state=state["model"],
+                    optimizer_state=state["optimizer"],
+                )
+            else:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
             # A checkpoint of another model under the same output (a changed spec, or a
             # run written by an older version): resuming it would be wrong, and starting
             # over silently would discard it.
@@ -403,7 +617,6 @@ class Trainer:
                 f"checkpoint {path} does not fit this run's model ({first}); use another "
                 f"output or delete {where} to start over"
             ) from exc
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -417,6 +630,22 @@ class Trainer:
         self.resumed_from = step
         if self.env.is_main:
             log.info("resumed from %s (step %d)", path.name, step)
+
+    def _save_language_model(
+        self, metrics: dict[str, float], gathered: dict[str, torch.Tensor] | None
+    ) -> str:
+        from modelplane_runtime.lm.artifact import save_lm_artifact  # noqa: PLC0415
+
+        return save_lm_artifact(
+            self.output,
+            model=self.model,
+            state_dict=gathered,
+            tokenizer=self.lm.tokenizer,
+            config=self.config,
+            metrics=metrics,
+            history=self.history.to_json(),
+            base_dir=self.base_dir,
+        )
 
     def _objective_by_step(self) -> dict[str, float]:
         if self.config.objective is None:
@@ -438,18 +667,23 @@ class Trainer:
             epochs=self.config.optim.epochs,
             objective_by_step=self._objective_by_step(),
         )
+        gathered = fsdp.full_state(self.model)[0] if self.sharded else None  # a collective
         if self.env.is_main:
             self.reporter.update(phase="saving")
-            digest = save_artifact(
-                self.output,
-                model=self.model,
-                config=self.config,
-                params=self.params,
-                shape=self.shape,
-                preprocessing=self.data.preprocessing,
-                tokenizer=self.data.tokenizer,
-                metrics=metrics,
-                history=self.history.to_json(),
+            digest = (
+                self._save_language_model(metrics, gathered)
+                if self.language
+                else save_artifact(
+                    self.output,
+                    model=self.model,
+                    config=self.config,
+                    params=self.params,
+                    shape=self.shape,
+                    preprocessing=self.data.preprocessing,
+                    tokenizer=self.data.tokenizer,
+                    metrics=metrics,
+                    history=self.history.to_json(),
+                )
             )
             result = result.model_copy(update={"digest": digest})
             write_result(self.output, result)
@@ -460,6 +694,16 @@ class Trainer:
         return result
 
 
+def _smoothed(previous: float | None, value: float) -> float:
+    return value if previous is None else 0.9 * previous + 0.1 * value
+
+
+def _lm_tokenizer_folder() -> str:
+    from modelplane_runtime.lm.tokenizer import STORE_FOLDER  # noqa: PLC0415
+
+    return STORE_FOLDER
+
+
 def objective_by_step(
     epochs: dict[str, dict[str, float]], metric: str, *, steps: int, total_epochs: int
 ) -> dict[str, float]:
@@ -468,7 +712,11 @@ def objective_by_step(
     if total_epochs <= 0 or steps % total_epochs:
         return {}
     per_epoch = steps // total_epochs
-    ends = sorted((int(e), values[metric]) for e, values in epochs.items() if metric in values)
+    ends = sorted(
+        (int(e), values[metric])
+        for e, values in epochs.items()
+        if metric in values and e != BASE_EPOCH
+    )
     return {str(epoch * per_epoch): float(value) for epoch, value in ends[-OBJECTIVE_EPOCHS:]}
 
 

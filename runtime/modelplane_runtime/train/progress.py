@@ -26,6 +26,8 @@ class Snapshot:
     total_steps: int = 0
     loss: float | None = None
     samples_per_second: float | None = None
+    tokens_per_second: float | None = None
+    """A language model's tokens read per second, all processes (padding excluded)."""
     eta_seconds: int | None = None
     percent: int = 0
     metrics: dict[str, float] | None = None
@@ -51,6 +53,7 @@ class ProgressReporter:
                 ("total_steps", "Optimizer steps in the run"),
                 ("loss", "Recent training loss"),
                 ("samples_per_second", "Training throughput, all processes"),
+                ("tokens_per_second", "Language-model tokens per second, all processes"),
             )
         }
         self._server: ThreadingHTTPServer | None = None

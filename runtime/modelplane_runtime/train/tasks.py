@@ -1,4 +1,5 @@
-"""Per-task loss: classification, or masked-language modelling."""
+"""Per-task loss: classification, or masked-language modelling; a causal language model's
+batches (its loss is lm.loss.lm_loss_sum)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,24 @@ def task_loss(
         return loss, logits, targets
     logits = model(inputs)  # [N, C]
     return F.cross_entropy(logits.float(), labels), logits, labels
+
+
+def lm_batch(
+    tensors: tuple[torch.Tensor, ...], indices: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A causal language model's micro-batch (input_ids, labels, attention_mask), each
+    [N, W] on `device`: the rows of `indices` cut to the longest one's width W (rows are
+    right-padded to the longest row of the whole set)."""
+    input_ids, labels, mask = (t[indices] for t in tensors)
+    width = max(2, int(mask.sum(dim=1).max()))
+    return (
+        input_ids[:, :width].to(device),
+        labels[:, :width].to(device),
+        mask[:, :width].to(device),
+    )
+
+
+def supervised_tokens(labels: torch.Tensor) -> int:
+    """The tokens a causal LM's batch learns from: position t predicts token t + 1, so
+    the first label never counts."""
+    return int((labels[:, 1:] != IGNORE).sum())
