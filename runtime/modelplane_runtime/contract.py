@@ -141,6 +141,8 @@ class OptimConfig(_Contract):
     """Optimiser and schedule; mirrors spec.hyperparameters."""
 
     epochs: int = 3
+    max_steps: int | None = None
+    """Stop after this many optimizer steps, inside an epoch if need be."""
     batch_size: int = 32
     learning_rate: float = 3.0e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"

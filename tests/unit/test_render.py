@@ -50,3 +50,33 @@ def test_a_nameless_resource_cannot_render() -> None:
     training = ModelTraining.model_validate(make_training({"metadata": {}}))
     with pytest.raises(ValueError, match=r"metadata\.name"):
         render_run_config(training)
+
+
+def test_a_language_model_renders_its_adapter_parallelism_and_step_limit() -> None:
+    training = ModelTraining.model_validate(
+        make_training(
+            {
+                "spec.model": {
+                    "architecture": "huggingface",
+                    "task": "text-generation",
+                    "init": {"uri": "builtin://smollm2-135m-instruct"},
+                    "params": {"maxLength": 128},
+                    "adapter": {"rank": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]},
+                },
+                "spec.data.train.uri": "builtin://chat",
+                "spec.parallelism": {"strategy": "fsdp"},
+                "spec.hyperparameters": {"maxSteps": 30},
+            }
+        )
+    )
+    config = render_run_config(training)
+    assert (config.architecture, config.task) == ("huggingface", "text-generation")
+    assert config.init_uri == "builtin://smollm2-135m-instruct"
+    assert config.params == {"max_length": 128}
+    assert config.adapter is not None
+    assert (config.adapter.rank, config.adapter.alpha) == (4, 8.0)
+    assert config.adapter.target_modules == ("q_proj", "v_proj")
+    assert (config.adapter.dropout, config.adapter.merge) == (0.05, False)
+    assert config.parallelism == "fsdp"
+    assert config.optim.max_steps == 30
+    assert render_run_config(ModelTraining.model_validate(make_training())).adapter is None

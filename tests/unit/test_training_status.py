@@ -316,12 +316,14 @@ def test_progress_is_copied_while_running() -> None:
             "percent": 50,
             "loss": 0.3,
             "samples_per_second": 900.0,
+            "tokens_per_second": 51_200.0,
             "phase": "training",
         },
     )
     status = derive_training_status(training(), observed, now=NOW).status
     assert status.progress is not None
     assert (status.progress.step, status.progress.percent) == (50, 50)
+    assert status.progress.tokens_per_second == 51_200.0
 
 
 def test_rank_0_is_found_by_its_completion_index() -> None:

@@ -381,6 +381,10 @@ class Hyperparameters(ApiModel):
 
     epochs: int = Field(default=3, ge=1, le=10000)
     """Passes over the training data."""
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Stop after this many optimizer steps even inside an epoch (the learning-rate
+    schedule spans them, and the model is evaluated where it stops); unset trains every
+    epoch. For a quick fine-tune of a large data set."""
     batch_size: int = Field(default=32, ge=1, le=65536)
     """Global batch size per optimiser step, before gradient accumulation, summed over all
     processes."""
@@ -858,6 +862,8 @@ class Progress(StatusModel):
     """Recent training loss."""
     samples_per_second: float | None = None
     """Training throughput over all processes."""
+    tokens_per_second: float | None = None
+    """Tokens read per second over all processes (language models; padding excluded)."""
     eta_seconds: int | None = None
     """Estimated seconds until training ends."""
 

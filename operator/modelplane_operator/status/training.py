@@ -449,6 +449,7 @@ def derive_training_status(
                     "percent",
                     "loss",
                     "samples_per_second",
+                    "tokens_per_second",
                     "eta_seconds",
                 )
             }

@@ -205,6 +205,11 @@ class Trainer:
                 f"{accumulation}) is more than the {len(self.train_set)} training examples"
             )
         self.total_steps = self.steps_per_epoch * config.optim.epochs
+        if config.optim.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.optim.max_steps)
+        # maxSteps may end the run inside an epoch: that epoch is the last, and is
+        # evaluated where it stops.
+        self.epochs_to_run = math.ceil(self.total_steps / self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lr_multiplier(
@@ -326,10 +331,12 @@ class Trainer:
         token_rate: float | None = None
         last_metrics: dict[str, float] = {}
         self.wrapped.train()
-        for epoch in range(self.position.epoch, optim.epochs):
+        for epoch in range(self.position.epoch, self.epochs_to_run):
             first = self.position.step_in_epoch if epoch == self.position.epoch else 0
             micro_batches = self.sampler.batches(epoch, start=first * optim.gradient_accumulation)
             for step_in_epoch in range(first, self.steps_per_epoch):
+                if self.position.step >= self.total_steps:
+                    break  # hyperparameters.maxSteps
                 began = time.perf_counter()
                 loss, tokens = self._step(micro_batches, epoch=epoch, step_in_epoch=step_in_epoch)
                 seconds = max(time.perf_counter() - began, 1e-9)
@@ -648,13 +655,25 @@ class Trainer:
         )
 
     def _objective_by_step(self) -> dict[str, float]:
-        if self.config.objective is None:
+        objective = self.config.objective
+        if objective is None:
             return {}
+        if self.total_steps < self.steps_per_epoch * self.epochs_to_run:
+            # cut short by maxSteps: the last epoch ended at the last step
+            ends = sorted(
+                (int(e), values[objective])
+                for e, values in self.history.epochs.items()
+                if objective in values and int(e) > 0
+            )
+            return {
+                str(min(e * self.steps_per_epoch, self.total_steps)): float(v)
+                for e, v in ends[-OBJECTIVE_EPOCHS:]
+            }
         return objective_by_step(
             self.history.epochs,
             self.config.objective,
             steps=self.position.step,
-            total_epochs=self.config.optim.epochs,
+            total_epochs=self.epochs_to_run,
         )
 
     def _finish(self, metrics: dict[str, float]) -> TrainingResult:
@@ -664,7 +683,7 @@ class Trainer:
             artifact_uri=artifact_uri(self.config),
             digest="",
             steps=self.position.step,
-            epochs=self.config.optim.epochs,
+            epochs=self.epochs_to_run,
             objective_by_step=self._objective_by_step(),
         )
         gathered = fsdp.full_state(self.model)[0] if self.sharded else None  # a collective
