@@ -197,19 +197,7 @@ class Trainer:
             world_size=env.world_size,
             seed=config.optim.seed,
         )
-        accumulation = config.optim.gradient_accumulation
-        self.steps_per_epoch = len(self.sampler) // accumulation
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"batchSize x gradientAccumulation ({config.optim.batch_size} x "
-                f"{accumulation}) is more than the {len(self.train_set)} training examples"
-            )
-        self.total_steps = self.steps_per_epoch * config.optim.epochs
-        if config.optim.max_steps is not None:
-            self.total_steps = min(self.total_steps, config.optim.max_steps)
-        # maxSteps may end the run inside an epoch: that epoch is the last, and is
-        # evaluated where it stops.
-        self.epochs_to_run = math.ceil(self.total_steps / self.steps_per_epoch)
+        self._plan_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lr_multiplier(
@@ -221,6 +209,22 @@ class Trainer:
         self.position = Position()
         self.history = History()
         self.resumed_from: int | None = None
+
+    def _plan_steps(self) -> None:
+        """Steps per epoch, in all, and the epochs that run: maxSteps may end the run
+        inside an epoch, which is then the last and is evaluated where it stops."""
+        optim = self.config.optim
+        self.steps_per_epoch = len(self.sampler) // optim.gradient_accumulation
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"batchSize x gradientAccumulation ({optim.batch_size} x "
+                f"{optim.gradient_accumulation}) is more than the {len(self.train_set)} "
+                "training examples"
+            )
+        self.total_steps = self.steps_per_epoch * optim.epochs
+        if optim.max_steps is not None:
+            self.total_steps = min(self.total_steps, optim.max_steps)
+        self.epochs_to_run = math.ceil(self.total_steps / self.steps_per_epoch)
 
     def _build_classifier(self) -> None:
         config = self.config
@@ -671,7 +675,7 @@ class Trainer:
             }
         return objective_by_step(
             self.history.epochs,
-            self.config.objective,
+            objective,
             steps=self.position.step,
             total_epochs=self.epochs_to_run,
         )
