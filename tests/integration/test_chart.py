@@ -235,6 +235,8 @@ def test_the_session_operator_reconciles_every_example_with_the_charts_account(
         "ModelTraining/digits": ("Running", "Training"),
         "ModelTraining/quickstart": ("Running", "Training"),
         "ModelTraining/sentiment": ("Running", "Training"),
+        "ModelTraining/smollm2-chat": ("Running", "Training"),
+        "ModelTraining/tiny-llama": ("Running", "Training"),
         "ModelDeployment/cancer": ("Pending", "WaitingForTraining"),
         "ModelDeployment/digits": ("Progressing", "RollingOut"),
         "ModelDeployment/quickstart": ("Pending", "WaitingForTraining"),

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from modelplane_harness.cluster import free_port
 from modelplane_runtime.contract import DataConfig, OptimConfig, RunConfig
 
@@ -128,3 +130,10 @@ def run_processes(
         out, err = process.communicate(timeout=timeout)
         results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
     return results
+
+
+@pytest.fixture(scope="session")
+def shared_storage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One storage cache for the session's SmolLM2 tests: the first converts the shipped
+    GGUF into a Hugging Face folder there (~30 s), the others reuse it."""
+    return tmp_path_factory.mktemp("storage-cache")

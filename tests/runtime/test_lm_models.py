@@ -243,9 +243,9 @@ def test_training_from_scratch_has_no_base(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The storage cache SmolLM2 is converted into, once for this module (~30 s)."""
-    cache = tmp_path_factory.mktemp("storage-cache")
+def smollm2_cache(shared_storage_cache: Path) -> Iterator[Path]:
+    """The storage cache SmolLM2 is converted into, once per session (~30 s)."""
+    cache = shared_storage_cache
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ENV_STORAGE_CACHE, str(cache))
         patch.setenv("HF_HUB_OFFLINE", "1")
