@@ -85,10 +85,11 @@ def test_kubectl_explain_shows_the_field_descriptions(crds: LocalCluster) -> Non
 
 def test_kubectl_explain_shows_which_architectures_take_each_param(crds: LocalCluster) -> None:
     text = " ".join(crds.kubectl("explain", "modeltraining.spec.model.params").stdout.split())
-    assert "heads <integer> transformer and bert only: attention heads" in text
-    assert "vocabSize <integer> transformer and bert only" in text
+    assert "heads <integer> transformer, bert and llama only: attention heads" in text
+    assert "vocabSize <integer> transformer, bert and llama only" in text
     assert "dropout <number> transformer, bert and mlp only (not resnet)" in text
-    assert "layers <integer> All architectures" in text
+    assert "layers <integer> All but huggingface" in text
+    assert "maxLength <integer> transformer, bert, llama and huggingface only" in text
 
 
 def test_kubectl_get_shows_the_printer_columns(
