@@ -218,6 +218,10 @@ class LoadedModel:
         """Raw inputs to model inputs, exactly as in training."""
         return self.preprocessing.encode_inputs(raw, self.tokenizer)
 
+    def vocabulary(self) -> list[str]:
+        """The tokens a text model knows (empty for other kinds)."""
+        return list(self.tokenizer.get_vocab()) if self.tokenizer is not None else []
+
     @torch.no_grad()
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         """Encoded inputs [N, ...] -> class probabilities [N, C]."""
@@ -227,8 +231,15 @@ class LoadedModel:
 def load_artifact(
     directory: Path, *, expected_digest: str | None = None, device: str = "cpu"
 ) -> LoadedModel:
-    """Rebuild the model from `directory` alone, refusing weights whose digest differs."""
+    """Rebuild the model from `directory` alone, refusing weights whose digest differs.
+    A huggingface text classifier is a Hugging Face folder (lm.artifact.load_classifier);
+    a language model is refused: it generates text, it does not classify."""
     card = verify_artifact(directory, expected_digest=expected_digest)
+    if card["architecture"] in HUGGINGFACE_ARCHITECTURES and card["task"] == "text-classification":
+        # transformers takes seconds to import: only these artifacts pay it
+        from modelplane_runtime.lm.artifact import load_classifier  # noqa: PLC0415
+
+        return load_classifier(directory, card=card, device=device)
     if card["architecture"] in HUGGINGFACE_ARCHITECTURES:
         raise ConfigError(
             f"model.uri: {directory} is a {card['task']} model ({card['architecture']}, a "

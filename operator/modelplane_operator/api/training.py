@@ -39,7 +39,7 @@ TASKS_BY_ARCHITECTURE: dict[str, tuple[str, ...]] = {
     "resnet": ("image-classification",),
     "mlp": ("tabular-classification", "image-classification"),
     "llama": ("text-generation",),
-    "huggingface": ("text-generation",),
+    "huggingface": ("text-generation", "text-classification"),
 }
 EvalMetric = Literal[
     "accuracy", "f1", "precision", "recall", "top5Accuracy", "perplexity", "tokenAccuracy"
@@ -156,6 +156,11 @@ def _hidden_divisible_by_heads(m: ModelSpec) -> bool:
 
 
 _BUILTIN_MODEL_URIS = tuple(f"builtin://{name}" for name in BUILTIN_MODELS)
+_BUILTIN_MODEL_TASKS = {f"builtin://{name}": task for name, task in BUILTIN_MODELS.items()}
+
+
+def _cel_map_str(mapping: dict[str, str]) -> str:
+    return "{" + ", ".join(f"'{k}': '{v}'" for k, v in mapping.items()) + "}"
 
 
 class ModelInit(ApiModel):
@@ -201,7 +206,7 @@ class Parallelism(ApiModel):
     """ddp: every process holds the whole model (data parallel). fsdp: parameters,
     gradients and optimizer state are sharded over the processes (PyTorch's fully_shard),
     for models that do not fit one GPU; with precision bf16 the shards compute in bf16
-    and reduce gradients in fp32. fsdp is for llama and huggingface."""
+    and reduce gradients in fp32. fsdp is for text-generation (llama and huggingface)."""
 
 
 class ModelSpec(ApiModel):
@@ -214,7 +219,8 @@ class ModelSpec(ApiModel):
                 "task does not fit architecture: transformer does text-classification; "
                 "bert does text-classification or masked-lm; resnet does "
                 "image-classification; mlp does tabular-classification or "
-                "image-classification; llama and huggingface do text-generation"
+                "image-classification; llama does text-generation; huggingface does "
+                "text-generation or text-classification"
             ),
             check=lambda m: m.task in TASKS_BY_ARCHITECTURE[m.architecture],
             field_path=".task",
@@ -247,6 +253,23 @@ class ModelSpec(ApiModel):
             ),
             check=lambda m: m.architecture != "huggingface" or m.init is not None,
             field_path=".init",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.init) || !(self.init.uri in "
+                f"{_cel_map_str(_BUILTIN_MODEL_TASKS)}) || "
+                f"self.task == {_cel_map_str(_BUILTIN_MODEL_TASKS)}[self.init.uri]"
+            ),
+            message=(
+                "the builtin:// pretrained model in model.init.uri does another task: "
+                + "; ".join(f"{uri} does {task}" for uri, task in _BUILTIN_MODEL_TASKS.items())
+            ),
+            check=lambda m: (
+                m.init is None
+                or m.init.uri not in _BUILTIN_MODEL_TASKS
+                or m.task == _BUILTIN_MODEL_TASKS[m.init.uri]
+            ),
+            field_path=".task",
         ),
         CelRule(
             rule=(
@@ -293,7 +316,8 @@ class ModelSpec(ApiModel):
     """Network family: transformer (encoder classifier), bert (encoder with masked-LM and
     classification heads), resnet (image classifier), mlp (tabular classifier), llama (a
     Llama decoder, transformers' class, sized by params) or huggingface (the model of
-    the Hugging Face folder in init.uri, as its config.json says)."""
+    the Hugging Face folder in init.uri, as its config.json says: a causal LM for
+    text-generation, a sequence classifier such as BERT for text-classification)."""
     task: Task
     """What the model learns; must fit the architecture."""
     params: ModelParams = Field(default_factory=ModelParams)
@@ -808,11 +832,16 @@ class ModelTrainingSpec(ApiModel):
             rule=(
                 "!has(self.parallelism) || !has(self.parallelism.strategy) || "
                 "self.parallelism.strategy == 'ddp' || "
-                f"self.model.architecture in {_cel_list(HF_ARCHITECTURES)}"
+                f"(self.model.architecture in {_cel_list(HF_ARCHITECTURES)} && "
+                "self.model.task == 'text-generation')"
             ),
-            message="parallelism.strategy fsdp is for llama and huggingface models",
+            message=(
+                "parallelism.strategy fsdp is for text-generation (llama and huggingface "
+                "decoders); classifiers fit one GPU and train with ddp"
+            ),
             check=lambda s: (
-                s.parallelism.strategy == "ddp" or s.model.architecture in HF_ARCHITECTURES
+                s.parallelism.strategy == "ddp"
+                or (s.model.architecture in HF_ARCHITECTURES and s.model.task == "text-generation")
             ),
             field_path=".parallelism.strategy",
         ),

@@ -92,6 +92,23 @@ def _run_tokenizer(
     return configure_tokenizer(Tokenizer.from_str(from_main(on_rank_0)), max_length=max_length)
 
 
+def read_split(config: RunConfig, *, labelled: bool = True) -> tuple[RawData, RawData]:
+    """(training, validation) examples as read: data.validation when given, else the
+    deterministic hold-out `split` of data.train."""
+    kind = DATA_KIND_BY_TASK[config.task]
+    data = config.data
+    columns = {"text_column": data.text_column, "label_column": data.label_column}
+    train_raw = read_source(
+        data.train_uri, kind=kind, field="data.train", labelled=labelled, **columns
+    )
+    if data.validation_uri:
+        val_raw = read_source(
+            data.validation_uri, kind=kind, field="data.validation", labelled=labelled, **columns
+        )
+        return train_raw, val_raw
+    return split(train_raw, data.validation_split or DEFAULT_VALIDATION_SPLIT, config.optim.seed)
+
+
 def prepare(
     config: RunConfig,
     *,
@@ -108,19 +125,7 @@ def prepare(
     """
     kind = DATA_KIND_BY_TASK[config.task]
     labelled = config.task != "masked-lm"
-    data = config.data
-    columns = {"text_column": data.text_column, "label_column": data.label_column}
-    train_raw = read_source(
-        data.train_uri, kind=kind, field="data.train", labelled=labelled, **columns
-    )
-    if data.validation_uri:
-        val_raw = read_source(
-            data.validation_uri, kind=kind, field="data.validation", labelled=labelled, **columns
-        )
-    else:
-        train_raw, val_raw = split(
-            train_raw, data.validation_split or DEFAULT_VALIDATION_SPLIT, config.optim.seed
-        )
+    train_raw, val_raw = read_split(config, labelled=labelled)
     max_length = int(config.params.get("max_length", DEFAULT_MAX_LENGTH))
     preprocessing = fit_preprocessing(train_raw, max_length=max_length, labelled=labelled)
     tokenizer = None

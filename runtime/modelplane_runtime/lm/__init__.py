@@ -1,4 +1,5 @@
-"""Causal language models built from `transformers` (task text-generation).
+"""Models built from `transformers`: causal language models (task text-generation), and
+sequence classifiers from a Hugging Face folder.
 
 - `data`: JSONL records (text, prompt/response, chat messages) to padded token tensors
   with the loss only where the model should learn to write;
@@ -6,5 +7,7 @@
 - `models`: the base model folder an init URI names, and the model (or LoRA adapter)
   to train;
 - `loss`: the next-token loss and the evaluation metrics (perplexity, tokenAccuracy);
+- `classification`: a Hugging Face folder as a sequence classifier (architecture
+  huggingface, task text-classification), trained through the classifiers' path;
 - `artifact`: a trained model as a Hugging Face folder plus the model card, and back.
 """

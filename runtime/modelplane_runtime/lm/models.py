@@ -181,7 +181,7 @@ def build_lm(
         )
         if config.architecture == "llama":
             _check_llama_fits(model, config)
-        embedded = int(_num_embeddings(model))
+        embedded = int(num_embeddings(model))
         if len(tokenizer) > embedded:
             raise ConfigError(
                 f"model.init.uri: the tokenizer has {len(tokenizer)} tokens but the model "
@@ -194,16 +194,32 @@ def build_lm(
             "model.adapter: a LoRA adapter adapts a trained model; set model.init.uri "
             "(an adapter on a freshly initialised model learns nothing useful)"
         )
+    return with_adapter(model, config, task_type="CAUSAL_LM")
+
+
+def with_adapter(
+    model: PreTrainedModel,
+    config: RunConfig,
+    *,
+    task_type: str,
+    modules_to_save: tuple[str, ...] = (),
+) -> torch.nn.Module:
+    """`model` with config.adapter's LoRA (PEFT), seeded by optim.seed. `modules_to_save`
+    (module names) are trained whole and saved with the adapter, besides PEFT's own for
+    the task (a sequence classifier's head)."""
     adapter = config.adapter
+    if adapter is None:
+        raise ValueError("no adapter in the run config")
     targets = list(adapter.target_modules)
-    _check_targets(model, targets)
+    _check_targets(model, targets, whole=modules_to_save)
     torch.manual_seed(config.optim.seed)
     lora = LoraConfig(
         r=adapter.rank,
         lora_alpha=adapter.alpha,  # type: ignore[arg-type]  # a float scales as well
         lora_dropout=adapter.dropout,
         target_modules=targets or "all-linear",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
+        modules_to_save=list(modules_to_save) or None,
     )
     with peft_quiet():
         peft_model: torch.nn.Module = get_peft_model(model, lora)
@@ -221,7 +237,7 @@ def peft_quiet() -> Iterator[None]:
         yield
 
 
-def _num_embeddings(model: PreTrainedModel) -> int:
+def num_embeddings(model: PreTrainedModel) -> int:
     embeddings: Any = model.get_input_embeddings()
     return int(embeddings.weight.shape[0])
 
@@ -268,9 +284,10 @@ def _check_llama_fits(model: PreTrainedModel, config: RunConfig) -> None:
         raise ConfigError(f"model.init.uri: {config.init_uri} does not fit params: {said}")
 
 
-def linear_names(model: torch.nn.Module) -> list[str]:
-    """The last name part of every linear layer but the output head: what
-    model.adapter.targetModules may name."""
+def linear_names(model: torch.nn.Module, *, whole: tuple[str, ...] = ()) -> list[str]:
+    """The last name part of every linear layer but the output head and the modules
+    trained whole (`whole`, full module names): what model.adapter.targetModules may
+    name."""
     output = (
         model.get_output_embeddings()  # type: ignore[no-untyped-call]
         if isinstance(model, PreTrainedModel)
@@ -280,18 +297,23 @@ def linear_names(model: torch.nn.Module) -> list[str]:
         {
             name.rsplit(".", 1)[-1]
             for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and module is not output
+            if isinstance(module, torch.nn.Linear)
+            and module is not output
+            and not any(name == w or name.startswith(f"{w}.") for w in whole)
         }
     )
 
 
-def _check_targets(model: torch.nn.Module, targets: list[str]) -> None:
-    known = linear_names(model)
+def _check_targets(
+    model: torch.nn.Module, targets: list[str], *, whole: tuple[str, ...] = ()
+) -> None:
+    known = linear_names(model, whole=whole)
     unknown = [t for t in targets if t not in known]
     if unknown:
+        said = f" ({', '.join(whole)} trained whole, not adapted)" if whole else ""
         raise ConfigError(
             f"model.adapter.targetModules: {', '.join(unknown)} not in this model; its "
-            f"linear layers are: {', '.join(known)}"
+            f"linear layers are: {', '.join(known)}{said}"
         )
 
 

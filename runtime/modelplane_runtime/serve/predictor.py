@@ -137,8 +137,7 @@ class Predictor:
         """Inputs for the start-up check and warm-up: random, but shaped like real ones."""
         generator = np.random.default_rng(seed)
         if self.kind == "text":
-            tokenizer = self.loaded.tokenizer
-            vocab = list(tokenizer.get_vocab()) if tokenizer is not None else ["a"]
+            vocab = self.loaded.vocabulary() or ["a"]
             words = [str(w) for w in vocab if w.isalpha()] or vocab
             texts = tuple(
                 " ".join(generator.choice(words, size=int(generator.integers(3, 20))))
@@ -202,6 +201,9 @@ class Predictor:
         return time.perf_counter() - start
 
     def encode(self, raw: RawData) -> torch.Tensor:
+        """A batch's inputs, encoded together into one tensor for one forward pass (a
+        huggingface text classifier's holds token ids and attention mask: see
+        lm.classification)."""
         return self.loaded.encode(raw)
 
     def predict(self, raw: RawData) -> Prediction:

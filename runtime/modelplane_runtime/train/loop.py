@@ -1,10 +1,12 @@
 """The training loop: DDP or FSDP, mixed precision, accumulation, clipping, checkpoints,
 resume.
 
-Two kinds of model go through it: the built-in classifiers and masked-LM (models.registry,
-data.prepare, artifacts.save_artifact), and causal language models built from
-transformers (architectures in HUGGINGFACE_ARCHITECTURES: modelplane_runtime.lm), which
-may also be sharded with FSDP (train.fsdp). A language model's loss is normalised by the
+Two kinds of model go through it: classifiers and masked-LM (models.registry,
+data.prepare, artifacts.save_artifact; and a huggingface text classifier, a transformers
+model behind the same interface: lm.classification, saved as a Hugging Face folder), and
+causal language models built from transformers (architectures in
+HUGGINGFACE_ARCHITECTURES, task text-generation: modelplane_runtime.lm), which may also be
+sharded with FSDP (train.fsdp). A language model's loss is normalised by the
 number of supervised tokens in the whole optimizer step, over every rank and
 micro-batch, so any number of processes computes the gradient one process computes.
 
@@ -148,8 +150,20 @@ class Trainer:
         self.on_step = on_step
         self.output = artifact_dir(config, rank=env.rank)
         self.checkpoints = self.output / "checkpoints"
-        self.language = config.architecture in HUGGINGFACE_ARCHITECTURES
+        self.hf_classifier = (
+            config.architecture == "huggingface" and config.task == "text-classification"
+        )
+        # A causal language model; a huggingface classifier takes the classifiers' path
+        # (their loss, metrics and DDP) and only its artifact is a Hugging Face folder.
+        self.language = config.architecture in HUGGINGFACE_ARCHITECTURES and not self.hf_classifier
         self.sharded = config.parallelism == "fsdp" and env.distributed  # 1 process: plain
+        if config.parallelism == "fsdp" and self.hf_classifier:
+            raise ConfigError(
+                "parallelism: fsdp is for text-generation; a huggingface text-classification "
+                "model is evaluated as the other classifiers are, by rank 0 alone, and a "
+                "sharded model's forward pass needs every rank. Sequence classifiers fit "
+                "one GPU (BERT-large has 340M parameters): use ddp"
+            )
         if config.parallelism == "fsdp" and not self.language:
             raise ConfigError(
                 f"parallelism: fsdp shards the transformers-based models (architecture "
@@ -228,6 +242,9 @@ class Trainer:
 
     def _build_classifier(self) -> None:
         config = self.config
+        if self.hf_classifier:
+            self._build_hf_classifier()
+            return
         init_dir = None
         if config.init_uri:
             init_dir = materialize(config.init_uri, field="model.init.uri", folder=True)
@@ -251,6 +268,32 @@ class Trainer:
         if init_dir is not None:
             load_init_weights(self.model, init_dir, source=config.init_uri)
 
+    def _build_hf_classifier(self) -> None:
+        """The init folder's model as a sequence classifier for the data's labels, behind
+        the classifiers' one-tensor interface (lm.classification)."""
+        from modelplane_runtime.lm.classification import (  # noqa: PLC0415 (transformers)
+            build_classifier,
+            prepare_classification,
+        )
+        from modelplane_runtime.lm.models import resolve_base  # noqa: PLC0415
+
+        config = self.config
+        self.base_dir = resolve_base(config)
+        if self.base_dir is None:
+            raise ConfigError("model.init.uri: architecture huggingface needs a model folder")
+        text = prepare_classification(config, base_dir=self.base_dir)
+        self.data = text.prepared
+        self.hf_tokenizer = text.tokenizer
+        self.train_set = self.data.train
+        self.params = dict(config.params)
+        self.shape = DataShape(
+            num_classes=self.data.num_classes,
+            input_shape=tuple(self.data.train.tensors[0].shape[1:]),
+            vocab_size=len(text.tokenizer),
+        )
+        labels = self.data.preprocessing.labels
+        self.model = build_classifier(config, self.base_dir, text.tokenizer, labels)  # seeded
+
     def _build_language_model(self) -> None:
         """A transformers model (or a LoRA adapter on one) and its token tensors; the
         from-scratch tokenizer is kept beside the checkpoints (`lm-tokenizer/`)."""
@@ -260,8 +303,10 @@ class Trainer:
 
         config = self.config
         if config.task != "text-generation":
+            tasks = "text-generation or text-classification"
             raise ConfigError(
-                f"task: architecture {config.architecture} trains text-generation, "
+                f"task: architecture {config.architecture} trains "
+                f"{tasks if config.architecture == 'huggingface' else 'text-generation'}, "
                 f"not {config.task}"
             )
         check_lm_metrics(self.metrics)
@@ -642,20 +687,22 @@ class Trainer:
         if self.env.is_main:
             log.info("resumed from %s (step %d)", path.name, step)
 
-    def _save_language_model(
+    def _save_hf_artifact(
         self, metrics: dict[str, float], gathered: dict[str, torch.Tensor] | None
     ) -> str:
+        """A Hugging Face folder plus the card: a causal LM, or a huggingface classifier."""
         from modelplane_runtime.lm.artifact import save_lm_artifact  # noqa: PLC0415
 
         return save_lm_artifact(
             self.output,
             model=self.model,
             state_dict=gathered,
-            tokenizer=self.lm.tokenizer,
+            tokenizer=self.hf_tokenizer if self.hf_classifier else self.lm.tokenizer,
             config=self.config,
             metrics=metrics,
             history=self.history.to_json(),
             base_dir=self.base_dir,
+            labels=self.data.preprocessing.labels if self.hf_classifier else None,
         )
 
     def _objective_by_step(self) -> dict[str, float]:
@@ -694,8 +741,8 @@ class Trainer:
         if self.env.is_main:
             self.reporter.update(phase="saving")
             digest = (
-                self._save_language_model(metrics, gathered)
-                if self.language
+                self._save_hf_artifact(metrics, gathered)
+                if self.language or self.hf_classifier
                 else save_artifact(
                     self.output,
                     model=self.model,
