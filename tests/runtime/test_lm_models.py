@@ -252,6 +252,9 @@ def smollm2_cache(shared_storage_cache: Path) -> Iterator[Path]:
         yield cache
 
 
+# Loads a 135M-parameter model (and converts it when it runs first): under a minute alone,
+# longer while CI builds images beside the tests.
+@pytest.mark.timeout(900)
 def test_smollm2_is_converted_once_and_its_chat_template_masks_all_but_the_answers(
     tmp_path: Path, smollm2_cache: Path
 ) -> None:
