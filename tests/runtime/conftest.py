@@ -94,6 +94,56 @@ def make_lm_config(tmp_path: Path, *, name: str = "lm", **overrides: Any) -> Run
     return make_config(tmp_path, name=name, **fields)
 
 
+BUILTIN_CHAT_LLAMA = {"layers": 2, "hidden": 32, "heads": 4, "max_length": 48, "vocab_size": 600}
+
+
+def make_chat_lm_config(tmp_path: Path, **overrides: Any) -> RunConfig:
+    """A tiny from-scratch llama on builtin://chat, built in-process (no progress port,
+    no processes); override any field."""
+    fields: dict[str, Any] = {
+        "name": "lm",
+        "architecture": "llama",
+        "task": "text-generation",
+        "params": BUILTIN_CHAT_LLAMA,
+        "data": DataConfig(train_uri="builtin://chat"),
+        "optim": OptimConfig(seed=7),
+        "output_uri": f"file://{tmp_path}/out",
+    }
+    fields.update(overrides)
+    return RunConfig(**fields)
+
+
+def tiny_llama_config(
+    vocab_size: int,
+    *,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> Any:
+    """transformers' LlamaConfig of the tests' tiny decoder (2 layers, hidden 32)."""
+    from transformers import LlamaConfig  # noqa: PLC0415  (transformers imports slowly)
+
+    given: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("pad_token_id", pad_token_id),
+            ("bos_token_id", bos_token_id),
+            ("eos_token_id", eos_token_id),
+        )
+        if value is not None  # left out: transformers' own defaults
+    }
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        **given,
+    )
+
+
 def run_processes(
     config: RunConfig,
     tmp_path: Path,

@@ -13,11 +13,12 @@ import torch.distributed as dist
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from torch.multiprocessing.spawn import start_processes
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from modelplane_harness.cluster import free_port
 from modelplane_runtime.errors import ConfigError
 from modelplane_runtime.train import fsdp
+from tests.runtime.conftest import tiny_llama_config
 
 WORLD = 2
 VOCAB = 300
@@ -30,17 +31,7 @@ TOLERANCE = 1e-6
 
 def _llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    )
+    return LlamaForCausalLM(tiny_llama_config(VOCAB))
 
 
 def _batch() -> torch.Tensor:

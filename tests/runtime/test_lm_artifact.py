@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from modelplane_runtime.artifacts import CARD, verify_artifact
-from modelplane_runtime.contract import AdapterConfig, DataConfig, OptimConfig, RunConfig
+from modelplane_runtime.contract import AdapterConfig, OptimConfig, RunConfig
 from modelplane_runtime.errors import ConfigError
 from modelplane_runtime.lm.artifact import (
     ADAPTER_WEIGHTS,
@@ -23,24 +23,10 @@ from modelplane_runtime.lm.artifact import (
 )
 from modelplane_runtime.lm.data import LmData, prepare_lm
 from modelplane_runtime.lm.models import build_lm, resolve_base
+from tests.runtime.conftest import make_chat_lm_config as make_lm_config
 
-TINY = {"layers": 2, "hidden": 32, "heads": 4, "max_length": 48, "vocab_size": 600}
 HISTORY = {"steps": [{"step": 1, "loss": 3.0}], "epochs": {"1": {"perplexity": 9.0}}}
 METRICS = {"loss": 2.2, "perplexity": 9.0, "tokenAccuracy": 0.5}
-
-
-def make_lm_config(tmp_path: Path, **overrides: Any) -> RunConfig:
-    fields: dict[str, Any] = {
-        "name": "lm",
-        "architecture": "llama",
-        "task": "text-generation",
-        "params": TINY,
-        "data": DataConfig(train_uri="builtin://chat"),
-        "optim": OptimConfig(seed=7),
-        "output_uri": f"file://{tmp_path}/out",
-    }
-    fields.update(overrides)
-    return RunConfig(**fields)
 
 
 def save(directory: Path, model: Any, data: LmData, config: RunConfig, **kw: Any) -> str:

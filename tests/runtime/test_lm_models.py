@@ -17,29 +17,13 @@ from modelplane_runtime.contract import (
     AdapterConfig,
     DataConfig,
     OptimConfig,
-    RunConfig,
 )
 from modelplane_runtime.errors import ConfigError
 from modelplane_runtime.lm.data import LmData, encode_chat, parse_record, prepare_lm
 from modelplane_runtime.lm.loss import evaluate_lm, lm_loss_sum, trim
 from modelplane_runtime.lm.models import build_lm, linear_names, resolve_base
-
-TINY = {"layers": 2, "hidden": 32, "heads": 4, "max_length": 48, "vocab_size": 600}
-
-
-def make_lm_config(tmp_path: Path, **overrides: Any) -> RunConfig:
-    """A tiny from-scratch llama on builtin://chat; override any field."""
-    fields: dict[str, Any] = {
-        "name": "lm",
-        "architecture": "llama",
-        "task": "text-generation",
-        "params": TINY,
-        "data": DataConfig(train_uri="builtin://chat"),
-        "optim": OptimConfig(seed=7),
-        "output_uri": f"file://{tmp_path}/out",
-    }
-    fields.update(overrides)
-    return RunConfig(**fields)
+from tests.runtime.conftest import BUILTIN_CHAT_LLAMA as TINY
+from tests.runtime.conftest import make_chat_lm_config as make_lm_config
 
 
 @pytest.fixture(scope="module")

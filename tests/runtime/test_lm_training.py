@@ -21,7 +21,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
@@ -40,7 +39,12 @@ from modelplane_runtime.lm.models import build_lm
 from modelplane_runtime.train.distributed import DistEnv
 from modelplane_runtime.train.loop import Trainer, finished_result
 from modelplane_runtime.train.progress import ProgressReporter
-from tests.runtime.conftest import make_lm_config, run_processes, write_lm_records
+from tests.runtime.conftest import (
+    make_lm_config,
+    run_processes,
+    tiny_llama_config,
+    write_lm_records,
+)
 
 # W ranks add up W partial gradients where one process sums them in one go, and AdamW
 # divides by sqrt(v): float rounding differs in the last bits and the 4 steps carry it.
@@ -250,14 +254,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
+        tiny_llama_config(
+            len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
