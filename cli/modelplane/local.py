@@ -213,11 +213,10 @@ def run_training(
         log_file.close()
     try:
         code, stopped = _follow(processes, progress_port, console, stop_check)
-    except KeyboardInterrupt:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait()
+    except BaseException:
+        # Ctrl-C, or anything else that ends the wait: the training processes end with it
+        # rather than train on unwatched.
+        _stop_all(processes)
         raise
     artifact_uri = None
     if is_s3(config.output_uri):

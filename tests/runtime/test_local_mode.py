@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
+from modelplane import local
 from modelplane.cli import app
+from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ParamSpec
 from modelplane_operator.tuning import grid
 from tests.factories import make_training
@@ -141,3 +146,22 @@ def test_a_finished_run_reports_its_objective_at_every_epochs_end() -> None:
     many = {str(e): {"f1": e / 100} for e in range(1, 101)}
     latest = objective_by_step(many, "f1", steps=1000, total_epochs=100)
     assert list(latest) == [str(e * 10) for e in range(37, 101)]  # the latest 64, in order
+
+
+def test_the_training_processes_end_when_local_mode_stops_waiting_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or any error while following) must not leave a run training unwatched."""
+    monkeypatch.setenv("MODELPLANE_PVC_ROOT", str(tmp_path / "pvc"))
+    seen: list[Any] = []
+
+    def interrupted(processes: list[Any], *args: Any) -> tuple[int, None]:
+        seen.extend(processes)
+        raise RuntimeError("the wait ended")  # as pytest-timeout's Failed, or a bug
+
+    monkeypatch.setattr(local, "_follow", interrupted)
+    training = ModelTraining.model_validate(make_training(name="interrupted"))
+    with pytest.raises(RuntimeError, match="the wait ended"):
+        local.run_training(training, console=Console(file=io.StringIO()))
+    assert seen
+    assert all(process.poll() is not None for process in seen)
