@@ -144,6 +144,20 @@ def tiny_llama_config(
     )
 
 
+def run_fresh_python(script: str, *arguments: str) -> None:
+    """`script` in a new Python process with nothing of this one's state (offline, a bare
+    environment), as another tool would load an artifact; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def run_processes(
     config: RunConfig,
     tmp_path: Path,

@@ -9,8 +9,6 @@ refused naming model.init.uri."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,6 @@ from transformers import (
     BertForMaskedLM,
     CodeGenConfig,
     CodeGenForCausalLM,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
@@ -37,7 +34,12 @@ from modelplane_runtime.errors import ConfigError
 from modelplane_runtime.lm.classification import SequenceClassifier
 from modelplane_runtime.train.distributed import DistEnv
 from modelplane_runtime.train.loop import Trainer
-from tests.runtime.conftest import make_config, run_processes
+from tests.runtime.conftest import (
+    make_config,
+    run_fresh_python,
+    run_processes,
+    tiny_llama_config,
+)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LABELS = ["negative", "positive"]  # sorted, as the classifiers' Preprocessing sorts them
@@ -175,16 +177,7 @@ TEXTS = [
 
 def fresh_process_logits(folder: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
     """Plain transformers in a new process: AutoModelForSequenceClassification.from_pretrained."""
-    arguments = [str(folder), str(out), json.dumps(TEXTS), json.dumps(kwargs)]
-    done = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, *arguments],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_fresh_python(FRESH_PROCESS, str(folder), str(out), json.dumps(TEXTS), json.dumps(kwargs))
     found: dict[str, Any] = torch.load(out)
     return found
 
@@ -332,15 +325,7 @@ def test_a_decoder_folder_classifies_too_reading_its_last_real_token(tmp_path: P
 
     folder = tmp_path / "llama"
     tokenizer = wrap(train_bpe(sentiment(count=300).texts, vocab_size=300))
-    llama = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-    )
-    LlamaForCausalLM(llama).save_pretrained(folder)
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     config = hf_config(
         tmp_path, folder, optim=OptimConfig(epochs=1, max_steps=3, batch_size=16, seed=3)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from modelplane_runtime.lm.artifact import (
 from modelplane_runtime.lm.data import LmData, prepare_lm
 from modelplane_runtime.lm.models import build_lm, resolve_base
 from tests.runtime.conftest import make_chat_lm_config as make_lm_config
+from tests.runtime.conftest import run_fresh_python
 
 HISTORY = {"steps": [{"step": 1, "loss": 3.0}], "epochs": {"1": {"perplexity": 9.0}}}
 METRICS = {"loss": 2.2, "perplexity": 9.0, "tokenAccuracy": 0.5}
@@ -174,15 +173,7 @@ def test_a_fresh_process_loads_them_with_plain_transformers_and_peft(
     world: dict[str, Any], tmp_path: Path
 ) -> None:
     torch.save(world["input_ids"], tmp_path / "ids.pt")
-    done = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(world["root"]), str(tmp_path)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_fresh_python(FRESH_PROCESS, str(world["root"]), str(tmp_path))
     found = torch.load(tmp_path / "logits.pt")
     assert torch.equal(found["full"], world["logits"]["full"])
     assert torch.equal(found["lora"], world["logits"]["lora"])
