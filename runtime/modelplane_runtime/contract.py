@@ -252,6 +252,43 @@ RAY_WARM_WORKER_ENVIRONMENT = {
 }
 
 
+GENERATION_ENGINE = "transformers-continuous-batching"
+"""The engine a text-generation replica runs: transformers' continuous batching (a paged
+KV cache, token-level batching), on CPUs and GPUs alike."""
+
+
+class AdapterRef(_Contract):
+    """One LoRA adapter a text-generation replica serves by name on its base model."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """What clients put in `model`, alone or as `<deployment>:<name>`."""
+    uri: str = Field(min_length=1)
+    """The adapter's artifact (a `text-generation` training with `model.adapter`, not
+    merged): file://, pvc:// or s3://."""
+
+
+class GenerationArgs(_Contract):
+    """How a text-generation replica generates (the Serve config's `args.generation`)."""
+
+    max_sequences: int = Field(default=16, ge=1, le=1024)
+    """Sequences one replica generates at once (its continuous batch); more wait."""
+    max_waiting: int = Field(default=32, ge=0, le=100000)
+    """Sequences that may wait for a place in the batch; beyond that a request is answered
+    429 with Retry-After instead of queueing without bound."""
+    max_tokens: int = Field(default=512, ge=1, le=131072)
+    """The most new tokens a request may ask for; also the default for one that names
+    none (capped by the model's context)."""
+    kv_cache_tokens: int = Field(default=8192, ge=256, le=16_777_216)
+    """Tokens the paged KV cache holds over all sequences (transformers sizes it from the
+    host's whole memory otherwise)."""
+    max_batch_tokens: int = Field(default=512, ge=16, le=1_048_576)
+    """Tokens (prompt chunks and decode steps) in one forward pass."""
+    adapters: tuple[AdapterRef, ...] = ()
+    """LoRA adapters served by name on the base model."""
+    max_loaded_adapters: int = Field(default=2, ge=1, le=64)
+    """Adapters kept loaded per replica (least recently used dropped when idle)."""
+
+
 class ServeArgs(_Contract):
     """Arguments of the serving application (the Serve config's `args`): what one replica
     is built from. Changing them rolls the replicas."""
@@ -276,6 +313,9 @@ class ServeArgs(_Contract):
     """spec.requireMetrics: the replica refuses to start when the model card's metrics do
     not meet them (`gate_failures`), so a `model.uri` model is gated as its card says on
     a cluster too, where the operator cannot read the card."""
+    generation: GenerationArgs | None = None
+    """For a text-generation model: how it generates (None: the defaults). A classifier's
+    replica refuses to start with it set."""
 
 
 REQUIRE_METRICS_REFUSAL = "modelplane: the model does not meet requireMetrics:"

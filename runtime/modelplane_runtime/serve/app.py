@@ -38,8 +38,10 @@ from starlette.responses import Response
 
 from modelplane_runtime.contract import SERVE_DEPLOYMENT, BatchingConfig, ServeArgs
 from modelplane_runtime.data.raw import RawData
+from modelplane_runtime.errors import ConfigError
 from modelplane_runtime.serve.metrics import ServeMetrics
-from modelplane_runtime.serve.predictor import Prediction, Predictor
+from modelplane_runtime.serve.model_cache import is_language_model
+from modelplane_runtime.serve.predictor import Prediction, Predictor, pick_device
 from modelplane_runtime.serve.protocol import (
     ErrorCode,
     ModelSignature,
@@ -116,6 +118,21 @@ class ModelServer:
     def __init__(self, args: ServeArgs) -> None:
         torch.set_num_threads(_replica_threads(args))
         started = time.perf_counter()
+        self.language: Any = None  # lm_server.LanguageServer
+        if is_language_model(args):
+            # A text-generation model answers the OpenAI API instead. transformers takes
+            # seconds to import: only these replicas pay it.
+            from modelplane_runtime.serve.lm_server import LanguageServer  # noqa: PLC0415
+
+            self.language = LanguageServer(
+                args, device=pick_device(args), metrics=ServeMetrics(model=args.model_name)
+            )
+            return
+        if args.generation is not None:
+            raise ConfigError(
+                f"spec.generation: {args.model_uri} is a classifier; generation settings "
+                "are for text-generation models"
+            )
         self.predictor = Predictor(args)
         self.signature = ModelSignature(
             name=args.model_name,
@@ -153,6 +170,8 @@ class ModelServer:
         )
 
     def reconfigure(self, config: dict[str, Any]) -> None:
+        if self.language is not None:
+            return  # a language model batches by tokens (spec.generation), not requests
         batching = BatchingConfig.model_validate(config)
         self.batching = batching
         batcher: Any = self._batched  # serve.batch's wrapper; its setters are untyped
@@ -165,9 +184,15 @@ class ModelServer:
         )
 
     async def check_health(self) -> None:
+        if self.language is not None:
+            self.language.generator.healthy()
+            return
         await asyncio.to_thread(self.predictor.healthy)
 
     async def __call__(self, request: Request) -> Response:
+        if self.language is not None:
+            response: Response = await self.language(request)
+            return response
         try:
             return await self._route(request)
         except RequestError as error:

@@ -59,3 +59,46 @@ class ServeMetrics:
     def batch(self, *, requests: int, items: int) -> None:
         self.batch_requests.observe(requests)
         self.batch_items.observe(items)
+
+
+TOKEN_LATENCY_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+
+
+class GenerationMetrics:
+    """Tokens, time to first token, inter-token latency and sequences of a
+    text-generation replica. The operator reads the tokens counter and the two gauges
+    into `status.load` (serve_metrics.py); Serve's autoscaler counts the requests."""
+
+    def __init__(self, *, model: str) -> None:
+        self.tokens = Counter(
+            "modelplane_generated_tokens",
+            description="Tokens generated (every choice of every request).",
+            tag_keys=("model",),
+        )
+        self.tokens.set_default_tags({"model": model})
+        self.first_token = Histogram(
+            "modelplane_time_to_first_token_seconds",
+            description="Time from a request's arrival in the replica to its first token.",
+            boundaries=TOKEN_LATENCY_BUCKETS_S,
+            tag_keys=("model",),
+        )
+        self.first_token.set_default_tags({"model": model})
+        self.inter_token = Histogram(
+            "modelplane_inter_token_latency_seconds",
+            description="Time between a sequence's consecutive tokens.",
+            boundaries=TOKEN_LATENCY_BUCKETS_S,
+            tag_keys=("model",),
+        )
+        self.inter_token.set_default_tags({"model": model})
+        self.running = Gauge(
+            "modelplane_sequences_running",
+            description="Sequences in this replica's continuous batch.",
+            tag_keys=("model",),
+        )
+        self.running.set_default_tags({"model": model})
+        self.waiting = Gauge(
+            "modelplane_sequences_waiting",
+            description="Sequences waiting for a place in the batch.",
+            tag_keys=("model",),
+        )
+        self.waiting.set_default_tags({"model": model})

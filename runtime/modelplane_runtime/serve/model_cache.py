@@ -17,8 +17,9 @@ import os
 import shutil
 from pathlib import Path
 
-from modelplane_runtime import objectstore
-from modelplane_runtime.artifacts import verify_artifact
+from modelplane_runtime import objectstore, storage
+from modelplane_runtime.artifacts import CARD, verify_artifact
+from modelplane_runtime.contract import ServeArgs
 from modelplane_runtime.storage import cache_key, cache_root, is_remote, local_path
 
 log = logging.getLogger("modelplane.serve")
@@ -65,3 +66,16 @@ def _download(uri: str, final: Path, *, expected_digest: str | None) -> Path:
         shutil.rmtree(fresh, ignore_errors=True)
     log.info("downloaded %s to %s", uri, final)
     return final
+
+
+def is_language_model(args: ServeArgs) -> bool:
+    """Whether `args.model_uri` is a text-generation model, decided from the card (or,
+    for a plain Hugging Face folder, its config) without loading weights."""
+    if storage.split_uri(args.model_uri)[0] == "builtin":
+        return True
+    folder = model_dir(args.model_uri, expected_digest=args.expected_digest)
+    card_path = folder / CARD
+    if card_path.is_file():
+        card = verify_artifact(folder, expected_digest=args.expected_digest)
+        return bool(card["task"] == "text-generation")
+    return (folder / "config.json").is_file()

@@ -53,7 +53,7 @@ class OptimizationCheck:
     tolerance: float
 
 
-def _pick_device(args: ServeArgs) -> torch.device:
+def pick_device(args: ServeArgs) -> torch.device:
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("device cuda was asked for, but this replica sees no GPU")
@@ -86,7 +86,7 @@ class Predictor:
 
     def __init__(self, args: ServeArgs) -> None:
         self.args = args
-        self.device = _pick_device(args)
+        self.device = pick_device(args)
         if args.dtype == "fp16" and self.device.type != "cuda":
             raise ConfigError("optimization.dtype fp16 needs a GPU; use bf16 or fp32 on CPUs")
         if args.quantization == "int8" and self.device.type != "cpu":
