@@ -128,3 +128,7 @@ REASON_TRAINING_FAILED: Final = "TrainingFailed"
 REASON_METRIC_MISSING: Final = "MetricMissing"
 # Terminal for a ModelDeployment: its model's task is not one serving answers (masked-lm).
 REASON_UNSERVABLE_MODEL: Final = "UnservableModel"
+
+# status.engine of a classifier's deployment: one forward pass per batch of requests
+# (spec.batching). A language model's is the contract's GENERATION_ENGINE.
+ENGINE_DYNAMIC_BATCHING: Final = "torch-dynamic-batching"

@@ -140,6 +140,19 @@ KINDS = (
                 "jsonPath": ".status.endpoint",
                 "priority": 1,
             },
+            {
+                "name": "Engine",
+                "type": "string",
+                "jsonPath": ".status.engine",
+                "priority": 1,
+            },
+            {
+                "name": "Tokens/s",
+                "type": "number",
+                "jsonPath": ".status.load.tokensPerSecond",
+                "description": "Tokens a language model generates per second",
+                "priority": 1,
+            },
         ),
     ),
 )

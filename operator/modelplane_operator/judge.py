@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pydantic import ValidationError
 
 from modelplane_operator.api.common import StorageSpec, is_s3
+from modelplane_operator.api.deployment import ModelDeploymentSpec
 from modelplane_operator.api.resources import ModelDeployment, ModelTraining
 from modelplane_operator.api.training import Hyperparameters, ModelTrainingSpec, ParamSpec
 from modelplane_operator.validation import Problem
@@ -83,6 +84,16 @@ def training_uris(spec: ModelTrainingSpec) -> dict[str, str | None]:
     }
 
 
+def deployment_uris(spec: ModelDeploymentSpec, *, model_uri: str | None) -> dict[str, str | None]:
+    """Every storage location a deployment's replicas read, by field: the model (`model_uri`,
+    the resolved artifact; None while a fromTraining model's place is not known) and each
+    LoRA adapter."""
+    uris: dict[str, str | None] = {"spec.model.uri": model_uri}
+    for i, adapter in enumerate(spec.generation.adapters if spec.generation else ()):
+        uris[f"spec.generation.adapters[{i}].uri"] = adapter.uri
+    return uris
+
+
 def unreachable_without_default(resource: ModelTraining | ModelDeployment) -> Problem | None:
     """The credentials problem of `resource` on a cluster whose operator has no default
     Secret: what `modelplane validate` warns of, since the API server accepts it and the
@@ -91,7 +102,7 @@ def unreachable_without_default(resource: ModelTraining | ModelDeployment) -> Pr
         return credentials_problem(
             training_uris(resource.spec), resource.spec.storage, default_secret=""
         )
-    uris: dict[str, str | None] = {"spec.model.uri": resource.spec.model.uri}
+    uris = deployment_uris(resource.spec, model_uri=resource.spec.model.uri)
     return credentials_problem(uris, resource.spec.storage, default_secret="")
 
 

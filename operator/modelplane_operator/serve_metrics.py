@@ -10,6 +10,11 @@ Where each figure comes from (Ray 2.60, HAProxy ingress):
   `ray_serve_deployment_request_counter_total{application, deployment, replica, route}`
   on its node's metrics port (the worker pod's IP). The head cannot count them: behind
   HAProxy its HTTP counters only see health checks.
+- a language model's tokens per second and sequences: its replicas' own metrics
+  (`ray.serve.metrics`, which tags them with application, deployment and replica) on the
+  same pages: the counter `ray_modelplane_generated_tokens_total`, a rate taken as the
+  requests' is, and the gauges `ray_modelplane_sequences_running` and
+  `ray_modelplane_sequences_waiting`, summed over the replicas. A classifier exports none.
 
 Ray pushes a process's metrics to its node's exporter every 10 s (its default
 `metrics_report_interval_ms`, which the pods keep), so a counter read every 5 s moves in
@@ -46,6 +51,9 @@ log = logging.getLogger("modelplane.serve_metrics")
 ONGOING = "ray_serve_autoscaling_total_requests"
 PROCESSING = "ray_serve_replica_processing_queries"
 REQUESTS = "ray_serve_deployment_request_counter_total"
+TOKENS = "ray_modelplane_generated_tokens_total"
+RUNNING = "ray_modelplane_sequences_running"
+WAITING = "ray_modelplane_sequences_waiting"
 RAY_PUSH_S = 10.0
 """How often Ray pushes a process's metrics to its node's exporter (its default)."""
 REFRESH_S = 5.0
@@ -105,12 +113,27 @@ def replica_requests(text: str, application: str) -> dict[str, float]:
     return totals
 
 
-def replica_processing(text: str, application: str) -> dict[str, float]:
-    """Each replica's requests in progress, from a node's page."""
+def replica_gauge(text: str, name: str, application: str) -> dict[str, float]:
+    """Each replica's value of gauge `name` (requests in progress, sequences running or
+    waiting), from a node's page."""
     return {
         sample.labels.get("replica", ""): sample.value
-        for sample in _samples(text, PROCESSING, application)
+        for sample in _samples(text, name, application)
     }
+
+
+def replica_processing(text: str, application: str) -> dict[str, float]:
+    """Each replica's requests in progress, from a node's page."""
+    return replica_gauge(text, PROCESSING, application)
+
+
+def replica_tokens(text: str, application: str) -> dict[str, float]:
+    """Each replica's count of generated tokens, from a node's page."""
+    totals: dict[str, float] = {}
+    for sample in _samples(text, TOKENS, application):
+        replica = sample.labels.get("replica", "")
+        totals[replica] = totals.get(replica, 0.0) + sample.value
+    return totals
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,9 @@ class LoadSample:
 
     ongoing_requests: float | None = None
     requests_per_second: float | None = None
+    tokens_per_second: float | None = None
+    running_sequences: int | None = None
+    waiting_sequences: int | None = None
 
 
 @dataclass
@@ -168,11 +194,36 @@ class _Counter:
         return (end[1] - start[1]) / (end[0] - start[0])
 
 
+class _Counters:
+    """One counter (requests, tokens) of every replica of a deployment."""
+
+    def __init__(self) -> None:
+        self.replicas: dict[str, _Counter] = {}
+
+    def rate(self, now: float, values: dict[str, float], *, answered: bool) -> float | None:
+        """Take one scrape's values (by replica) at `now`; the rate summed over the
+        replicas, None while one of them cannot tell its own yet or no page answered
+        (`answered`: some page did, or there were none to ask)."""
+        for replica, value in values.items():
+            if replica in self.replicas:
+                self.replicas[replica].read(now, value)
+            else:
+                self.replicas[replica] = _Counter(first=(now, value), value=value, seen=now)
+        # A replica gone (or on a node that did not answer) for a window is forgotten.
+        for replica in [r for r, n in self.replicas.items() if n.seen < now - WINDOW_S]:
+            del self.replicas[replica]
+        rates = [self.replicas[replica].rate(now) for replica in values]
+        if not answered or None in rates:
+            return None
+        return round(sum(r for r in rates if r is not None), 2)
+
+
 @dataclass
 class _Deployment:
     refreshed: float
     """The clock when it was last scraped."""
-    counters: dict[str, _Counter] = field(default_factory=dict)
+    requests: _Counters = field(default_factory=_Counters)
+    tokens: _Counters = field(default_factory=_Counters)
     load: LoadSample = LoadSample()
 
 
@@ -230,28 +281,26 @@ class LoadTracker:
         state.refreshed = now
         answered = [page for page in pages if page is not None]
         requests: dict[str, float] = {}
+        tokens: dict[str, float] = {}
         processing: dict[str, float] = {}
+        running: dict[str, float] = {}
+        waiting: dict[str, float] = {}
         for page in answered:
             requests.update(replica_requests(page, application))
+            tokens.update(replica_tokens(page, application))
             processing.update(replica_processing(page, application))
-        for replica, value in requests.items():
-            if replica in state.counters:
-                state.counters[replica].read(now, value)
-            else:
-                state.counters[replica] = _Counter(first=(now, value), value=value, seen=now)
-        # A replica gone (or on a node that did not answer) for a window is forgotten.
-        for replica in [r for r, n in state.counters.items() if n.seen < now - WINDOW_S]:
-            del state.counters[replica]
-        rates = [state.counters[replica].rate(now) for replica in requests]
-        rate = None
-        if (answered or not pages) and None not in rates:
-            rate = round(sum(r for r in rates if r is not None), 2)
+            running.update(replica_gauge(page, RUNNING, application))
+            waiting.update(replica_gauge(page, WAITING, application))
+        heard = bool(answered) or not pages
         ongoing = ongoing_requests(head, application) if head is not None else None
         if ongoing is None and answered:
             ongoing = sum(processing.values())
         state.load = LoadSample(
             ongoing_requests=None if ongoing is None else round(ongoing, 2),
-            requests_per_second=rate,
+            requests_per_second=state.requests.rate(now, requests, answered=heard),
+            tokens_per_second=state.tokens.rate(now, tokens, answered=heard),
+            running_sequences=round(sum(running.values())) if heard else None,
+            waiting_sequences=round(sum(waiting.values())) if heard else None,
         )
         return state.load
 
@@ -282,9 +331,17 @@ def with_load(serve: ServeState, sample: LoadSample, previous: Load | None) -> S
     """Serve's state carrying the measured load. A figure not known yet keeps the status'
     previous one, so a restarted operator does not write zero until its rate is back."""
     before = previous or Load()
-    ongoing, rate = sample.ongoing_requests, sample.requests_per_second
+    ongoing, rate, tokens = (
+        sample.ongoing_requests,
+        sample.requests_per_second,
+        sample.tokens_per_second,
+    )
+    running, waiting = sample.running_sequences, sample.waiting_sequences
     return replace(
         serve,
         ongoing_requests=before.ongoing_requests if ongoing is None else ongoing,
         requests_per_second=before.requests_per_second if rate is None else rate,
+        tokens_per_second=(before.tokens_per_second or 0.0) if tokens is None else tokens,
+        running_sequences=(before.running_sequences or 0) if running is None else running,
+        waiting_sequences=(before.waiting_sequences or 0) if waiting is None else waiting,
     )

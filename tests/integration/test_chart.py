@@ -226,8 +226,9 @@ def test_the_session_operator_reconciles_every_example_with_the_charts_account(
 ) -> None:
     # (phase, Ready's reason) of each example on kwok, whose pods run but never finish:
     # trainings stay Running; deployments from a training wait for it; a uri deployment
-    # rolls out (its model card is the replica's to judge, not the operator's) and waits
-    # for the Ray head's dashboard, which kwok's head never serves.
+    # (a built-in model's too) rolls out (its model card is the replica's to judge, not
+    # the operator's) and waits for the Ray head's dashboard, which kwok's head never
+    # serves.
     expected = {
         "ModelTraining/bert-base": ("Running", "Training"),
         "ModelTraining/bert-sentiment": ("Running", "Training"),
@@ -241,6 +242,7 @@ def test_the_session_operator_reconciles_every_example_with_the_charts_account(
         "ModelDeployment/digits": ("Progressing", "RollingOut"),
         "ModelDeployment/quickstart": ("Pending", "WaitingForTraining"),
         "ModelDeployment/sentiment": ("Pending", "WaitingForTraining"),
+        "ModelDeployment/smollm2": ("Progressing", "RollingOut"),
     }
     examples = sorted(EXAMPLES.glob("*.yaml"))
     for path in examples:

@@ -148,7 +148,9 @@ class RunningServe:
             return response.read().decode()  # type: ignore[no-any-return]
 
 
-def start_serve(config: dict[str, Any], workdir: Path) -> RunningServe:
+def start_serve(
+    config: dict[str, Any], workdir: Path, *, env: dict[str, str] | None = None
+) -> RunningServe:
     metrics_port, dashboard_port = free_port(), free_port()
     token = secrets.token_hex(16)
     server = start_server(
@@ -157,7 +159,7 @@ def start_serve(config: dict[str, Any], workdir: Path) -> RunningServe:
         num_cpus=2,
         metrics_port=metrics_port,
         dashboard_port=dashboard_port,
-        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **(env or {})},
     )
     return RunningServe(
         server=server,

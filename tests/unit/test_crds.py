@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from modelplane_operator.apidocs import api_reference_is_stale
+from modelplane_operator.constants import ENGINE_DYNAMIC_BATCHING
 from modelplane_operator.crdgen import render_crds, stale_crds, write_crds
+from modelplane_runtime.contract import GENERATION_ENGINE, AdapterRef, GenerationArgs
 from tests.factories import ROOT
 
 CRDS_DIR = ROOT / "crds"
@@ -166,3 +168,32 @@ def test_each_param_an_architecture_does_not_read_has_its_own_rule() -> None:
     paths = {r.get("fieldPath") for r in model["x-kubernetes-validations"]}
     for field in ("heads", "dropout", "maxLength", "vocabSize"):
         assert f".params.{field}" in paths
+
+
+def test_generation_mirrors_the_contracts_bounds_and_the_engines_are_named() -> None:
+    """spec.generation's bounds are the replica's own (GenerationArgs), so what the API
+    server accepts the replica starts with; status.engine's description names the values
+    the operator writes."""
+    schema = dict(crd_schemas())["modelplane.io_modeldeployments.yaml"]["properties"]
+    generation = schema["spec"]["properties"]["generation"]["properties"]
+    contract = GenerationArgs.model_json_schema()["properties"]
+    for field, name in (
+        ("maxSequences", "max_sequences"),
+        ("maxWaiting", "max_waiting"),
+        ("maxTokens", "max_tokens"),
+        ("kvCacheTokens", "kv_cache_tokens"),
+        ("maxBatchTokens", "max_batch_tokens"),
+        ("maxLoadedAdapters", "max_loaded_adapters"),
+    ):
+        ours, theirs = generation[field], contract[name]
+        assert (ours["minimum"], ours["maximum"], ours["default"]) == (
+            theirs["minimum"],
+            theirs["maximum"],
+            theirs["default"],
+        ), field
+    adapter = generation["adapters"]["items"]["properties"]["name"]
+    theirs = AdapterRef.model_json_schema()["properties"]["name"]
+    assert (adapter["pattern"], adapter["maxLength"]) == (theirs["pattern"], theirs["maxLength"])
+    engine = schema["status"]["properties"]["engine"]["description"]
+    assert GENERATION_ENGINE in engine
+    assert ENGINE_DYNAMIC_BATCHING in engine

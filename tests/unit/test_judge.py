@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
-from modelplane_operator.api.resources import ModelTraining
-from modelplane_operator.judge import judge_training
+from modelplane_operator.api.resources import ModelDeployment, ModelTraining
+from modelplane_operator.judge import judge_training, unreachable_without_default
 from modelplane_runtime.contract import BUILTIN_DATA_KINDS, DATA_KIND_BY_TASK
-from tests.factories import EXAMPLES, make_training, make_tuning
+from tests.factories import EXAMPLES, make_deployment, make_training, make_tuning
 
 TEXT = {"spec.model": {"architecture": "transformer", "task": "text-classification"}}
 GANG_OF_4 = {"spec.resources": {"nodes": 2, "gpusPerNode": 2}}
@@ -183,3 +183,32 @@ def test_the_contracts_table_of_built_in_data_is_what_the_runtime_ships() -> Non
 
     assert {name: kind for name, (kind, _) in BUILTIN.items()} == BUILTIN_DATA_KINDS
     assert set(DATA_KIND_BY_TASK.values()) == set(BUILTIN_DATA_KINDS.values())
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"spec.model": {"uri": "s3://models/chat"}}, "spec.model.uri"),
+        (
+            {
+                "spec.model": {"uri": "builtin://smollm2-135m-instruct"},
+                "spec.generation.adapters": [
+                    {"name": "support", "uri": "pvc://adapters/support"},
+                    {"name": "sales", "uri": "s3://adapters/sales"},
+                ],
+            },
+            "spec.generation.adapters[1].uri",
+        ),
+        ({"spec.model": {"uri": "builtin://smollm2-135m-instruct"}}, None),
+    ],
+    ids=[
+        "an s3 model needs a default secret",
+        "so does an s3 adapter, by its own field",
+        "a built-in model needs none",
+    ],
+)
+def test_a_deployment_without_a_secret_is_reachable_only_through_the_default(
+    changes: dict[str, Any], field: str | None
+) -> None:
+    problem = unreachable_without_default(ModelDeployment.model_validate(make_deployment(changes)))
+    assert (problem.field if problem else None) == field

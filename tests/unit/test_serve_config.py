@@ -8,11 +8,14 @@ from typing import Any
 import pytest
 
 from modelplane_operator.api.resources import ModelDeployment
+from modelplane_operator.judge import SpecError
 from modelplane_operator.serve_config import ResolvedModel, gate, render_serve_config
 from modelplane_runtime.contract import (
     SERVE_DEPLOYMENT,
     SERVE_IMPORT_PATH,
+    AdapterRef,
     BatchingConfig,
+    GenerationArgs,
     ServeArgs,
 )
 from tests.factories import make_deployment
@@ -136,3 +139,101 @@ def test_the_replica_is_given_require_metrics_to_check_against_the_model_card() 
     config = render({"spec.requireMetrics": {"f1": 0.9, "accuracy": 0.8}})
     args = config["applications"][0]["args"]
     assert args["require_metrics"] == {"f1": 0.9, "accuracy": 0.8}
+
+
+# Language models
+
+
+def test_a_language_model_deployment_renders_its_generation_settings_for_the_replica() -> None:
+    adapters = [{"name": "support", "uri": "pvc://models/support/support"}]
+    config = render(
+        {
+            "spec.model": {"uri": "builtin://smollm2-135m-instruct"},
+            "spec.generation": {
+                "maxSequences": 8,
+                "maxWaiting": 4,
+                "maxTokens": 256,
+                "kvCacheTokens": 4096,
+                "maxBatchTokens": 128,
+                "adapters": adapters,
+                "maxLoadedAdapters": 1,
+            },
+        }
+    )
+    args = ServeArgs.model_validate(config["applications"][0]["args"])
+    assert args.generation == GenerationArgs(
+        max_sequences=8,
+        max_waiting=4,
+        max_tokens=256,
+        kv_cache_tokens=4096,
+        max_batch_tokens=128,
+        adapters=(AdapterRef(name="support", uri="pvc://models/support/support"),),
+        max_loaded_adapters=1,
+    )
+
+
+def test_a_classifier_renders_no_generation_settings() -> None:
+    args = ServeArgs.model_validate(render()["applications"][0]["args"])
+    assert args.generation is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "task", "ongoing"),
+    [
+        ({"spec.maxOngoingRequests": 40}, None, 40),
+        ({"spec.maxOngoingRequests": 40}, "text-classification", 40),
+        ({"spec.maxOngoingRequests": 40}, "text-generation", 16 + 32),
+        ({"spec.model": {"uri": "builtin://smollm2-135m-instruct"}}, None, 16 + 32),
+        (
+            {
+                "spec.generation": {"maxSequences": 24, "maxWaiting": 0},
+                "spec.maxOngoingRequests": 40,
+            },
+            None,
+            24,
+        ),
+    ],
+    ids=[
+        "a model.uri without generation settings takes maxOngoingRequests",
+        "a classifier training's model takes maxOngoingRequests",
+        "a language model training's takes the replica's default sequences",
+        "a built-in language model takes them too",
+        "generation settings give the sequences the replica admits",
+    ],
+)
+def test_serve_sends_a_language_model_replica_the_sequences_it_admits(
+    changes: dict[str, Any], task: str | None, ongoing: int
+) -> None:
+    deployment = ModelDeployment.model_validate(make_deployment(changes))
+    model = ResolvedModel(uri="pvc://models/demo/demo", digest="", metrics={}, task=task)
+    options = only_deployment(render_serve_config(deployment, model))
+    assert options["max_ongoing_requests"] == ongoing
+    # Serve's own queue (503 with Retry-After) is beyond the replica's 429 either way.
+    assert options["max_queued_requests"] == deployment.spec.max_queued_requests
+
+
+def test_an_adapter_named_as_the_deployment_cannot_be_asked_for() -> None:
+    deployment = ModelDeployment.model_validate(
+        make_deployment(
+            {
+                "spec.model": {"uri": "builtin://smollm2-135m-instruct"},
+                "spec.generation.adapters": [
+                    {"name": "ok", "uri": "pvc://models/a/a"},
+                    {"name": "demo", "uri": "pvc://models/b/b"},
+                ],
+            }
+        )
+    )
+    with pytest.raises(SpecError) as raised:
+        render_serve_config(deployment, MODEL)
+    assert raised.value.problem.field == "spec.generation.adapters[1].name"
+    assert "'demo' is the deployment's own name" in raised.value.problem.message
+
+
+def test_generation_settings_on_a_known_classifier_are_refused_by_the_rendering_too() -> None:
+    deployment = ModelDeployment.model_validate(make_deployment({"spec.generation": {}}))
+    classifier = ResolvedModel(uri="pvc://m/m", digest="", metrics={}, task="image-classification")
+    with pytest.raises(SpecError) as raised:
+        render_serve_config(deployment, classifier)
+    assert raised.value.problem.field == "spec.generation"
+    assert "image-classification model" in raised.value.problem.message

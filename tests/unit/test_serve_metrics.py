@@ -21,17 +21,22 @@ from modelplane_operator.serve_metrics import (
     IDLE_S,
     RAY_PUSH_S,
     REFRESH_S,
+    RUNNING,
+    WAITING,
     WINDOW_S,
     LoadSample,
     LoadTracker,
     ongoing_requests,
+    replica_gauge,
     replica_processing,
     replica_requests,
+    replica_tokens,
     replica_url,
     with_load,
 )
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.serving import ServeState
+from modelplane_runtime.contract import GENERATION_ENGINE
 from tests.factories import make_deployment
 from tests.unit.fake_client import FakeClient
 
@@ -149,6 +154,40 @@ def node_page(requests: dict[str, float], processing: dict[str, float] | None = 
     return "\n".join(lines) + "\n"
 
 
+def llm_page(tokens: dict[str, float], running: dict[str, float], waiting: dict[str, float]) -> str:
+    """A worker node's page with a language model's replicas' own metrics, as
+    `ray.serve.metrics` tags them (application, deployment, replica, and the app's model
+    tag), and another application's replica on the same node."""
+    lines = [
+        "# HELP ray_modelplane_generated_tokens_total Tokens generated.",
+        "# TYPE ray_modelplane_generated_tokens_total counter",
+    ]
+    common = {"application": APP, "deployment": "model", "model": APP}
+    for replica, total in tokens.items():
+        lines.append(
+            series("ray_modelplane_generated_tokens_total", total, replica=replica, **common)
+        )
+    lines.append(
+        series(
+            "ray_modelplane_generated_tokens_total",
+            5e6,
+            application="other",
+            deployment="model",
+            model="other",
+            replica="zzz",
+        )
+    )
+    for name, values in (
+        ("ray_modelplane_sequences_running", running),
+        ("ray_modelplane_sequences_waiting", waiting),
+    ):
+        lines += [f"# HELP {name} Sequences.", f"# TYPE {name} gauge"]
+        for replica, value in values.items():
+            lines.append(series(name, value, replica=replica, **common))
+        lines.append(series(name, 99.0, application="other", deployment="model", replica="zzz"))
+    return "\n".join(lines) + "\n"
+
+
 # The pure readings of one page
 
 
@@ -192,6 +231,14 @@ def test_a_replicas_counter_is_summed_over_its_routes_and_other_apps_are_left_ou
 def test_a_replicas_processing_gauge_is_read_per_replica() -> None:
     page = node_page({"nkjngqvh": 10.0}, processing={"nkjngqvh": 3.0})
     assert replica_processing(page, APP) == {"nkjngqvh": 3.0}
+
+
+def test_a_language_models_tokens_and_sequences_are_read_per_replica() -> None:
+    page = llm_page({"a": 1200.0, "b": 30.0}, running={"a": 16.0, "b": 2.0}, waiting={"a": 5.0})
+    assert replica_tokens(page, APP) == {"a": 1200.0, "b": 30.0}
+    assert replica_gauge(page, RUNNING, APP) == {"a": 16.0, "b": 2.0}
+    assert replica_gauge(page, WAITING, APP) == {"a": 5.0}
+    assert replica_tokens(node_page({"a": 10.0}), APP) == {}
 
 
 # The rate between reads
@@ -359,6 +406,55 @@ def test_a_replica_gone_from_the_pages_stops_counting_at_once() -> None:
     assert abs(rates[60].requests_per_second - 40) <= 40 / 6
 
 
+def test_tokens_per_second_are_a_rate_like_requests_and_sequences_a_sum() -> None:
+    """Ray pushes the replicas' own counters every 10 s too: the tokens' rate is taken
+    between the counters' moves, over both replicas; the gauges are summed as read."""
+    clock = Clock()
+    tracker = LoadTracker(never, clock=clock)
+    steps = random.Random(3)
+    rates: list[float | None] = []
+    last = LoadSample()
+    while (t := clock.now - 1000.0) < 200:
+        page = llm_page(
+            {"a": pushed(120.0, 2.0, t, start=-50), "b": pushed(60.0, 7.0, t, start=-50)},
+            running={"a": 16.0, "b": 9.0},
+            waiting={"a": 3.0},
+        )
+        last = tracker.record(("ml", APP), application=APP, head=None, replicas=[page])
+        if t >= WINDOW_S + RAY_PUSH_S:
+            rates.append(last.tokens_per_second)
+        clock.now += REFRESH_S + steps.uniform(0, 1.0)
+    assert len(rates) > 20
+    for rate in rates:
+        assert rate is not None
+        assert abs(rate - 180.0) <= 180.0 / 5, rates
+    assert (last.running_sequences, last.waiting_sequences) == (25, 3)
+    assert last.requests_per_second == 0.0  # no request counter on this page: none answered
+
+
+@pytest.mark.parametrize(
+    ("pages", "tokens", "sequences"),
+    [
+        ([node_page({"a": 10.0}, processing={"a": 2.0})], 0.0, 0),
+        ([], 0.0, 0),
+        ([None], None, None),
+    ],
+    ids=[
+        "a classifier's replicas generate nothing",
+        "no replica running generates nothing",
+        "a node that does not answer tells nothing",
+    ],
+)
+def test_what_a_page_without_a_language_model_tells(
+    pages: list[str | None], tokens: float | None, sequences: int | None
+) -> None:
+    sample = LoadTracker(never, clock=Clock()).record(
+        ("ml", APP), application=APP, head=head_page(), replicas=pages
+    )
+    assert sample.tokens_per_second == tokens
+    assert (sample.running_sequences, sample.waiting_sequences) == (sequences, sequences)
+
+
 # Ongoing requests, scrapes and their failures
 
 
@@ -465,6 +561,19 @@ def test_an_unknown_figure_keeps_the_status_previous_one() -> None:
     assert (kept.ongoing_requests, kept.requests_per_second) == (5.0, 42.0)
     fresh = with_load(serve, LoadSample(), None)
     assert (fresh.ongoing_requests, fresh.requests_per_second) == (0.0, 0.0)
+    before = Load(tokens_per_second=150.0, running_sequences=12, waiting_sequences=4)
+    unknown = with_load(serve, LoadSample(running_sequences=3), before)
+    assert (unknown.tokens_per_second, unknown.running_sequences, unknown.waiting_sequences) == (
+        150.0,
+        3,
+        4,
+    )
+    first = with_load(serve, LoadSample(), Load())  # a classifier's status has none
+    assert (first.tokens_per_second, first.running_sequences, first.waiting_sequences) == (
+        0.0,
+        0,
+        0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -540,3 +649,34 @@ def test_the_reconcile_writes_the_measured_load_into_the_status() -> None:
     assert pages.calls == [HEAD_URL, "http://10.244.1.7:8080/metrics"]
     load = client.status_patches[-1]["load"]
     assert load == {"ongoingRequests": 6.27, "requestsPerSecond": 0.0}
+    assert client.status_patches[-1]["engine"] == "torch-dynamic-batching"
+
+
+def test_the_reconcile_writes_a_language_models_tokens_and_sequences() -> None:
+    obj = make_deployment({"spec.model": {"uri": "builtin://smollm2-135m-instruct"}}, name=APP)
+    obj["metadata"].update({"namespace": "ml", "uid": "u", "generation": 1})
+    client = FakeClient()
+    node = node_page({"a": 10.0}) + llm_page({"a": 500.0}, running={"a": 7.0}, waiting={})
+    pages = Pages({HEAD_URL: head_page(7.0), "http://10.244.1.7:8080/metrics": node})
+    tracker = LoadTracker(pages)
+    for _ in range(2):  # the first pass creates the cluster
+        asyncio.run(
+            reconcile_deployment(
+                client,
+                obj,
+                settings=Settings(runtime_image="registry.example/runtime:1"),
+                now=datetime(2026, 11, 30, tzinfo=UTC),
+                dashboard_for=lambda url, token: RunningHead(),
+                load=tracker,
+            )
+        )
+    status = client.status_patches[-1]
+    assert status["engine"] == GENERATION_ENGINE
+    # A first read cannot tell a rate yet, and there is no earlier figure to keep: 0.
+    assert status["load"] == {
+        "ongoingRequests": 7.0,
+        "requestsPerSecond": 0.0,
+        "tokensPerSecond": 0.0,
+        "runningSequences": 7,
+        "waitingSequences": 0,
+    }

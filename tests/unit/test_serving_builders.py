@@ -30,6 +30,7 @@ from modelplane_operator.builders.serving import (
 )
 from modelplane_operator.builders.training import build_job
 from modelplane_operator.constants import AGENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
+from modelplane_operator.judge import SpecError
 from modelplane_operator.render import render_run_config
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config
 from modelplane_operator.settings import Settings
@@ -246,6 +247,44 @@ def test_a_pvc_model_is_mounted_read_only_in_every_ray_pod() -> None:
         assert claims == ["models"]
         mounts = {m["mountPath"]: m for m in container(manifest)["volumeMounts"]}
         assert mounts["/mnt/pvc/models"]["readOnly"] is True
+
+
+def test_a_builtin_model_mounts_nothing_and_its_adapters_claims_are_mounted_read_only() -> None:
+    d = deployment(
+        {
+            "spec.model": {"uri": "builtin://smollm2-135m-instruct"},
+            "spec.generation.adapters": [
+                {"name": "support", "uri": "pvc://adapters/support/support"},
+                {"name": "sales", "uri": "pvc://adapters/sales/sales"},
+                {"name": "legal", "uri": "pvc://legal-adapters/legal"},
+            ],
+        }
+    )
+    uri = "builtin://smollm2-135m-instruct"
+    for manifest in (
+        build_head(d, settings=SETTINGS, model_uri=uri),
+        build_workers(d, settings=SETTINGS, model_uri=uri, replicas=1),
+    ):
+        pod = manifest["spec"]["template"]["spec"]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        ]
+        assert claims == ["adapters", "legal-adapters"]
+        mounts = {m["mountPath"]: m for m in container(manifest)["volumeMounts"]}
+        assert mounts["/mnt/pvc/adapters"]["readOnly"] is True
+        assert mounts["/mnt/pvc/legal-adapters"]["readOnly"] is True
+
+
+def test_an_adapter_on_a_claim_no_pod_can_mount_is_refused_by_its_field() -> None:
+    d = deployment(
+        {"spec.generation.adapters": [{"name": "support", "uri": "pvc://Adapters_X/support"}]}
+    )
+    with pytest.raises(SpecError) as raised:
+        build_workers(d, settings=SETTINGS, model_uri=MODEL.uri, replicas=1)
+    assert raised.value.problem.field == "spec.generation.adapters[0].uri"
+    assert "'Adapters_X' is not a PersistentVolumeClaim name" in raised.value.problem.message
 
 
 def test_the_http_service_is_the_endpoint_over_every_ray_pod() -> None:

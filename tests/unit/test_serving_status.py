@@ -23,6 +23,7 @@ from modelplane_operator.status.serving import (
     resolve_from_training,
     summarize_serve_message,
 )
+from modelplane_runtime.contract import GENERATION_ENGINE, GenerationArgs
 from tests.factories import make_deployment, make_training
 from tests.unit.pods import CRASH_BACKOFF, NO_SUCH_IMAGE, make_pod
 
@@ -350,7 +351,10 @@ def test_a_succeeded_training_gives_its_artifact_and_metrics() -> None:
         ),
     )
     assert resolved == ResolvedModel(
-        uri="pvc://models/s/s", digest="sha256:ab", metrics={"f1": 0.91}
+        uri="pvc://models/s/s",
+        digest="sha256:ab",
+        metrics={"f1": 0.91},
+        task="tabular-classification",
     )
 
 
@@ -552,17 +556,11 @@ def stalled(status: Any) -> tuple[str | None, str, str, str]:
             c.REASON_UNSERVABLE_MODEL,
             "task masked-lm",
         ),
-        (
-            training_with("text-generation", phase="Succeeded", artifact={"uri": "pvc://m/m"}),
-            c.REASON_UNSERVABLE_MODEL,
-            "task text-generation",
-        ),
     ],
     ids=[
         "a failed training rejects the deployment",
         "a masked-lm training is refused before it ends",
         "a succeeded masked-lm training is refused too",
-        "a language model is not served yet",
     ],
 )
 def test_a_training_that_can_never_give_a_servable_model_is_terminal(
@@ -733,3 +731,156 @@ def test_a_body_that_does_not_parse_is_rejected_once_naming_its_fields() -> None
     later = derive_invalid_deployment(body, problems, now=datetime(2026, 11, 30, tzinfo=UTC))
     assert later.status == first.status
     assert later.events == ()
+
+
+# Language models: served with the OpenAI API, judged against the training's task.
+
+LLM_ARTIFACT = {"uri": "pvc://models/chat/chat", "digest": "sha256:ef"}
+
+
+def served_training(task: str, **status: Any) -> ResolvedModel | ModelWaiting | ModelRefused:
+    return resolve_from_training("sentiment", training_with(task, **status))
+
+
+def test_a_text_generation_training_is_served_with_continuous_batching() -> None:
+    model = served_training(
+        "text-generation", phase="Succeeded", artifact=LLM_ARTIFACT, metrics={"perplexity": 9.5}
+    )
+    assert isinstance(model, ResolvedModel)
+    assert model.task == "text-generation"
+    decision = derive_deployment_status(
+        deployment(requireMetrics={"perplexity": 12.0}), observe(model=model), now=NOW
+    )
+    assert decision.status.phase == "Progressing"
+    assert decision.status.engine == GENERATION_ENGINE
+    assert decision.actions is not None
+    (application,) = decision.actions.config["applications"]
+    assert application["args"]["generation"] is None  # the replica's defaults
+    (options,) = application["deployments"]
+    assert options["max_ongoing_requests"] == GenerationArgs().max_sequences + (
+        GenerationArgs().max_waiting
+    )
+
+
+def test_a_language_model_above_the_perplexity_allowed_is_rejected_before_rolling_out() -> None:
+    model = served_training(
+        "text-generation", phase="Succeeded", artifact=LLM_ARTIFACT, metrics={"perplexity": 15.0}
+    )
+    decision = derive_deployment_status(
+        deployment(requireMetrics={"perplexity": 12.0}), observe(model=model), now=NOW
+    )
+    assert stalled(decision.status) == (
+        "Rejected",
+        "False",
+        "True",
+        c.REASON_METRICS_BELOW_THRESHOLD,
+    )
+    assert decision.actions is None
+
+
+@pytest.mark.parametrize(
+    "status",
+    [{}, {"phase": "Running"}, {"phase": "Succeeded", "artifact": {"uri": "pvc://m/s"}}],
+    ids=[
+        "while the classifier's training is new",
+        "while it runs",
+        "once it succeeded",
+    ],
+)
+def test_generation_settings_on_a_classifier_are_an_invalid_spec(status: dict[str, Any]) -> None:
+    model = served_training("text-classification", **status)
+    decision = derive_deployment_status(
+        deployment(generation={"maxSequences": 8}), observe(model=model), now=NOW
+    )
+    assert stalled(decision.status) == ("Rejected", "False", "True", c.REASON_INVALID_SPEC)
+    ready = find_condition(decision.status.conditions, c.COND_READY)
+    assert ready is not None
+    assert ready.message.startswith("spec.generation: the model of ModelTraining 'demo' is a ")
+    assert "text-classification model" in ready.message
+    assert "remove spec.generation" in ready.message
+    assert (decision.roll_out, decision.actions, decision.status.engine) == (False, None, None)
+
+
+def test_generation_settings_wait_for_a_training_that_does_not_exist_yet() -> None:
+    waiting = resolve_from_training("later", None)
+    decision = derive_deployment_status(deployment(generation={}), observe(model=waiting), now=NOW)
+    assert decision.status.phase == "Pending"
+
+
+def test_generation_settings_on_a_language_model_training_roll_out() -> None:
+    model = served_training("text-generation", phase="Succeeded", artifact=LLM_ARTIFACT)
+    decision = derive_deployment_status(
+        deployment(requireMetrics={}, generation={"maxSequences": 4, "maxWaiting": 2}),
+        observe(model=model),
+        now=NOW,
+    )
+    assert decision.status.phase == "Progressing"
+    assert decision.actions is not None
+    (application,) = decision.actions.config["applications"]
+    assert application["args"]["generation"]["max_sequences"] == 4
+    assert application["deployments"][0]["max_ongoing_requests"] == 6
+
+
+RUNNING_SERVE = ServeState(
+    status="RUNNING",
+    target_replicas=2,
+    running_replicas=2,
+    ongoing_requests=21.0,
+    requests_per_second=3.5,
+    tokens_per_second=180.25,
+    running_sequences=16,
+    waiting_sequences=5,
+)
+BUILTIN_LLM = ResolvedModel(uri="builtin://smollm2-135m-instruct", digest="", metrics={})
+
+
+@pytest.mark.parametrize(
+    ("spec", "model", "engine", "load"),
+    [
+        (
+            {"model": {"uri": "builtin://smollm2-135m-instruct"}, "requireMetrics": {}},
+            BUILTIN_LLM,
+            GENERATION_ENGINE,
+            {
+                "ongoingRequests": 21.0,
+                "requestsPerSecond": 3.5,
+                "tokensPerSecond": 180.25,
+                "runningSequences": 16,
+                "waitingSequences": 5,
+            },
+        ),
+        (
+            {"model": {"uri": "pvc://models/chat/chat"}, "requireMetrics": {}, "generation": {}},
+            ResolvedModel(uri="pvc://models/chat/chat", digest="", metrics={}),
+            GENERATION_ENGINE,
+            {
+                "ongoingRequests": 21.0,
+                "requestsPerSecond": 3.5,
+                "tokensPerSecond": 180.25,
+                "runningSequences": 16,
+                "waitingSequences": 5,
+            },
+        ),
+        (
+            {},
+            MODEL,
+            "torch-dynamic-batching",
+            {"ongoingRequests": 21.0, "requestsPerSecond": 3.5},
+        ),
+    ],
+    ids=[
+        "a built-in language model reports tokens and sequences",
+        "a uri model with generation settings is a language model",
+        "a classifier reports requests only",
+    ],
+)
+def test_the_status_names_the_engine_and_the_load_it_measures(
+    spec: dict[str, Any], model: ResolvedModel, engine: str, load: dict[str, Any]
+) -> None:
+    decision = derive_deployment_status(
+        deployment(**spec), observe(model=model, serve=RUNNING_SERVE), now=NOW
+    )
+    written = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert written["phase"] == "Ready"
+    assert written["engine"] == engine
+    assert written["load"] == load

@@ -164,6 +164,31 @@ def test_an_s3_model_with_no_secret_and_no_default_is_refused() -> None:
     assert "storage.defaultSecretName" in raised.value.problem.message
 
 
+def test_an_s3_adapter_gives_the_ray_pods_the_secrets_keys_and_a_cache() -> None:
+    adapters = [{"name": "support", "uri": "s3://adapters/support"}]
+    d = deployment(
+        {
+            "spec.model": {"uri": "builtin://smollm2-135m-instruct"},
+            "spec.generation.adapters": adapters,
+            **OWN_SECRET,
+        }
+    )
+    for pod in ray_pods(d, "builtin://smollm2-135m-instruct"):
+        assert_wired_to(pod, "s3-credentials")
+
+
+def test_an_s3_adapter_with_no_secret_and_no_default_is_refused_by_its_field() -> None:
+    d = deployment(
+        {
+            "spec.model": {"uri": "pvc://models/chat/chat"},
+            "spec.generation.adapters": [{"name": "support", "uri": "s3://adapters/support"}],
+        }
+    )
+    with pytest.raises(SpecError) as raised:
+        ray_pods(d, "pvc://models/chat/chat")
+    assert raised.value.problem.field == "spec.generation.adapters[0].uri"
+
+
 def test_a_claim_model_has_the_same_ray_pods_with_or_without_a_default_secret() -> None:
     d = deployment()
     pods = ray_pods(d, "pvc://models/demo/run-1")

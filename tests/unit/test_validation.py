@@ -27,6 +27,9 @@ VALID = sorted(EXAMPLES.glob("*.yaml"))
 TEXT = {"architecture": "transformer", "task": "text-classification"}
 RESNET = {"architecture": "resnet", "task": "image-classification"}
 INVALID = sorted(INVALID_EXAMPLES.glob("*.yaml"))
+ADAPTER = {"name": "support", "uri": "pvc://models/support/support"}
+GATE_F1 = {"spec.requireMetrics": {"f1": 0.9}}
+S3_SECRET = {"secretRef": {"name": "s3-creds"}}
 
 
 def problems(obj: dict[str, Any]) -> list[str]:
@@ -120,6 +123,65 @@ def test_camel_case_round_trips_through_yaml_names() -> None:
             "spec.model.uri",
             "model.uri must be a pvc://, s3:// or file:// location",
         ),
+        (
+            {"spec.model": {"uri": "builtin://sentiment"}},
+            "spec.model.uri",
+            "or a pretrained model that ships with modelplane (builtin://smollm2-135m-instruct)",
+        ),
+        (
+            {"spec.model": {"uri": "builtin://smollm2-135m-instruct"}, **GATE_F1},
+            "spec.requireMetrics",
+            "a builtin:// model ships with none",
+        ),
+        (
+            {"spec.generation.maxTokens": 0},
+            "spec.generation.maxTokens",
+            "greater than or equal to 1",
+        ),
+        (
+            {"spec.generation.maxTokens": 131073},
+            "spec.generation.maxTokens",
+            "less than or equal to 131072",
+        ),
+        (
+            {"spec.generation.maxSequences": 0},
+            "spec.generation.maxSequences",
+            "greater than or equal to 1",
+        ),
+        (
+            {"spec.generation.kvCacheTokens": 128},
+            "spec.generation.kvCacheTokens",
+            "greater than or equal to 256",
+        ),
+        (
+            {"spec.generation.adapters": [ADAPTER, {**ADAPTER, "uri": "pvc://models/b/b"}]},
+            "spec.generation.adapters",
+            "generation.adapters names must be unique",
+        ),
+        (
+            {"spec.generation.adapters": [{**ADAPTER, "name": "-support"}]},
+            "spec.generation.adapters[0].name",
+            "should match pattern",
+        ),
+        (
+            {"spec.generation.adapters": [{**ADAPTER, "uri": "builtin://smollm2-135m-instruct"}]},
+            "spec.generation.adapters[0].uri",
+            "builtin:// names a data set or a base model shipped with modelplane, not an adapter",
+        ),
+        (
+            {"spec.generation.adapters": [{**ADAPTER, "uri": "s3://adapters"}]},
+            "spec.generation.adapters[0].uri",
+            "must name a key prefix after the bucket",
+        ),
+        (
+            {
+                "spec.model": {"uri": "pvc://models/chat/chat"},
+                "spec.generation.adapters": [ADAPTER],
+                "spec.storage": S3_SECRET,
+            },
+            "spec.storage",
+            "neither model.uri nor any generation.adapters[].uri is s3://",
+        ),
     ],
     ids=[
         "min replicas above max is refused",
@@ -142,6 +204,17 @@ def test_camel_case_round_trips_through_yaml_names() -> None:
         "a negative gate is refused",
         "the removed rollout field is refused",
         "serving a built-in data set is refused",
+        "the refusal names the built-in model a deployment serves",
+        "a gate on a built-in model, which has no metrics, is refused",
+        "a request limit of no tokens is refused",
+        "more new tokens than any context holds are refused",
+        "a batch of no sequences is refused",
+        "a KV cache smaller than one page is refused",
+        "two adapters of one name are refused",
+        "an adapter name a request's model cannot carry is refused",
+        "a built-in base model as an adapter is refused",
+        "an adapter at a bucket's root is refused",
+        "credentials for no s3 model or adapter are refused",
     ],
 )
 def test_deployment_rules(changes: dict[str, Any], field: str, message: str) -> None:
@@ -447,12 +520,31 @@ def test_training_that_fits_is_accepted(changes: dict[str, Any]) -> None:
         {"spec.optimization.dtype": "bf16"},
         {"spec.requireMetrics": {"f1": 0, "accuracy": 1}},
         {"spec.model": {"uri": "pvc://models/sentiment"}},
+        {"spec.model": {"uri": "builtin://smollm2-135m-instruct"}},
+        {"spec.model": {"uri": "pvc://models/Llama-3.2-1B"}, "spec.generation": {}},
+        {
+            "spec.model": {"uri": "builtin://smollm2-135m-instruct"},
+            "spec.generation.adapters": [{**ADAPTER, "uri": "s3://adapters/support"}],
+            "spec.storage": S3_SECRET,
+        },
+        {
+            "spec.generation": {
+                "maxSequences": 1024,
+                "maxWaiting": 0,
+                "maxTokens": 131072,
+                "adapters": [ADAPTER, {"name": "Sales.v2_1", "uri": "file:///adapters/sales"}],
+            }
+        },
     ],
     ids=[
         "fp16 on a GPU replica is accepted",
         "bf16 on a CPU replica is accepted",
         "gates of 0 and 1 are accepted",
         "a model on a claim is accepted",
+        "the built-in language model is accepted",
+        "a Hugging Face folder with the default generation settings is accepted",
+        "credentials for an s3 adapter are accepted",
+        "generation settings at their bounds are accepted",
     ],
 )
 def test_deployment_that_fits_is_accepted(changes: dict[str, Any]) -> None:

@@ -58,11 +58,17 @@ def _s3_key_prefix(uri: str) -> str:
     return uri.removeprefix("s3://").partition("/")[2].strip("/")
 
 
-def artifact_uri_rules(field: str, *, builtin: tuple[str, ...] = ()) -> tuple[CelRule, ...]:
+BUILTIN_IS_NO_ARTIFACT = "builtin:// names a data set shipped with modelplane, not a model artifact"
+
+
+def artifact_uri_rules(
+    field: str, *, builtin: tuple[str, ...] = (), why: str = BUILTIN_IS_NO_ARTIFACT
+) -> tuple[CelRule, ...]:
     """The rules for a model whose `uri` is an artifact's place (read or written):
     builtin:// names a data set, which holds no artifact and takes no writes (except the
-    pretrained models in `builtin`, where a model is read); an s3:// artifact lives under
-    a key prefix, never at a bucket's root, which other runs and other tools share."""
+    pretrained models in `builtin`, where a model is read; `why` says what else it is
+    not); an s3:// artifact lives under a key prefix, never at a bucket's root, which
+    other runs and other tools share."""
     models = f", or a pretrained model that ships with modelplane ({' or '.join(builtin)})"
     return (
         CelRule(
@@ -73,7 +79,7 @@ def artifact_uri_rules(field: str, *, builtin: tuple[str, ...] = ()) -> tuple[Ce
             message=(
                 f"{field} must be a pvc://, s3:// or file:// location"
                 + (models if builtin else "")
-                + ": builtin:// names a data set shipped with modelplane, not a model artifact"
+                + f": {why}"
             ),
             check=lambda m: m.uri is None or not m.uri.startswith("builtin://") or m.uri in builtin,
             field_path=".uri",

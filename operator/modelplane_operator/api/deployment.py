@@ -18,12 +18,18 @@ from modelplane_operator.api.common import (
     artifact_uri_rules,
     is_s3,
 )
+from modelplane_runtime.contract import BUILTIN_MODELS
 
 # Metrics a deployment can require: a minimum of those where higher is better (fractions),
 # a maximum of perplexity (the contract's LOWER_IS_BETTER_METRICS: lower is better).
 FRACTION_GATE_METRICS = ("accuracy", "f1", "precision", "recall", "top5Accuracy", "tokenAccuracy")
 GATE_METRICS = (*FRACTION_GATE_METRICS, "perplexity")
 DeploymentPhase = Literal["Pending", "Progressing", "Ready", "Degraded", "Rejected"]
+SERVED_BUILTIN_MODELS = tuple(
+    f"builtin://{name}" for name, task in BUILTIN_MODELS.items() if task == "text-generation"
+)
+"""The pretrained models that ship with modelplane and a deployment serves as they are:
+the language models (a ModelTraining starts from them too)."""
 
 
 class ModelSource(ApiModel):
@@ -35,7 +41,7 @@ class ModelSource(ApiModel):
             message="set exactly one of fromTraining and uri",
             check=lambda m: (m.from_training is None) != (m.uri is None),
         ),
-        *artifact_uri_rules("model.uri"),
+        *artifact_uri_rules("model.uri", builtin=SERVED_BUILTIN_MODELS),
     )
 
     from_training: str | None = Field(
@@ -44,7 +50,12 @@ class ModelSource(ApiModel):
     """Name of a ModelTraining in the same namespace; serving waits until it Succeeded and
     serves its artifact."""
     uri: Uri | None = None
-    """Location of a modelplane artifact (a folder with a model card)."""
+    """Location of the model: a modelplane artifact (a folder with a model card, as a
+    ModelTraining writes it), a Hugging Face model folder (config.json, safetensors
+    weights and tokenizer files, no model card: served as a text-generation model), or
+    builtin://smollm2-135m-instruct (SmolLM2-135M-Instruct, a chat model that ships with
+    modelplane: nothing is downloaded); pvc://, s3:// or file://. Other builtin:// names
+    are data sets, not models."""
 
 
 class ReplicaRange(ApiModel):
@@ -69,7 +80,10 @@ class Autoscaling(ApiModel):
     """How Ray Serve's autoscaler reacts to load."""
 
     target_ongoing_requests: float = Field(default=2.0, gt=0.0, le=10000.0)
-    """Ongoing requests per replica the autoscaler aims for."""
+    """Ongoing requests per replica the autoscaler aims for. For a language model every
+    request is one sequence, so this is ongoing sequences per replica (generating and
+    waiting for a place in its batch): set it near generation.maxSequences to add
+    replicas as batches fill."""
     upscale_delay_seconds: float = Field(default=2.0, ge=0.0, le=3600.0)
     """How long load must stay high before replicas are added."""
     downscale_delay_seconds: float = Field(default=60.0, ge=0.0, le=86400.0)
@@ -95,12 +109,75 @@ class ServingResources(Scheduling):
 
 
 class Batching(ApiModel):
-    """Dynamic batching of concurrent requests."""
+    """Dynamic batching of concurrent requests: a classifier's. A language model batches
+    by tokens instead (spec.generation) and ignores it."""
 
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     """Most requests run through the model together."""
     batch_wait_timeout_ms: float = Field(default=5.0, ge=0.0, le=10000.0)
     """How long the first request of a batch waits for others."""
+
+
+ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class Adapter(ApiModel):
+    """A LoRA adapter served by name on the deployment's model."""
+
+    cel_rules = artifact_uri_rules(
+        "generation.adapters[].uri",
+        why="builtin:// names a data set or a base model shipped with modelplane, not an adapter",
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=ADAPTER_NAME)
+    """The name clients put in a request's `model`, alone or as `<deployment>:<name>`:
+    letters, digits, '.', '_' and '-', starting with a letter or digit."""
+    uri: Uri
+    """The adapter: the artifact of a text-generation ModelTraining with model.adapter
+    (not merged) trained on this deployment's model; pvc://, s3:// or file://. Loaded on
+    first use."""
+
+
+class Generation(ApiModel):
+    """How a language model generates: token-level (continuous) batching with a KV cache.
+    Each field's default is the replica's own."""
+
+    cel_rules = (
+        CelRule(
+            rule=(
+                "!has(self.adapters) || "
+                "self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))"
+            ),
+            message=(
+                "generation.adapters names must be unique: a request's model names one adapter"
+            ),
+            check=lambda g: len({a.name for a in g.adapters}) == len(g.adapters),
+            field_path=".adapters",
+        ),
+    )
+
+    max_sequences: int = Field(default=16, ge=1, le=1024)
+    """Sequences one replica generates at once (its continuous batch); more wait."""
+    max_waiting: int = Field(default=32, ge=0, le=100000)
+    """Sequences that may wait in a replica for a place in its batch; beyond that a
+    request is answered 429 with Retry-After. Serve sends a replica at most
+    maxSequences + maxWaiting requests and queues maxQueuedRequests more (503 with
+    Retry-After beyond them); maxOngoingRequests does not apply."""
+    max_tokens: int = Field(default=512, ge=1, le=131072)
+    """The most new tokens a request may ask for (`max_tokens`), and what one that names
+    none gets; the model's context may cap it lower."""
+    kv_cache_tokens: int = Field(default=8192, ge=256, le=16_777_216)
+    """Tokens the paged KV cache of a replica holds, over all its sequences (prompts and
+    answers): its memory, which resources.memory (or the GPU) must hold on top of the
+    weights."""
+    max_batch_tokens: int = Field(default=512, ge=16, le=1_048_576)
+    """Tokens in one forward pass (prompt chunks and one decode step per sequence): larger
+    passes use the hardware better, smaller ones keep time between tokens short."""
+    adapters: list[Adapter] = Field(default_factory=list, max_length=64)
+    """LoRA adapters served by name on the model, each loaded on first use."""
+    max_loaded_adapters: int = Field(default=2, ge=1, le=64)
+    """Adapters a replica keeps loaded (each a copy of the model with the adapter merged);
+    the least recently used idle one makes room for another."""
 
 
 class Optimization(ApiModel):
@@ -200,17 +277,39 @@ class ModelDeploymentSpec(ApiModel):
             # A fromTraining model is wherever the training put it, maybe in s3://.
             rule=(
                 "!has(self.storage) || has(self.model.fromTraining) || "
-                "(has(self.model.uri) && self.model.uri.startsWith('s3://'))"
+                "(has(self.model.uri) && self.model.uri.startsWith('s3://')) || "
+                "(has(self.generation) && has(self.generation.adapters) && "
+                "self.generation.adapters.exists(a, a.uri.startsWith('s3://')))"
             ),
             message=(
-                "storage holds credentials for an s3:// model, and model.uri is not s3:// "
-                "(nor is the model fromTraining, whose artifact may be): remove storage, or "
-                "it would be ignored"
+                "storage holds credentials for an s3:// model or adapter, and neither "
+                "model.uri nor any generation.adapters[].uri is s3:// (nor is the model "
+                "fromTraining, whose artifact may be): remove storage, or it would be ignored"
             ),
             check=lambda s: (
-                s.storage is None or s.model.from_training is not None or is_s3(s.model.uri)
+                s.storage is None
+                or s.model.from_training is not None
+                or is_s3(s.model.uri)
+                or any(is_s3(a.uri) for a in (s.generation.adapters if s.generation else ()))
             ),
             field_path=".storage",
+        ),
+        CelRule(
+            rule=(
+                "!has(self.requireMetrics) || size(self.requireMetrics) == 0 || "
+                "!has(self.model.uri) || !self.model.uri.startsWith('builtin://')"
+            ),
+            message=(
+                "requireMetrics gates a trained model by its validation metrics, and a "
+                "builtin:// model ships with none: remove requireMetrics, or serve a "
+                "training of it (model.fromTraining)"
+            ),
+            check=lambda s: (
+                not s.require_metrics
+                or s.model.uri is None
+                or not s.model.uri.startswith("builtin://")
+            ),
+            field_path=".requireMetrics",
         ),
     )
 
@@ -228,18 +327,27 @@ class ModelDeploymentSpec(ApiModel):
     resources: ServingResources = Field(default_factory=ServingResources)
     """Per-replica resources and placement."""
     batching: Batching = Field(default_factory=Batching)
-    """Dynamic batching."""
+    """Dynamic batching of a classifier's requests. A language model ignores it: it
+    batches by tokens, as spec.generation says."""
+    generation: Generation | None = None
+    """For a language model (a text-generation training, a Hugging Face folder, or
+    builtin://smollm2-135m-instruct), which answers the OpenAI API (/v1/models,
+    /v1/completions, /v1/chat/completions, streaming or not): how it generates, and the
+    LoRA adapters it serves. Unset, a language model generates with the defaults; a
+    classifier refuses it."""
     optimization: Optimization = Field(default_factory=Optimization)
     """Inference optimisations."""
     max_ongoing_requests: int = Field(default=64, ge=1, le=100000)
-    """Requests one replica works on at once (a batch is drawn from them)."""
+    """Requests one classifier replica works on at once (a batch is drawn from them). A
+    language model's replica takes generation.maxSequences + generation.maxWaiting
+    instead."""
     max_queued_requests: int = Field(default=64, ge=0, le=100000)
     """Requests one replica lets wait beyond maxOngoingRequests; beyond that callers get
     503 with Retry-After at once instead of waiting ever longer."""
     storage: StorageSpec | None = None
     """Credentials for an s3:// model (model.uri, or the artifact of the fromTraining
-    ModelTraining). Unset, the pods use the cluster's default Secret, if the operator has
-    one."""
+    ModelTraining) or LoRA adapter (spec.generation.adapters). Unset, the pods use the
+    cluster's default Secret, if the operator has one."""
 
 
 class ModelInfo(StatusModel):
@@ -270,6 +378,15 @@ class Load(StatusModel):
     fixed-size deployment: the replicas' own count); read every few seconds."""
     requests_per_second: float = 0.0
     """Requests the replicas answered per second, over about the last 30 seconds."""
+    tokens_per_second: float | None = None
+    """A language model's generated tokens per second over all replicas, over about the
+    last 30 seconds; absent for a classifier."""
+    running_sequences: int | None = None
+    """A language model's sequences being generated now, over all replicas (their
+    continuous batches); absent for a classifier."""
+    waiting_sequences: int | None = None
+    """A language model's sequences waiting in the replicas for a place in a batch;
+    absent for a classifier."""
 
 
 class ModelDeploymentStatus(StatusModel):
@@ -288,7 +405,16 @@ class ModelDeploymentStatus(StatusModel):
     fromTraining failed), UnservableModel (a task serving cannot answer) or InvalidSpec
     (the operator cannot build what the spec describes; fix it and re-apply)."""
     endpoint: str | None = None
-    """HTTP endpoint inside the cluster (Open Inference Protocol v2 and /predict)."""
+    """HTTP endpoint inside the cluster: the OpenAI API under /v1 for a language model,
+    Open Inference Protocol v2 and /predict for a classifier."""
+    engine: str | None = None
+    """What the replicas run the model with: transformers-continuous-batching for a
+    language model (transformers' continuous batching: a paged KV cache, batches of
+    tokens), torch-dynamic-batching for a classifier (one forward pass per batch of
+    requests). The operator knows a language model by spec.generation, a text-generation
+    training or a builtin:// model; a model.uri artifact is served as its card says,
+    which only the replica reads, so set spec.generation (even {}) on a language model
+    there. Set while the deployment rolls out."""
     model: ModelInfo | None = None
     """The served model."""
     replicas: Counts | None = None

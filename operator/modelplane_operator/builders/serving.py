@@ -18,7 +18,9 @@
 
 The Secret's token comes in as an argument: builders never draw random numbers. So does
 the model's URI: the artifact the reconcile resolved (`model.uri`, or the artifact of the
-`fromTraining` ModelTraining), whose claim the Ray pods mount.
+`fromTraining` ModelTraining), whose claim the Ray pods mount with those of the LoRA
+adapters in `spec.generation`. A builtin:// model needs nothing mounted: the runtime
+converts it once per pod, into the pod's storage cache (an emptyDir).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from modelplane_operator.builders.common import (
     storage_wiring,
 )
 from modelplane_operator.constants import AGENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
-from modelplane_operator.judge import SpecError, claim_problem
+from modelplane_operator.judge import SpecError, claim_problem, deployment_uris
 from modelplane_operator.naming import child_name
 from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import (
@@ -212,11 +214,14 @@ def _pod_spec(
     model_uri: str,
 ) -> Manifest:
     spec = deployment.spec
-    # A pvc:// model at <pvc root>/<claim>/<path>: the runtime resolves the Serve
-    # config's URI under $MODELPLANE_PVC_ROOT, the root the training pods wrote it under.
-    if (problem := claim_problem("spec.model.uri", model_uri)) is not None:
-        raise SpecError(problem.field, problem.message)
-    claims = pvc_claims([model_uri])
+    # A pvc:// model (or adapter) at <pvc root>/<claim>/<path>: the runtime resolves the
+    # Serve config's URI under $MODELPLANE_PVC_ROOT, the root the training pods wrote it
+    # under.
+    uris = deployment_uris(spec, model_uri=model_uri)
+    for field, uri in uris.items():
+        if (problem := claim_problem(field, uri)) is not None:
+            raise SpecError(problem.field, problem.message)
+    claims = pvc_claims(list(uris.values()))
     volumes, mounts = pvc_volumes(claims, root=settings.pvc_root)
     for mount in mounts:
         mount["readOnly"] = True  # serving never writes the model store
@@ -225,10 +230,11 @@ def _pod_spec(
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # Ray's object store
     ]
     mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
-    # An s3:// model is downloaded once per pod into its cache. The head gets the same
-    # credentials and cache as the workers: every Ray pod runs what Serve places on it.
+    # An s3:// model or adapter is downloaded once per pod into its cache. The head gets
+    # the same credentials and cache as the workers: every Ray pod runs what Serve places
+    # on it.
     storage_env, storage_volumes, storage_mounts = storage_wiring(
-        {"spec.model.uri": model_uri},
+        uris,
         spec.storage,
         default_secret=settings.storage_secret,
         cache_limit=settings.storage_cache_limit,

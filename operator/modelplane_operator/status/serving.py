@@ -15,8 +15,9 @@ MetricsBelowThreshold and MetricMissing (requireMetrics: for a `fromTraining` mo
 the training's metrics before anything rolls out; for a `model.uri` model from the
 replica, which refuses a model card below them with REQUIRE_METRICS_REFUSAL in its
 error), TrainingFailed and UnservableModel (the training the deployment names), and
-InvalidSpec (a spec the API accepted but the builders cannot build, or a body that does
-not parse: `derive_invalid_deployment`). The same pass that derives the status decides
+InvalidSpec (a spec the API accepted but the builders cannot build, spec.generation for
+a training known to be a classifier even before it ends, or a body that does not parse:
+`derive_invalid_deployment`). The same pass that derives the status decides
 what to do to the Ray cluster (`ClusterActions`: apply it, push its config, size its
 workers), so the reconcile only reads, calls this once, and acts.
 
@@ -50,7 +51,13 @@ from modelplane_operator.api.deployment import (
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.conditions import Event, format_time, set_condition
 from modelplane_operator.judge import SpecError
-from modelplane_operator.serve_config import ResolvedModel, gate
+from modelplane_operator.serve_config import (
+    ResolvedModel,
+    engine,
+    gate,
+    generation_problem,
+    is_language_model,
+)
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.cluster_actions import (
     ClusterActions,
@@ -138,12 +145,13 @@ def _phase(  # noqa: PLR0911  (one return per edge of the phase machine)
     """(phase, reason, message) of the Ready/Progressing conditions."""
     if isinstance(observed.model, ModelRefused):
         return "Rejected", observed.model.reason, observed.model.message
+    if isinstance(desired, SpecError):
+        # Before waiting: spec.generation on a training's classifier is known at once.
+        return "Rejected", c.REASON_INVALID_SPEC, str(desired)
     if isinstance(observed.model, ModelWaiting):
         return "Pending", observed.model.reason, observed.model.message
     if failures:
         return _gate_verdict(failures)
-    if isinstance(desired, SpecError):
-        return "Rejected", c.REASON_INVALID_SPEC, str(desired)
     serve = observed.serve
     refusal = replica_refusal(serve.message) if serve is not None else None
     if (
@@ -288,6 +296,17 @@ def _accepted(
     return "True", c.REASON_MODEL_ACCEPTED, "the model meets requireMetrics"
 
 
+def _load(serve: ServeState, *, language: bool) -> Load:
+    """status.load; the tokens and sequences only for a language model."""
+    return Load(
+        ongoing_requests=serve.ongoing_requests,
+        requests_per_second=serve.requests_per_second,
+        tokens_per_second=serve.tokens_per_second if language else None,
+        running_sequences=serve.running_sequences if language else None,
+        waiting_sequences=serve.waiting_sequences if language else None,
+    )
+
+
 def derive_deployment_status(
     deployment: ModelDeployment,
     observed: ObservedDeployment,
@@ -300,9 +319,10 @@ def derive_deployment_status(
     previous = deployment.status or ModelDeploymentStatus()
     generation = deployment.metadata.generation or 0
     model = observed.model
+    task = None if isinstance(model, ModelRefused) else model.task
     failures: list[GateFailure] = []
-    desired: Desired | SpecError | None = None
-    if isinstance(model, ResolvedModel):
+    desired: Desired | SpecError | None = generation_problem(deployment, task)
+    if isinstance(model, ResolvedModel) and desired is None:
         # A uri model's metrics are in its card, which only the replica reads: the
         # replica applies the same gate there (ServeArgs.require_metrics).
         if deployment.spec.model.from_training is not None:
@@ -326,6 +346,7 @@ def derive_deployment_status(
         now=now,
     )
     serve = observed.serve
+    language = is_language_model(deployment, task)
     workers = Counts(
         desired=actions.workers
         if scaled and actions and actions.workers is not None
@@ -337,6 +358,7 @@ def derive_deployment_status(
         phase=phase,
         conditions=conditions,
         endpoint=observed.endpoint if roll_out else None,
+        engine=engine(deployment, task) if roll_out else None,
         model=ModelInfo(uri=model.uri, digest=model.digest, metrics=model.metrics)
         if isinstance(model, ResolvedModel)
         else None,
@@ -347,12 +369,7 @@ def derive_deployment_status(
         if roll_out
         else None,
         workers=workers if roll_out else None,
-        load=Load(
-            ongoing_requests=serve.ongoing_requests,
-            requests_per_second=serve.requests_per_second,
-        )
-        if roll_out and serve
-        else None,
+        load=_load(serve, language=language) if roll_out and serve else None,
         last_scale_time=format_time(now) if scaled else previous.last_scale_time,
     )
     events = _events(previous, phase, reason, message)

@@ -33,6 +33,8 @@ class ModelWaiting:
 
     reason: str
     message: str
+    task: str | None = None
+    """The task of the training it waits for (known before it ends), if it exists."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class ServeState:
     running_replicas: int = 0
     ongoing_requests: float = 0.0
     requests_per_second: float = 0.0
+    tokens_per_second: float = 0.0
+    """A language model's replicas' generated tokens per second."""
+    running_sequences: int = 0
+    waiting_sequences: int = 0
     replica_ips: frozenset[str] = frozenset()
     """Node IPs of the running replicas (a worker pod's IP when it hosts one)."""
     listed_replicas: int = 0
@@ -106,22 +112,15 @@ def serve_oom(message: str) -> str | None:
 def resolve_from_training(
     name: str, training: ModelTraining | None
 ) -> ResolvedModel | ModelWaiting | ModelRefused:
-    """The model `fromTraining: name` refers to, or why there is none yet (waiting: the
-    pass runs again when the training changes) or never will be (refused, until the
-    training is replaced by one that can succeed)."""
+    """The model `fromTraining: name` refers to, with its task, or why there is none yet
+    (waiting: the pass runs again when the training changes) or never will be (refused,
+    until the training is replaced by one that can succeed or be served)."""
     if training is None:
         return ModelWaiting(
             c.REASON_WAITING_FOR_TRAINING,
             f"waiting for ModelTraining {name!r}: it does not exist in this namespace",
         )
     task = training.spec.model.task
-    if task == "text-generation":
-        return ModelRefused(
-            c.REASON_UNSERVABLE_MODEL,
-            f"spec.model.fromTraining: ModelTraining {name!r} trains task {task}; serving "
-            "language models (an OpenAI-compatible API) is not available yet. Its artifact "
-            "is a Hugging Face folder that transformers and other servers load",
-        )
     if task == "masked-lm":
         return ModelRefused(
             c.REASON_UNSERVABLE_MODEL,
@@ -142,8 +141,11 @@ def resolve_from_training(
         return ModelWaiting(
             c.REASON_WAITING_FOR_TRAINING,
             f"waiting for ModelTraining {name!r} to succeed (it is {phase or 'new'})",
+            task=task,
         )
-    return ResolvedModel(uri=artifact.uri, digest=artifact.digest, metrics=dict(status.metrics))
+    return ResolvedModel(
+        uri=artifact.uri, digest=artifact.digest, metrics=dict(status.metrics), task=task
+    )
 
 
 def replica_refusal(message: str) -> str | None:
