@@ -169,6 +169,14 @@ def run(
             "print the answers and stop instead of serving until Ctrl-C. Repeatable.",
         ),
     ] = None,
+    chat: Annotated[
+        str | None,
+        typer.Option(
+            "--chat",
+            help="ModelDeployment of a language model: send this message to its OpenAI "
+            "chat route, stream the answer to the terminal and stop.",
+        ),
+    ] = None,
     port: Annotated[int, typer.Option(help="ModelDeployment: local HTTP port.")] = 8000,
     check: Annotated[
         bool,
@@ -210,7 +218,7 @@ def run(
     for checked in results:
         resource = checked.resource
         if isinstance(resource, ModelDeployment):
-            code = serve(resource, console=out, port=port, inputs=_inputs(predict or []))
+            code = serve(resource, console=out, port=port, inputs=_inputs(predict or []), chat=chat)
             if code != 0:
                 raise typer.Exit(code)
             continue

@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -287,6 +288,54 @@ def predict(endpoint: str, inputs: list[Any]) -> dict[str, Any]:
         raise LocalServeError(f"/predict answered {error.code}: {error.read().decode()}") from error
 
 
+def _serves_language(endpoint: str) -> bool:
+    """Whether the server answers the OpenAI API (a language model) rather than OIP."""
+    try:
+        with urllib.request.urlopen(f"{endpoint}/v1/models", timeout=30) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError:
+        return False
+
+
+def _writer(console: Console) -> Callable[[str], None]:
+    def write(text: str) -> None:
+        console.file.write(text)
+        console.file.flush()
+
+    return write
+
+
+def stream_chat(endpoint: str, model: str, message: str, *, write: Callable[[str], None]) -> str:
+    """Send `message` to the chat route with `stream: true` and write the answer's text
+    as its server-sent events arrive; returns the whole answer."""
+    body = {"model": model, "messages": [{"role": "user", "content": message}], "stream": True}
+    request = urllib.request.Request(
+        f"{endpoint}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    answer = []
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            for raw in response:
+                line = raw.decode().strip()
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line.removeprefix("data: "))
+                if "error" in event:
+                    raise LocalServeError(f"generation failed: {event['error']['message']}")
+                for choice in event.get("choices", []):
+                    text = choice.get("delta", {}).get("content") or ""
+                    answer.append(text)
+                    write(text)
+    except urllib.error.HTTPError as error:
+        raise LocalServeError(
+            f"/v1/chat/completions answered {error.code}: {error.read().decode()}"
+        ) from error
+    write("\n")
+    return "".join(answer)
+
+
 def prepare(deployment: ModelDeployment, *, console: Console, port: int) -> dict[str, Any]:
     """The Serve config for `deployment` on this machine; LocalServeError when the model
     cannot be found, RejectedError when it does not meet requireMetrics."""
@@ -328,15 +377,23 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def serve(deployment: ModelDeployment, *, console: Console, port: int, inputs: list[Any]) -> int:
-    """Serve `deployment` locally. With `inputs`, answer them and stop; otherwise serve
-    until interrupted (Ctrl-C or `kill`). Returns the exit code."""
+def serve(
+    deployment: ModelDeployment,
+    *,
+    console: Console,
+    port: int,
+    inputs: list[Any],
+    chat: str | None = None,
+) -> int:
+    """Serve `deployment` locally. With `inputs` (or a `chat` message for a language
+    model), answer them and stop; otherwise serve until interrupted (Ctrl-C or `kill`).
+    Returns the exit code."""
     # SIGTERM stops the server as Ctrl-C does: the runner has its own session, so dying
     # without stopping it would leave Ray and HAProxy running. (A background job of a
     # script ignores SIGINT, so `kill` is how scripts stop it.)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _serve(deployment, console=console, port=port, inputs=inputs)
+        return _serve(deployment, console=console, port=port, inputs=inputs, chat=chat)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -361,21 +418,62 @@ def _start(deployment: ModelDeployment, *, console: Console, port: int) -> Local
         return 0
 
 
-def _serve(deployment: ModelDeployment, *, console: Console, port: int, inputs: list[Any]) -> int:
+def _answer(
+    endpoint: str,
+    name: str,
+    *,
+    language: bool,
+    inputs: list[Any],
+    chat: str | None,
+    console: Console,
+) -> int:
+    """Answer --chat or --predict on the running server; the exit code."""
+    if language != (chat is not None):
+        wanted = "--chat" if language else "--predict"
+        kind = "a language model" if language else "a classifier"
+        console.print(f"[red]{name} is {kind}:[/red] use {wanted}")
+        return EXIT_FAILED
+    if chat is not None:
+        stream_chat(endpoint, name, chat, write=_writer(console))
+    else:
+        _print_answers(name, inputs, predict(endpoint, inputs), console)
+    return 0
+
+
+def _serve(
+    deployment: ModelDeployment,
+    *,
+    console: Console,
+    port: int,
+    inputs: list[Any],
+    chat: str | None,
+) -> int:
     name = deployment.metadata.name or "deployment"
     server = _start(deployment, console=console, port=port)
     if isinstance(server, int):
         return server
     try:
-        console.print(f"ready: {server.endpoint}  (Open Inference Protocol v2 and /predict)")
-        console.print(
-            f"  curl -s {server.endpoint}/v2/models/{name}\n"
-            f"  curl -s -X POST {server.endpoint}/predict -d '{{\"inputs\": [...]}}'\n"
-            f"  logs: {server.log_path}"
-        )
-        if inputs:
-            _print_answers(name, inputs, predict(server.endpoint, inputs), console)
-            return 0
+        language = _serves_language(server.endpoint)
+        if language:
+            console.print(f"ready: {server.endpoint}/v1  (the OpenAI API)")
+            body = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hi"}]})
+            console.print(
+                f"  curl -s {server.endpoint}/v1/models\n"
+                f"  curl -sN {server.endpoint}/v1/chat/completions "
+                f"-H 'Content-Type: application/json' -d '{body[:-1]}, \"stream\": true}}'\n"
+                f"  logs: {server.log_path}"
+            )
+        else:
+            console.print(f"ready: {server.endpoint}  (Open Inference Protocol v2 and /predict)")
+            console.print(
+                f"  curl -s {server.endpoint}/v2/models/{name}\n"
+                f"  curl -s -X POST {server.endpoint}/predict -d '{{\"inputs\": [...]}}'\n"
+                f"  logs: {server.log_path}"
+            )
+        if chat is not None or inputs:
+            return _answer(
+                server.endpoint, name, language=language, inputs=inputs, chat=chat, console=console
+            )
         console.print("serving until interrupted (Ctrl-C)")
         while server.process.poll() is None:
             time.sleep(0.5)

@@ -61,6 +61,13 @@ def _train(root: Path, name: str, **overrides: Any) -> Artifact:
 
 
 @pytest.fixture(scope="session")
+def storage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One storage cache for the session's SmolLM2 servers: the first converts the
+    shipped GGUF into a Hugging Face folder there (~30 s), the others reuse it."""
+    return tmp_path_factory.mktemp("storage-cache")
+
+
+@pytest.fixture(scope="session")
 def text_model(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     return _train(
         tmp_path_factory.mktemp("text"),
