@@ -174,7 +174,7 @@ def run(
         typer.Option(
             "--chat",
             help="ModelDeployment of a language model: send this message to its OpenAI "
-            "chat route, stream the answer to the terminal and stop.",
+            "chat route (greedy decoding), stream the answer to the terminal and stop.",
         ),
     ] = None,
     port: Annotated[int, typer.Option(help="ModelDeployment: local HTTP port.")] = 8000,

@@ -306,9 +306,15 @@ def _writer(console: Console) -> Callable[[str], None]:
 
 
 def stream_chat(endpoint: str, model: str, message: str, *, write: Callable[[str], None]) -> str:
-    """Send `message` to the chat route with `stream: true` and write the answer's text
+    """Send `message` to the chat route (greedy, `stream: true`) and write the answer's text
     as its server-sent events arrive; returns the whole answer."""
-    body = {"model": model, "messages": [{"role": "user", "content": message}], "stream": True}
+    # Greedy: the same question gets the same answer, as a demo and a test expect.
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": message}],
+        "stream": True,
+        "temperature": 0,
+    }
     request = urllib.request.Request(
         f"{endpoint}/v1/chat/completions",
         data=json.dumps(body).encode(),

@@ -243,8 +243,8 @@ def load_artifact(
     if card["architecture"] in HUGGINGFACE_ARCHITECTURES:
         raise ConfigError(
             f"model.uri: {directory} is a {card['task']} model ({card['architecture']}, a "
-            "Hugging Face folder): serving language models (an OpenAI-compatible API) is "
-            "not available yet; transformers and other servers load the folder as it is"
+            "Hugging Face folder): it generates text, and a replica serves it through the "
+            "OpenAI API (serve/generation.py), not as a classifier"
         )
     shape = DataShape(
         num_classes=card["data_shape"]["num_classes"],
