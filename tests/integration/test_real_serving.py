@@ -8,7 +8,8 @@ Everything runs on `real_cluster` (containerd, the kubelet, kube-proxy, CoreDNS)
 images built from this tree; the operator is the chart's pod and reaches each head's
 dashboard through the head Service (the chart's default URL, no test seam). Load comes
 from threads inside the node's network namespace, as from a pod. The tests share one
-namespace, two trainings and one deployment, and run in file order.
+namespace, two trainings and one deployment, and run in file order; the last stands alone:
+a language model trained here answers the OpenAI API through its Service.
 """
 
 from __future__ import annotations
@@ -21,26 +22,35 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
+import torch
 import tritonclient.http as triton
 import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelplane.serving import start_server
 from modelplane_harness.cluster import LocalCluster, free_port
-from modelplane_harness.loadgen import BackgroundLoad, LoadResult, json_body
+from modelplane_harness.loadgen import BackgroundLoad, LoadResult, enter_netns, json_body
+from modelplane_harness.node import RealNode
 from modelplane_harness.operator import OPERATOR_NAMESPACE, RELEASE, install_chart
 from modelplane_harness.realserving import load_step, netns_path, service_url
 from modelplane_harness.waiting import wait_for
 from modelplane_operator.api.resources import ModelDeployment
 from modelplane_operator.serve_config import ResolvedModel, render_serve_config
+from modelplane_runtime.contract import GENERATION_ENGINE, DataConfig, OptimConfig
+from modelplane_runtime.train.distributed import DistEnv
+from modelplane_runtime.train.loop import Trainer
 from tests.factories import EXAMPLES
 from tests.integration.conftest import _test_namespace
+from tests.runtime.conftest import TINY_LLAMA, make_lm_config
 
 OPERATOR = f"{RELEASE}-operator"
 NAME = "quickstart"
@@ -693,3 +703,197 @@ def test_the_head_pod_deleted_the_deployment_recovers_to_ready(stack: Stack) -> 
          "-d", json.dumps({"inputs": REVIEWS})],
     )  # fmt: skip
     assert curl.returncode == 0, curl.stderr
+
+
+# -- a language model --------------------------------------------------------------------
+
+LM = "tiny-lm"
+CHAT = {
+    "what does the cat do": "the cat sat on a mat",
+    "what does the dog do": "the dog ran far away",
+    "what does the fox do": "the red fox jumps",
+}
+"""What the tiny llama learns to answer."""
+POD_UID = 1000
+"""The user our pods run as (the chart's runAsUser), who owns what a training pod writes."""
+
+
+def _train_chat_llama(claim: Path, tmp_path: Path) -> Path:
+    """tests/runtime's tiny llama, trained in this process (about 3 s) until it answers
+    CHAT word for word, with the byte-level BPE it trains and ChatML's chat template.
+    Its artifact goes into the claim's folder at `claim/LM`, owned by the pods' user as a
+    ModelTraining's pod would have left it (the trainer writes the weights 0600)."""
+    data = tmp_path / "chat.jsonl"
+    turns = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for _ in range(16)
+        for q, a in CHAT.items()
+    ]
+    data.write_text("".join(json.dumps(t) + "\n" for t in turns))
+    config = make_lm_config(
+        tmp_path,
+        name=LM,
+        params={**TINY_LLAMA, "max_length": 64},
+        data=DataConfig(train_uri=f"file://{data}", validation_split=0.25),
+        optim=OptimConfig(epochs=30, batch_size=8, learning_rate=1e-2, seed=1),
+        output_uri=f"file://{claim}",
+    )
+    Trainer(config, env=DistEnv()).fit()
+    artifact = claim / LM
+    for path in [artifact, *artifact.rglob("*")]:
+        os.chown(path, POD_UID, POD_UID)
+    return artifact
+
+
+@torch.no_grad()
+def _generate(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int) -> str:
+    """transformers' own greedy `generate`: the reference the replica must match."""
+    inputs = torch.tensor([ids])
+    output = model.generate(
+        inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    text: str = tokenizer.decode(output[0][len(ids) :], skip_special_tokens=True)
+    return text
+
+
+def _ask_with_openai(base_url: str, question: str, prompt: str) -> dict[str, Any]:
+    """The official client's calls, made from the thread they run in: the model list, a
+    chat answer whole and streamed (greedy), and a completion of `prompt`."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    messages: list[Any] = [{"role": "user", "content": question}]
+    whole = client.chat.completions.create(
+        model=LM, messages=messages, temperature=0, max_tokens=24
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=LM, messages=messages, temperature=0, max_tokens=24, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    completion = client.completions.create(model=LM, prompt=prompt, temperature=0, max_tokens=24)
+    return {
+        "models": [m.id for m in client.models.list()],
+        "whole": whole,
+        "chunks": chunks,
+        "completion": completion,
+    }
+
+
+@pytest.mark.timeout(900)
+def test_a_language_model_answers_the_openai_api_on_real_pods(
+    real_cluster: LocalCluster, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A tiny llama trained here, on the `models` claim, deployed with spec.generation:
+    the official `openai` client (whole and streamed) and `curl -N` reach it through its
+    Service from inside the cluster's network, and get what transformers' `generate`
+    gives on the same artifact."""
+    cluster, node = real_cluster, real_cluster.node
+    assert node is not None
+    # The module's other tests may hold the chart already; only what this test installed
+    # goes with it.
+    ours = cluster.helm("status", RELEASE, "-n", OPERATOR_NAMESPACE, check=False).returncode != 0
+    install_chart(cluster)
+    namespaces = _test_namespace(cluster, request, logs=True)
+    namespace = next(namespaces)
+    try:
+        cluster.kubectl(
+            "-n", OPERATOR_NAMESPACE, "rollout", "status", f"deployment/{OPERATOR}",
+            "--timeout=180s",
+        )  # fmt: skip
+        cluster.kubectl(
+            "apply", "-n", namespace, "-f", str(EXAMPLES / "cluster" / "models-pvc.yaml")
+        )
+        stack = Stack(cluster, namespace, digests={})
+        wait_for(
+            lambda: (
+                cluster.get_json("pvc", "models", "-n", namespace)["status"].get("phase") == "Bound"
+            ),
+            timeout=60,
+            what="the models claim bound",
+        )
+        began = time.monotonic()
+        artifact = _train_chat_llama(_claim_path(stack), tmp_path)
+        print(f"\n{LM} trained here in {time.monotonic() - began:.1f} s")
+        manifest: dict[str, Any] = yaml.safe_load((EXAMPLES / "llm-deployment.yaml").read_text())
+        manifest["metadata"]["name"] = LM
+        manifest["spec"].update(
+            {
+                "model": {"uri": f"pvc://models/{LM}"},
+                "generation": {"maxSequences": 4, "maxTokens": 32},
+                "replicas": {"min": 1, "max": 1},
+                "resources": WORKER_RESOURCES,
+            }
+        )
+        manifest["spec"].pop("autoscaling", None)
+        began = time.monotonic()
+        _apply(cluster, namespace, manifest)
+        status = stack.ready(replicas=1, timeout=600, name=LM)
+        print(f"{LM} Ready on real pods {time.monotonic() - began:.1f} s after it was applied")
+        assert status["engine"] == GENERATION_ENGINE, status
+        _answers_the_openai_api(stack, artifact, node)
+    finally:
+        for _ in namespaces:
+            pass
+        cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=180s",
+                        check=False)  # fmt: skip
+        if ours:
+            cluster.helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
+
+
+def _answers_the_openai_api(stack: Stack, artifact: Path, node: RealNode) -> None:
+    tokenizer: Any = AutoTokenizer.from_pretrained(artifact)
+    model: Any = AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32)
+    model.eval()
+    question, answer = "what does the dog do", CHAT["what does the dog do"]
+    messages = [{"role": "user", "content": question}]
+    chat_ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    expected = _generate(model, tokenizer, list(chat_ids), 24)
+    assert expected == answer  # the model learnt it: the texts compared below mean something
+    # A completion of the chat template's text for another question, as a client that
+    # formats its own prompts sends it.
+    prompt = str(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "what does the cat do"}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+    )
+    completed = _generate(model, tokenizer, tokenizer.encode(prompt), 24)
+    assert completed == CHAT["what does the cat do"]
+
+    base_url = service_url(stack.cluster, stack.namespace, LM, "/v1")
+    with ThreadPoolExecutor(
+        1, initializer=enter_netns, initargs=(netns_path(stack.cluster),)
+    ) as pool:
+        got = pool.submit(_ask_with_openai, base_url, question, prompt).result()
+    assert got["models"] == [LM]
+    whole = got["whole"].choices[0]
+    assert whole.message.content == expected
+    assert whole.finish_reason == "stop"
+    assert got["whole"].usage.prompt_tokens == len(chat_ids)
+    chunks = got["chunks"]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == expected
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # by token
+    assert chunks[-1].usage.completion_tokens == got["whole"].usage.completion_tokens
+    assert got["completion"].choices[0].text == completed
+
+    # curl -N from inside the node's network namespace, as from a pod.
+    body = {"model": LM, "messages": messages, "temperature": 0, "max_tokens": 24, "stream": True}
+    curl = node.exec_in_netns(
+        ["curl", "-sN", "--fail-with-body", f"{base_url}/chat/completions",
+         "-H", "content-type: application/json", "-d", json.dumps(body)],
+        timeout=120,
+    )  # fmt: skip
+    assert curl.returncode == 0, curl.stdout + curl.stderr
+    events = [e for e in curl.stdout.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events), curl.stdout
+    assert events[-1] == "data: [DONE]", curl.stdout
+    deltas = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert deltas[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert deltas[-1]["choices"][0]["finish_reason"] == "stop"
+    assert "".join(d["choices"][0]["delta"].get("content", "") for d in deltas) == expected
+    print(f"{LM} answered {question!r} with {expected!r}, whole, streamed and through curl -N")
