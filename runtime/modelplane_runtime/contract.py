@@ -279,8 +279,9 @@ class GenerationArgs(_Contract):
     """The most new tokens a request may ask for; also the default for one that names
     none (capped by the model's context)."""
     kv_cache_tokens: int = Field(default=8192, ge=256, le=16_777_216)
-    """Tokens the paged KV cache holds over all sequences (transformers sizes it from the
-    host's whole memory otherwise)."""
+    """Tokens the paged KV cache holds over all sequences of one decoding mode (greedy and
+    sampled sequences batch apart, each with a cache this size); transformers would size
+    it from the host's whole memory otherwise."""
     max_batch_tokens: int = Field(default=512, ge=16, le=1_048_576)
     """Tokens (prompt chunks and decode steps) in one forward pass."""
     adapters: tuple[AdapterRef, ...] = ()

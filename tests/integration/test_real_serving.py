@@ -760,7 +760,13 @@ def _generate(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int) -
 def _ask_with_openai(base_url: str, question: str, prompt: str) -> dict[str, Any]:
     """The official client's calls, made from the thread they run in: the model list, a
     chat answer whole and streamed (greedy), and a completion of `prompt`."""
-    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    with openai.OpenAI(
+        base_url=base_url, api_key="unused", max_retries=0, timeout=120
+    ) as client:  # closed: an open client's sockets warn, and warnings are errors here
+        return _openai_calls(client, question, prompt)
+
+
+def _openai_calls(client: openai.OpenAI, question: str, prompt: str) -> dict[str, Any]:
     messages: list[Any] = [{"role": "user", "content": question}]
     whole = client.chat.completions.create(
         model=LM, messages=messages, temperature=0, max_tokens=24

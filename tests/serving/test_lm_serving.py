@@ -145,8 +145,19 @@ def reference(storage_cache: Path, monkeypatch_module: pytest.MonkeyPatch) -> tu
     return model, tokenizer
 
 
-def client(serving: RunningServe, prefix: str = "") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{serving.endpoint}{prefix}/v1", api_key="unused", max_retries=0)
+@pytest.fixture(scope="module")
+def clients(serving: RunningServe) -> Iterator[dict[str, openai.OpenAI]]:
+    """The official client for each application, closed at the end (an unclosed client's
+    sockets would warn, and warnings are errors here)."""
+    made = {
+        name: openai.OpenAI(
+            base_url=f"{serving.endpoint}{prefix}/v1", api_key="unused", max_retries=0
+        )
+        for name, prefix in ((SMOL, ""), (TINY, "/tiny"))
+    }
+    yield made
+    for each in made.values():
+        each.close()
 
 
 @torch.no_grad()
@@ -163,10 +174,10 @@ def generate(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int) ->
 
 
 def test_the_openai_client_gets_what_transformers_generate_gives(
-    serving: RunningServe, reference: tuple[Any, Any]
+    clients: dict[str, openai.OpenAI], reference: tuple[Any, Any]
 ) -> None:
     model, tokenizer = reference
-    smol = client(serving)
+    smol = clients[SMOL]
     assert [m.id for m in smol.models.list()] == [SMOL]
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
     chat = smol.chat.completions.create(
@@ -211,7 +222,9 @@ def test_the_openai_client_gets_what_transformers_generate_gives(
     assert completion.choices[0].finish_reason == "length"
 
 
-def test_curl_streams_server_sent_events(serving: RunningServe) -> None:
+def test_curl_streams_server_sent_events(
+    serving: RunningServe, clients: dict[str, openai.OpenAI]
+) -> None:
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
     body = {
         "model": SMOL,
@@ -242,7 +255,7 @@ def test_curl_streams_server_sent_events(serving: RunningServe) -> None:
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-    whole = client(serving).chat.completions.create(
+    whole = clients[SMOL].chat.completions.create(
         model=SMOL,
         messages=messages,
         temperature=0,
@@ -311,9 +324,11 @@ def test_a_malformed_request_gets_a_4xx_in_openais_error_shape(
     assert status == 200, body
 
 
-def test_an_unknown_model_or_route_is_a_404_in_openais_shape(serving: RunningServe) -> None:
+def test_an_unknown_model_or_route_is_a_404_in_openais_shape(
+    serving: RunningServe, clients: dict[str, openai.OpenAI]
+) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client(serving).completions.create(model="gpt-4", prompt="x", max_tokens=1)
+        clients[SMOL].completions.create(model="gpt-4", prompt="x", max_tokens=1)
     assert "'gpt-4' does not exist here" in str(caught.value)
     status, body, _ = _post(f"{serving.endpoint}/v1/embeddings", {"model": SMOL})
     assert status == 404
@@ -379,12 +394,12 @@ def test_a_full_replica_answers_429_with_retry_after_and_serving_continues(
 # peft 0.21 asks transformers 5 for a property that is deprecated there
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_an_adapter_is_served_by_name_on_its_base(
-    serving: RunningServe, tiny: tuple[Path, Path]
+    clients: dict[str, openai.OpenAI], tiny: tuple[Path, Path]
 ) -> None:
     from peft import PeftModel  # noqa: PLC0415
 
     base_dir, adapter_dir = tiny
-    tiny_client = client(serving, "/tiny")
+    tiny_client = clients[TINY]
     assert [m.id for m in tiny_client.models.list()] == [TINY, f"{TINY}:tuned"]
     tokenizer: Any = AutoTokenizer.from_pretrained(base_dir)
     base: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -412,3 +427,24 @@ def test_an_adapter_is_served_by_name_on_its_base(
         answers[name] = answer.choices[0].message.content
         assert answers[name] == generate(model, tokenizer, ids, 12), name
     assert answers[TINY] != answers["tuned"]
+
+
+def test_sampled_choices_and_a_stop_string(clients: dict[str, openai.OpenAI]) -> None:
+    tiny_client = clients[TINY]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a colour."}]
+    sampled = tiny_client.chat.completions.create(
+        model=TINY, messages=messages, temperature=0.9, top_p=0.9, n=3, max_tokens=12, seed=5
+    )
+    assert sorted(choice.index for choice in sampled.choices) == [0, 1, 2]
+    assert all(choice.finish_reason in {"stop", "length"} for choice in sampled.choices)
+    assert sampled.usage is not None
+    assert 3 <= sampled.usage.completion_tokens <= 36
+    smol = clients[SMOL]
+    prompt = "The capital of France is"
+    whole = smol.completions.create(model=SMOL, prompt=prompt, max_tokens=16, temperature=0)
+    assert "." in whole.choices[0].text
+    cut = smol.completions.create(
+        model=SMOL, prompt=prompt, max_tokens=16, temperature=0, stop=["."]
+    )
+    assert cut.choices[0].text == whole.choices[0].text.split(".")[0]
+    assert cut.choices[0].finish_reason == "stop"

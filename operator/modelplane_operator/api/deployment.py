@@ -169,7 +169,8 @@ class Generation(ApiModel):
     kv_cache_tokens: int = Field(default=8192, ge=256, le=16_777_216)
     """Tokens the paged KV cache of a replica holds, over all its sequences (prompts and
     answers): its memory, which resources.memory (or the GPU) must hold on top of the
-    weights."""
+    weights. Greedy (temperature 0) and sampled sequences run in two batches with a
+    cache of this size each, the second made when the first sampled request comes."""
     max_batch_tokens: int = Field(default=512, ge=16, le=1_048_576)
     """Tokens in one forward pass (prompt chunks and one decode step per sequence): larger
     passes use the hardware better, smaller ones keep time between tokens short."""
