@@ -17,12 +17,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from modelplane.cli import app
 from modelplane_runtime.artifacts import load_artifact
-from modelplane_runtime.contract import ENV_STORAGE_CACHE
+from modelplane_runtime.contract import ENV_STORAGE_CACHE, ServeArgs
 from modelplane_runtime.errors import ConfigError
+from modelplane_runtime.serve.generation import load_language_model
+from modelplane_runtime.serve.model_cache import is_language_model
 from tests.factories import EXAMPLES
 
 # The base model's validation perplexity divided by the fine-tuned one's: at least this.
@@ -88,7 +91,23 @@ def test_lora_on_smollm2_lowers_perplexity_and_the_adapter_loads_with_plain_peft
     assert re.fullmatch(r"The capital of Portugal is \w+\.", capital), capital
     assert re.fullmatch(r"12 plus 9 is \d+\.", arithmetic), arithmetic
 
-    # Serving language models is not there yet: the replica says so instead of failing
-    # on an unknown architecture.
-    with pytest.raises(ConfigError, match="serving language models"):
+    # A replica serves the adapter through the OpenAI routes: it recognises a language
+    # model from the card and loads the adapter merged into its base (the same greedy
+    # answer); the classifiers' loader refuses it with that explanation.
+    args = ServeArgs(model_name="chat", model_uri=f"file://{artifact}")
+    assert is_language_model(args)
+    loaded = load_language_model(args, device=torch.device("cpu"))
+    ids = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": questions[0]}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    inputs = torch.tensor([list(ids)])
+    output = loaded.model.generate(
+        inputs, attention_mask=torch.ones_like(inputs), do_sample=False, max_new_tokens=20
+    )
+    merged = loaded.tokenizer.decode(output[0][inputs.shape[1] :], skip_special_tokens=True)
+    assert merged == capital
+    with pytest.raises(ConfigError, match="through the OpenAI API"):
         load_artifact(artifact)
