@@ -1,6 +1,6 @@
 """Local mode: run a ModelTraining on this machine through the same runtime pods run.
 
-The resource renders to the same RunConfig the operator would put in a ConfigMap;
+The resource renders to the same RunConfig the operator would put in the Job's pods;
 `nodes x max(1, gpusPerNode)` runtime processes start with torchrun's environment
 (Gloo when there is more than one), URIs resolve as the runtime resolves them (with
 `pvc://<claim>/...` under a pvc root of local mode's own, and `s3://` through a storage

@@ -2,7 +2,9 @@
 
 Every write is a server-side apply with the operator's field manager (children), a
 merge patch of the status subresource, or an Event. Reads are gets and label-selected
-lists. Nothing here decides anything.
+lists; with a `WatchCache` (the operator binds its watch indexes), lists of Jobs and
+Pods and gets of apps/v1 Deployments are answered from memory. Nothing here decides
+anything.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lightkube.types import CascadeType, PatchType
 
 from modelplane_operator import constants as c
 from modelplane_operator.conditions import format_time
+from modelplane_operator.watchcache import WatchCache
 
 log = logging.getLogger("modelplane.client")
 ModelTrainingResource = create_namespaced_resource(
@@ -32,6 +35,8 @@ ModelDeploymentResource = create_namespaced_resource(
     c.GROUP, c.VERSION, c.KIND_DEPLOYMENT, c.PLURAL_DEPLOYMENT
 )
 Manifest = dict[str, Any]
+CACHED_KINDS = {"Job": "jobs", "Deployment": "deployments"}
+"""Kinds the operator applies and reads back from the watch cache -> its cache kind."""
 
 
 def _dict(obj: Any) -> Manifest:
@@ -41,8 +46,9 @@ def _dict(obj: Any) -> Manifest:
 
 
 class Client:
-    def __init__(self, api: AsyncClient | None = None) -> None:
+    def __init__(self, api: AsyncClient | None = None, cache: WatchCache | None = None) -> None:
         self.api = api or AsyncClient(field_manager=c.FIELD_MANAGER)
+        self.cache = cache
         self._http: aiohttp.ClientSession | None = None
         self.writes = 0
         """API writes made so far (the operator benchmark reads it)."""
@@ -50,8 +56,10 @@ class Client:
     async def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply; the same manifest twice changes nothing."""
         self.writes += 1
-        result = await self.api.apply(codecs.from_dict(manifest), force=True)
-        return _dict(result)
+        result = _dict(await self.api.apply(codecs.from_dict(manifest), force=True))
+        if self.cache is not None and manifest.get("kind") in CACHED_KINDS:
+            self.cache.wrote(CACHED_KINDS[manifest["kind"]], result)
+        return result
 
     async def get_training(self, namespace: str, name: str) -> Manifest | None:
         try:
@@ -67,6 +75,8 @@ class Client:
 
     async def get_deployment(self, namespace: str, name: str) -> Manifest | None:
         """An apps/v1 Deployment (a Ray head or workers)."""
+        if self.cache is not None and self.cache.covers("deployments"):
+            return self.cache.get("deployments", namespace, name)
         return await self._get(Deployment, namespace, name)
 
     async def get_secret_value(self, namespace: str, name: str, key: str) -> str | None:
@@ -106,9 +116,15 @@ class Client:
         )
 
     async def list_jobs(self, namespace: str, labels: dict[str, Any]) -> list[Manifest]:
+        found = self.cache.select("jobs", namespace, labels) if self.cache else None
+        if found is not None:
+            return found
         return [_dict(j) async for j in self.api.list(Job, namespace=namespace, labels=labels)]
 
     async def list_pods(self, namespace: str, labels: dict[str, Any]) -> list[Manifest]:
+        found = self.cache.select("pods", namespace, labels) if self.cache else None
+        if found is not None:
+            return found
         return [_dict(p) async for p in self.api.list(Pod, namespace=namespace, labels=labels)]
 
     async def job_create_failures(self, namespace: str, job: str) -> list[str]:
@@ -122,6 +138,8 @@ class Client:
 
     async def delete_job(self, namespace: str, name: str) -> None:
         self.writes += 1
+        if self.cache is not None:
+            self.cache.forget("jobs", namespace, name)
         try:
             await self.api.delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
         except ApiError as exc:
@@ -131,13 +149,15 @@ class Client:
     async def suspend_job(self, namespace: str, name: str, *, suspend: bool) -> None:
         """Flip spec.suspend, the one Job field that may change after creation."""
         self.writes += 1
-        await self.api.patch(
+        job = await self.api.patch(
             Job,
             name,
             {"spec": {"suspend": suspend}},
             namespace=namespace,
             patch_type=PatchType.MERGE,
         )
+        if self.cache is not None:
+            self.cache.wrote("jobs", _dict(job))
 
     async def patch_training_status(self, namespace: str, name: str, status: Manifest) -> None:
         self.writes += 1

@@ -44,6 +44,9 @@ ANNOTATION_PREFIX: Final = f"kopf.{GROUP}"
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANNOTATION_RESTARTS: Final = f"{GROUP}/restarts"
 """On a training Job: the failures counted against maxRestarts before this attempt."""
+ANNOTATION_RUN_CONFIG: Final = f"{GROUP}/run-config"
+"""On a training Job's pod template: the RunConfig JSON, which a downwardAPI volume
+hands the runtime as a file (no ConfigMap to write per attempt)."""
 
 # The operator's own settings (the chart sets them). What pods are told through their
 # environment is named in modelplane_runtime.contract (ENV_*), which the runtime reads.

@@ -1,18 +1,29 @@
-"""kopf wiring: thin handlers that all call the same reconcile function.
+"""kopf wiring: watch events mark keys dirty in a work queue per kind; workers reconcile.
 
-Only watch-event handlers are used, so kopf persists nothing on the resources (no
-annotations, no finalizers, nothing in status): the reconcile is level-based and needs
-no memory of what it did. A resync loop re-runs every unfinished training every few
-seconds; that is also when rank 0's /progress is polled. A second loop re-runs every
-ModelDeployment each second: the scaling loop (read Serve's target, size the workers;
-every few seconds also its load from Ray's metrics, whose request counters are the one
-thing kept in memory between passes: a restarted operator measures afresh).
+kopf supplies the watches, their per-object serialisation and batching of events, peering,
+and in-memory indexes of the children (`watchcache`); it starts no handler before every
+index holds its initial listing. What kopf lacks is written here and in `workqueue`: an
+event of a training, its Job or one of its Pods only marks the training's key dirty;
+16 workers per kind run one pass per key at a time, a key dirtied during its pass runs
+once more after it, a pass that raises is retried with a doubling backoff (1 s up to
+5 minutes; a new generation of the spec cuts it short), and a resource's queue entry,
+poll state, load series and backoff are dropped when it is deleted.
 
-A training that ends (Succeeded, or Failed, InvalidSpec included) leaves the resync set,
-and its later events return before any log line or write. A pass that raises for any
-other reason (the API server, a network error) is retried with a per-resource backoff
-(5 s doubling to 5 minutes), logged once per step; a change to the resource (a new
-generation) is tried at once. The backoff is in memory: a restarted operator tries afresh.
+Trainings: events drive the passes. A Running training is also passed on a timer that
+polls rank 0's /progress, every `PROGRESS_S` or slower so that all running trainings
+together are polled at most `PROGRESS_RATE` times a second; every `RESYNC_S` each
+unfinished training with nothing queued is passed once more, a safety net for a missed
+event. A training that ends (Succeeded, or Failed, InvalidSpec included) leaves both,
+and its later events cost one GET that returns before any log line or write.
+
+Deployments: events of the ModelDeployment, its Ray Deployments and its pods drive the
+passes; `polling.Poller` reads each one's Serve state at a period that adapts (fast while
+it moves or works, slow at rest, a cap on reads in flight) and queues a pass when it
+changed or its load measurement (`status.load`, the request counters kept in memory
+between passes: a restarted operator measures afresh) is due.
+
+Every pass reads its resource afresh with a GET (an event's body may be older than what
+the pass before it wrote); children come from the watch indexes.
 """
 
 from __future__ import annotations
@@ -20,8 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,58 +40,51 @@ import kopf
 
 from modelplane_operator import constants as c
 from modelplane_operator import observability as obs
+from modelplane_operator.builders.serving import TOKEN_KEY, names_for
 from modelplane_operator.client import Client
 from modelplane_operator.dashboard import Dashboard
+from modelplane_operator.polling import Polled, Poller
 from modelplane_operator.reconcile.serving import reconcile_deployment
 from modelplane_operator.reconcile.training import reconcile_training
 from modelplane_operator.serve_metrics import LoadTracker, fetch_metrics
 from modelplane_operator.settings import Settings
+from modelplane_operator.status.serving import ServeState
+from modelplane_operator.watchcache import WatchCache, keys_of
+from modelplane_operator.workqueue import Key, WorkQueue
 
 log = logging.getLogger("modelplane.operator")
-RESYNC_SECONDS = 5.0
-SCALING_SECONDS = 1.0
-RESYNC_CONCURRENCY = 16
-BACKOFF_FIRST_SECONDS = 5.0
-BACKOFF_MAX_SECONDS = 300.0
+WORKERS = 16
+"""Passes in flight at once, per kind."""
+PROGRESS_S = 5.0
+PROGRESS_RATE = 20.0
+RESYNC_S = 60.0
+TOKEN_RETRY_S = 5.0
+"""A deployment without a token yet (no cluster) is not asked for it more often."""
+PROGRESS = "progress"
+"""The flag of a pass that polls rank 0's /progress."""
+Manifest = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """A resource whose passes keep raising: when to try again, and for which spec."""
-
-    failures: int
-    until: float
-    """time.monotonic() before which no pass runs (unless the spec changes)."""
-    generation: int | None
-
-    @classmethod
-    def after(cls, previous: Backoff | None, *, generation: int | None, now: float) -> Backoff:
-        failures = previous.failures + 1 if previous is not None else 1
-        delay = min(BACKOFF_FIRST_SECONDS * 2 ** (failures - 1), BACKOFF_MAX_SECONDS)
-        return cls(failures=failures, until=now + delay, generation=generation)
-
-    def holds(self, *, generation: int | None, now: float) -> bool:
-        """Whether a pass should wait; a new generation (the user changed the spec) not."""
-        changed = generation is not None and generation != self.generation
-        return now < self.until and not changed
-
-
+@dataclass
 class State:
-    """What the handlers share: the client, settings, per-resource locks, open work."""
+    """What the handlers share: the client, settings, queues and per-resource memory."""
 
-    def __init__(self) -> None:
-        self.client = Client()
-        self.settings = Settings.from_environ()
-        self.locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.unfinished: set[tuple[str, str]] = set()
-        self.backoff: dict[tuple[str, str], Backoff] = {}
-        """Resources whose last pass raised (a training by (namespace, name), a deployment
-        by (namespace, "ModelDeployment/<name>")); cleared by a pass that does not."""
-        self.deployments: set[tuple[str, str]] = set()
-        """Every ModelDeployment: each resync reads its Serve state (serving never ends)."""
-        self.http: aiohttp.ClientSession | None = None
+    client: Client = field(default_factory=lambda: Client(cache=WatchCache()))
+    settings: Settings = field(default_factory=Settings.from_environ)
+    unfinished: set[Key] = field(default_factory=set)
+    """Trainings not Succeeded or Failed: the resync passes them."""
+    running: set[Key] = field(default_factory=set)
+    """Trainings Running: their progress is polled."""
+    generations: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    """(kind, namespace, name) -> the generation its last event carried."""
+    http: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        self.trainings = WorkQueue("ModelTraining", training_pass, workers=WORKERS)
+        self.deployments = WorkQueue("ModelDeployment", deployment_pass, workers=WORKERS)
         self.load = LoadTracker(self.metrics)
         """Each deployment's request counters between passes, for `status.load`."""
+        self.poller = Poller(self.read_serve, self.deployments.add)
 
     def session(self) -> aiohttp.ClientSession:
         if self.http is None:
@@ -94,149 +97,140 @@ class State:
     async def metrics(self, url: str) -> str | None:
         return await fetch_metrics(self.session(), url)
 
+    async def read_serve(self, key: Key, polled: Polled) -> ServeState | None:
+        """The poller's read of one deployment's Serve state."""
+        namespace, name = key
+        names = names_for(name)
+        if polled.token is None:
+            now = time.monotonic()
+            if now - polled.token_read_at < TOKEN_RETRY_S:
+                return None
+            polled.token_read_at = now
+            polled.token = await self.client.get_secret_value(namespace, names.secret, TOKEN_KEY)
+            if polled.token is None:
+                return None  # no cluster yet: its pass creates one
+        url = self.settings.dashboard_url.format(head=names.head_service, namespace=namespace)
+        return await self.dashboard(url, polled.token).application(name)
 
-STATE: dict[str, State] = {}
+    def progress_after(self) -> float:
+        """Seconds until a running training's next /progress poll."""
+        return max(PROGRESS_S, len(self.running) / PROGRESS_RATE)
+
+    def spec_changed(self, kind: str, meta: Manifest) -> bool:
+        """Whether an event carries a new generation (the user changed the spec)."""
+        key = (kind, meta["namespace"], meta["name"])
+        generation = meta.get("generation")
+        before = self.generations.get(key)
+        if generation is not None:
+            self.generations[key] = generation
+        return before is not None and generation != before
+
+
+STATE: dict[str, Any] = {}
 
 
 def _state() -> State:
-    return STATE["state"]
+    state: State = STATE["state"]
+    return state
 
 
-def _back_off(
-    state: State,
-    key: tuple[str, str],
-    waiting: Backoff | None,
-    *,
-    generation: int | None,
-    what: str,
-) -> None:
-    """After a pass that raised (inside its `except`): the resource's next backoff step,
-    and one log line with the traceback for it."""
-    backoff = Backoff.after(waiting, generation=generation, now=time.monotonic())
-    state.backoff[key] = backoff
-    log.exception(
-        "%s: reconcile failed (%d in a row); retrying in %.0f s",
-        what,
-        backoff.failures,
-        backoff.until - time.monotonic(),
-    )
-
-
-async def run_training(
-    namespace: str,
-    name: str,
-    *,
-    generation: int | None = None,
-    poll_progress: bool = False,
-) -> None:
-    """Reconcile one training, one pass at a time per resource.
-
-    Every pass reads the resource afresh, inside the lock: an event's body may be older
-    than what the pass before it saw (the event waited for the lock), and a pass on an
-    old spec would undo the newer one's work (suspend a Job the user just resumed).
-    `generation`: the event's, so a changed spec skips the backoff without a read."""
+async def training_pass(key: Key, flags: frozenset[str]) -> None:
     state = _state()
-    key = (namespace, name)
-    async with state.locks[key]:
-        waiting = state.backoff.get(key)
-        if waiting is not None and waiting.holds(generation=generation, now=time.monotonic()):
-            return  # a child event or the resync, before the backoff's end: not even a GET
-        body = await state.client.get_training(namespace, name)
-        if body is None:
-            state.unfinished.discard(key)
-            state.backoff.pop(key, None)
-            obs.record_phase(c.KIND_TRAINING, namespace, name, None)
-            return
-        generation = body["metadata"].get("generation")
-        with obs.reconciling(c.KIND_TRAINING, namespace, name):
-            try:
-                phase = await reconcile_training(
-                    state.client,
-                    body,
-                    settings=state.settings,
-                    now=datetime.now(UTC),
-                    poll_progress=poll_progress,
-                )
-            except Exception:
-                obs.failed(c.KIND_TRAINING)
-                _back_off(state, key, waiting, generation=generation, what=f"{namespace}/{name}")
-                state.unfinished.add(key)
-                return
-        state.backoff.pop(key, None)
-        obs.record_phase(c.KIND_TRAINING, namespace, name, phase)
-        if phase in ("Succeeded", "Failed"):
-            state.unfinished.discard(key)
-        else:
+    namespace, name = key
+    body = await state.client.get_training(namespace, name)
+    if body is None:
+        _forget_training(state, key)
+        return
+    with obs.reconciling(c.KIND_TRAINING, namespace, name):
+        try:
+            phase = await reconcile_training(
+                state.client,
+                body,
+                settings=state.settings,
+                now=datetime.now(UTC),
+                poll_progress=PROGRESS in flags,
+            )
+        except Exception:
+            obs.failed(c.KIND_TRAINING)
             state.unfinished.add(key)
+            raise
+    obs.record_phase(c.KIND_TRAINING, namespace, name, phase)
+    if phase in ("Succeeded", "Failed"):
+        if key in state.unfinished:
+            _nudge_waiting_deployments(state, namespace)
+        state.unfinished.discard(key)
+        state.running.discard(key)
+        return
+    state.unfinished.add(key)
+    if phase == "Running":
+        state.running.add(key)
+        state.trainings.add(key, PROGRESS, after=state.progress_after())
+    else:
+        state.running.discard(key)
 
 
-async def run_deployment(namespace: str, name: str, *, generation: int | None = None) -> None:
-    """Reconcile one deployment, one pass at a time per resource, reading it afresh inside
-    the lock (an event's body may predate the status the pass before it wrote). A pass
-    that raises backs off as a training's does, so a failure is not logged every second
-    by the scaling loop; `generation`: the event's, so a changed spec skips the backoff."""
+async def deployment_pass(key: Key, flags: frozenset[str]) -> None:
     state = _state()
-    key = (namespace, name)
-    lock_key = (namespace, f"{c.KIND_DEPLOYMENT}/{name}")
-    async with state.locks[lock_key]:
-        waiting = state.backoff.get(lock_key)
-        if waiting is not None and waiting.holds(generation=generation, now=time.monotonic()):
-            return
-        body = await state.client.get_model_deployment(*key)
-        if body is None:
-            state.deployments.discard(key)
-            state.backoff.pop(lock_key, None)
-            state.load.forget(key)
-            obs.record_phase(c.KIND_DEPLOYMENT, namespace, name, None)
-            return
-        state.deployments.add(key)
-        generation = body["metadata"].get("generation")
-        with obs.reconciling(c.KIND_DEPLOYMENT, namespace, name):
-            try:
-                phase = await reconcile_deployment(
-                    state.client,
-                    body,
-                    settings=state.settings,
-                    now=datetime.now(UTC),
-                    dashboard_for=state.dashboard,
-                    load=state.load,
-                )
-            except Exception:
-                obs.failed(c.KIND_DEPLOYMENT)
-                _back_off(
-                    state, lock_key, waiting, generation=generation, what=f"{namespace}/{name}"
-                )
-                return
-        state.backoff.pop(lock_key, None)
-        obs.record_phase(c.KIND_DEPLOYMENT, namespace, name, phase)
+    namespace, name = key
+    body = await state.client.get_model_deployment(namespace, name)
+    if body is None:
+        _forget_deployment(state, key)
+        return
+    polled = state.poller.track(key)
+    with obs.reconciling(c.KIND_DEPLOYMENT, namespace, name):
+        try:
+            phase = await reconcile_deployment(
+                state.client,
+                body,
+                settings=state.settings,
+                now=datetime.now(UTC),
+                dashboard_for=state.dashboard,
+                load=state.load,
+            )
+        except Exception:
+            obs.failed(c.KIND_DEPLOYMENT)
+            raise
+    measured = state.load.deployments.get(key)
+    load = measured.load if measured is not None else None
+    busy = load is not None and bool(
+        load.ongoing_requests or load.requests_per_second or load.running_sequences
+    )
+    polled.after_pass(ready=phase == "Ready", busy=busy, now=time.monotonic())
+    obs.record_phase(c.KIND_DEPLOYMENT, namespace, name, phase)
+
+
+def _nudge_waiting_deployments(state: State, namespace: str) -> None:
+    """A training just ended: the namespace's deployments that are not Ready (one may
+    wait for this training's model) get a pass now rather than at their next poll."""
+    for key, polled in list(state.poller.deployments.items()):
+        if key[0] == namespace and not polled.ready:
+            state.deployments.add(key)
+
+
+def _forget_training(state: State, key: Key) -> None:
+    state.trainings.drop(key)
+    state.unfinished.discard(key)
+    state.running.discard(key)
+    state.generations.pop((c.KIND_TRAINING, *key), None)
+    obs.record_phase(c.KIND_TRAINING, *key, None)
+
+
+def _forget_deployment(state: State, key: Key) -> None:
+    state.deployments.drop(key)
+    state.poller.forget(key)
+    state.load.forget(key)
+    state.generations.pop((c.KIND_DEPLOYMENT, *key), None)
+    obs.record_phase(c.KIND_DEPLOYMENT, *key, None)
 
 
 async def _resync() -> None:
-    """Re-run every unfinished training every few seconds, polling progress."""
-    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
-
-    async def one(namespace: str, name: str) -> None:
-        async with limit:
-            await run_training(namespace, name, poll_progress=True)
-
+    """The safety net: pass every unfinished training with nothing queued."""
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
-        await asyncio.gather(*(one(ns, n) for ns, n in list(_state().unfinished)))
-
-
-async def _scaling_loop() -> None:
-    """Re-run every deployment each second: its pass reads Serve's replica target from
-    the head (one GET) and resizes the workers, so the decision follows Serve within
-    about a second; a deployment waiting for its training proceeds here too."""
-    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
-
-    async def one(namespace: str, name: str) -> None:
-        async with limit:
-            await run_deployment(namespace, name)
-
-    while True:
-        await asyncio.sleep(SCALING_SECONDS)
-        await asyncio.gather(*(one(ns, n) for ns, n in list(_state().deployments)))
+        await asyncio.sleep(RESYNC_S)
+        state = _state()
+        for key in list(state.unfinished):
+            if not state.trainings.waiting(key):
+                state.trainings.add(key)
 
 
 @kopf.on.startup()
@@ -252,65 +246,108 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=c.ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
-    STATE["state"] = State()
+    state = State()
+    STATE["state"] = state
+    state.trainings.start()
+    state.deployments.start()
     loop = asyncio.get_running_loop()
-    STATE["resync"] = loop.create_task(_resync())  # type: ignore[assignment]
-    STATE["scaling"] = loop.create_task(_scaling_loop())  # type: ignore[assignment]
+    STATE["tasks"] = [loop.create_task(_resync()), loop.create_task(state.poller.run())]
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    for key in ("resync", "scaling"):
-        task = STATE.pop(key, None)
-        if isinstance(task, asyncio.Task):
-            task.cancel()
+    for task in STATE.pop("tasks", []):
+        task.cancel()
     state = _state()
+    await state.trainings.stop()
+    await state.deployments.stop()
     if state.http is not None:
         await state.http.close()
     await state.client.close()
 
 
+# The watch indexes (kopf names each after its function): what the passes read instead
+# of listing children. managedFields are left out: they are most of an object's size.
+
+
+def _indexed(body: kopf.Body) -> dict[Any, Manifest]:
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    labels = meta.get("labels") or {}
+    return keys_of(meta["namespace"], meta["name"], labels, {**body, "metadata": meta})
+
+
+@kopf.index("batch", "v1", "jobs", labels={c.LABEL_COMPONENT: "training"})
+async def training_jobs(body: kopf.Body, **_: Any) -> Any:
+    return _indexed(body)
+
+
+@kopf.index("", "v1", "pods", labels={c.LABEL_COMPONENT: "training"})
+async def training_pods(body: kopf.Body, **_: Any) -> Any:
+    return _indexed(body)
+
+
+@kopf.index("", "v1", "pods", labels={c.LABEL_COMPONENT: "serving"})
+async def serving_pods(body: kopf.Body, **_: Any) -> Any:
+    return _indexed(body)
+
+
+@kopf.index("apps", "v1", "deployments", labels={c.LABEL_COMPONENT: "serving"})
+async def serving_deployments(body: kopf.Body, **_: Any) -> Any:
+    return _indexed(body)
+
+
+def _bound(kwargs: dict[str, Any]) -> State:
+    """The state, with the watch indexes from a handler's arguments."""
+    state = _state()
+    if state.client.cache is not None:
+        state.client.cache.bind(kwargs)
+    return state
+
+
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_TRAINING)
 async def training_event(body: kopf.Body, **kwargs: Any) -> None:
+    state = _bound(kwargs)
     meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
     if kwargs.get("type") == "DELETED":
-        _state().unfinished.discard((meta["namespace"], meta["name"]))
-        _state().backoff.pop((meta["namespace"], meta["name"]), None)
-        obs.record_phase(c.KIND_TRAINING, meta["namespace"], meta["name"], None)
+        _forget_training(state, key)
         return
-    await run_training(meta["namespace"], meta["name"], generation=meta.get("generation"))
+    state.trainings.add(key, force=state.spec_changed(c.KIND_TRAINING, meta))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_COMPONENT: "training"})
-async def job_event(body: kopf.Body, **_: Any) -> None:
-    await _child_event(body)
+async def job_event(body: kopf.Body, **kwargs: Any) -> None:
+    _child_event(_bound(kwargs).trainings, body, c.LABEL_TRAINING)
 
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_COMPONENT: "training"})
-async def pod_event(body: kopf.Body, **_: Any) -> None:
-    await _child_event(body)
+async def pod_event(body: kopf.Body, **kwargs: Any) -> None:
+    _child_event(_bound(kwargs).trainings, body, c.LABEL_TRAINING)
 
 
-async def _child_event(body: kopf.Body) -> None:
-    owner = body["metadata"].get("labels", {}).get(c.LABEL_TRAINING)
+def _child_event(queue: WorkQueue, body: kopf.Body, label: str) -> None:
+    owner = body["metadata"].get("labels", {}).get(label)
     if owner:
-        await run_training(body["metadata"]["namespace"], owner)
+        queue.add((body["metadata"]["namespace"], owner))
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_DEPLOYMENT)
 async def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
+    state = _bound(kwargs)
     meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
     if kwargs.get("type") == "DELETED":
-        _state().deployments.discard((meta["namespace"], meta["name"]))
-        _state().load.forget((meta["namespace"], meta["name"]))
-        _state().backoff.pop((meta["namespace"], f"{c.KIND_DEPLOYMENT}/{meta['name']}"), None)
-        obs.record_phase(c.KIND_DEPLOYMENT, meta["namespace"], meta["name"], None)
+        _forget_deployment(state, key)
         return
-    await run_deployment(meta["namespace"], meta["name"], generation=meta.get("generation"))
+    state.poller.track(key)
+    state.deployments.add(key, force=state.spec_changed(c.KIND_DEPLOYMENT, meta))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_COMPONENT: "serving"})
-async def ray_pods_event(body: kopf.Body, **_: Any) -> None:
-    owner = body["metadata"].get("labels", {}).get(c.LABEL_DEPLOYMENT)
-    if owner:
-        await run_deployment(body["metadata"]["namespace"], owner)
+async def ray_deployments_event(body: kopf.Body, **kwargs: Any) -> None:
+    _child_event(_bound(kwargs).deployments, body, c.LABEL_DEPLOYMENT)
+
+
+@kopf.on.event("", "v1", "pods", labels={c.LABEL_COMPONENT: "serving"})
+async def ray_pods_event(body: kopf.Body, **kwargs: Any) -> None:
+    _child_event(_bound(kwargs).deployments, body, c.LABEL_DEPLOYMENT)

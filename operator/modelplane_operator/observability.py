@@ -3,7 +3,7 @@
 Metrics (prometheus-client, served on `--metrics-port`):
 
 - `modelplane_reconcile_duration_seconds{kind}`: one reconcile pass, histogram;
-- `modelplane_reconcile_errors_total{kind}`: passes that raised (the resync retries them);
+- `modelplane_reconcile_errors_total{kind}`: passes that raised (retried on a doubling backoff);
 - `modelplane_resources{kind,phase}`: resources by the phase their last pass derived;
 - `modelplane_scale_decisions_total{direction}`: worker Deployment resizes, up or down.
 
@@ -36,13 +36,13 @@ RECONCILE_SECONDS = Histogram(
 )
 RECONCILE_ERRORS = Counter(
     "modelplane_reconcile_errors",
-    "Reconcile passes that raised; the resync retries them.",
+    "Reconcile passes that raised; the work queue retries them on a doubling backoff.",
     ["kind"],
     registry=REGISTRY,
 )
 SCALE_DECISIONS = Counter(
     "modelplane_scale_decisions",
-    "Worker Deployment resizes made by the scaling loop.",
+    "Worker Deployment resizes made by the deployment passes.",
     ["direction"],
     registry=REGISTRY,
 )

@@ -57,8 +57,8 @@ WAITING = "ray_modelplane_sequences_waiting"
 RAY_PUSH_S = 10.0
 """How often Ray pushes a process's metrics to its node's exporter (its default)."""
 REFRESH_S = 5.0
-"""At most one scrape of a deployment's head and workers this often: the scaling loop
-passes every second, and both the head's gauge and the replicas' counters change only
+"""At most one scrape of a deployment's head and workers this often: a busy deployment
+is passed several times a second, and both the head's gauge and the replicas' counters change only
 at Ray's pushes, so reading them each pass would cost four GETs in five for nothing."""
 WINDOW_S = 3 * RAY_PUSH_S
 """The span a rate is measured over. A move is seen up to a refresh after its push, at

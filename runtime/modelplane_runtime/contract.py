@@ -1,7 +1,8 @@
 """The contract between the operator and the runtime: torch-free, versioned.
 
 These models are the only coupling between the two sides. The operator writes a
-`RunConfig` into a ConfigMap (or local mode writes it to a file), the runtime reads it,
+`RunConfig` into an annotation of a training Job's pods, which a downwardAPI volume hands
+the runtime as a file (local mode writes the file itself); the runtime reads it,
 trains, and reports a `TrainingResult` through the pod's termination message and a file
 beside the artifact. `ServeArgs` is the serving application's typed argument. Both sides
 round-trip them in tests; a change that breaks an older reader bumps `CONTRACT_VERSION`.

@@ -1,7 +1,8 @@
 """The pod template the operator generates really trains: run it as the kubelet would.
 
 The test plays the kubelet for two pods of the Job: it takes the container's command and
-environment from the Job the operator created, mounts the ConfigMap and the claim as
+environment from the Job the operator created, mounts the claim and the downwardAPI
+volume (the run config, from the annotation the Job controller copied onto the pod) as
 folders, expands $(VAR) references as Kubernetes does, and starts both "pods" as local
 processes (torchrun, Gloo, CPU). Only what a kubelet supplies is substituted: the
 completion index, the mount points, and MASTER_ADDR (pod 0's DNS name exists only inside
@@ -34,6 +35,14 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), text)
 
 
+def pod_field(metadata: dict[str, Any], path: str) -> str:
+    """What the kubelet writes for a downwardAPI item's `metadata.annotations['key']` or
+    `metadata.labels['key']`; any other field fails the test."""
+    match = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+    assert match, f"the test does not play the kubelet for {path}"
+    return str(metadata[match.group(1)][match.group(2)])
+
+
 def test_the_generated_pod_template_trains_as_two_gloo_processes(
     operator: OperatorProcess,
     crds: LocalCluster,
@@ -60,18 +69,27 @@ def test_the_generated_pod_template_trains_as_two_gloo_processes(
             what="the job",
         )
     )
-    config_map = crds.get_json("configmap", "contract-train-config", "-n", namespace)
     pod: dict[str, Any] = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    # The pods' own metadata, as the kubelet reads it for a downwardAPI volume.
+    pod_metadata = wait_for(
+        lambda: next(
+            iter(crds.get_json("pods", "-n", namespace, "-l", "job-name=contract-train")["items"]),
+            None,
+        ),
+        what="a pod of the job",
+    )["metadata"]
 
-    # The volumes, as folders: the ConfigMap's keys are files, each claim a directory.
+    # The volumes, as folders: each downwardAPI item is a file holding the field of the
+    # pod it names, each claim a directory.
     mounts: dict[str, Path] = {}
     for volume in pod["volumes"]:
         folder = tmp_path / volume["name"]
         folder.mkdir()
-        if "configMap" in volume:
-            for key, value in config_map["data"].items():
-                (folder / key).write_text(value)
+        for item in volume.get("downwardAPI", {}).get("items", []):
+            (folder / item["path"]).write_text(
+                pod_field(pod_metadata, item["fieldRef"]["fieldPath"])
+            )
         mounts[volume["name"]] = folder
     mount_paths = {m["mountPath"]: mounts[m["name"]] for m in container["volumeMounts"]}
     pvc_root = tmp_path / "pvc"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from functools import partial
 from typing import Any
 
 import yaml
@@ -127,13 +128,19 @@ def test_a_gang_training_runs_on_gpu_nodes_and_succeeds_with_its_result(
     assert env["MASTER_ADDR"] == "gang-train-0.gang-train"
     service = crds.get_json("service", "gang-train", "-n", namespace)
     assert service["spec"]["clusterIP"] == "None"
-    config_map = crds.get_json("configmap", "gang-train-config", "-n", namespace)
-    assert RunConfig.from_json(config_map["data"]["run.json"]).name == "gang"
     training_uid = crds.get_json("mt", "gang", "-n", namespace)["metadata"]["uid"]
-    for child in (json.loads(job), service, config_map):
+    for child in (json.loads(job), service):
         assert child["metadata"]["ownerReferences"][0]["uid"] == training_uid
+    # The run config reaches the pods in their annotation (a downwardAPI volume), with
+    # no ConfigMap to write.
+    assert not crds.get_json("configmaps", "-n", namespace, "-l", "modelplane.io/training=gang")[
+        "items"
+    ]
 
     pods = running_pods(crds, namespace, "gang", 0, 2)
+    for pod in pods:
+        run_config = pod["metadata"]["annotations"]["modelplane.io/run-config"]
+        assert RunConfig.from_json(run_config).name == "gang"
     assert {p["spec"]["nodeName"] for p in pods} <= {"gpu-node-0", "gpu-node-1"}
     wait_phase(crds, namespace, "gang", "Running")
     end_pods(crds, namespace, pods, code=0, rank0_message=json.dumps(RESULT))
@@ -231,39 +238,87 @@ def test_deleting_a_training_garbage_collects_its_children(
 def test_killing_the_operator_at_random_points_loses_and_duplicates_nothing(
     crds: LocalCluster, namespace: str, models_pvc: str, operator: OperatorProcess
 ) -> None:
-    names = [f"chaos-{i}" for i in range(10)]
+    names = [f"chaos-{i}" for i in range(50)]
     rng = random.Random(7)
     operator.kill()
     try:
         operator.start()
-        for name in names:
-            apply_training(crds, namespace, name)
-        for _ in range(4):
-            time.sleep(rng.uniform(0.3, 2.0))
-            operator.kill()
-            operator.start()
-        for name in names:
-            end_pods(
-                crds,
-                namespace,
-                running_pods(crds, namespace, name, 0, 1),
-                code=0,
-                rank0_message=json.dumps(RESULT),
+        trainings = [
+            make_training({"spec.output.uri": "pvc://models/x"}, name=name) for name in names
+        ]
+        crds.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump_all(trainings))
+
+        # Each kill lands at a random amount of work done, and only once the operator
+        # started last has written something: a process killed while it starts up, before
+        # any write, would test nothing. Work: one step per Job created and per training
+        # patched Pending, two per training patched Running.
+        rank = {"Pending": 1, "Running": 2}
+        done_max = 3 * len(names)
+
+        def work_done() -> int:
+            items = crds.get_json("jobs,mt", "-n", namespace)["items"]
+            phases = [(i.get("status") or {}).get("phase") for i in items if i["kind"] != "Job"]
+            jobs = len(items) - len(phases)
+            return jobs + sum(rank.get(phase or "", 0) for phase in phases)
+
+        def kill_point(target: int, before: int) -> int | None:
+            done = work_done()
+            return done if done == done_max or (done >= target and done > before) else None
+
+        done = 0
+        for target in sorted(rng.sample(range(1, done_max), 4)):
+            wait_for(
+                partial(kill_point, target, done),
+                timeout=120,
+                what=f"the operator to do {target} of {done_max} steps of work",
             )
-        for name in names:
-            wait_phase(crds, namespace, name, "Succeeded", timeout=90)
-            assert jobs_of(crds, namespace, name) == [f"{name}-train"]
-        children = crds.kubectl(
-            "get",
-            "svc,cm",
+            operator.kill()
+            done = work_done()  # what the killed process left: the next one must add to it
+            operator.start()
+
+        def running() -> list[str] | None:
+            pods = crds.get_json("pods", "-n", namespace, "-l", "modelplane.io/training")
+            ready = [p for p in pods["items"] if p["status"].get("phase") == "Running"]
+            return [p["metadata"]["name"] for p in ready] if len(ready) >= len(names) else None
+
+        # One kubectl for every pod: fifty would start fifty processes on two cores.
+        pods = wait_for(running, timeout=180, what=f"{len(names)} running pods")
+        crds.kubectl(
+            "annotate",
+            "pods",
+            *pods,
             "-n",
             namespace,
-            "-l",
-            "app.kubernetes.io/managed-by=modelplane",
-            "-o",
-            "name",
-        ).stdout.split()
-        assert len(children) == len(names)  # one ConfigMap each; one node needs no Service
+            f"{EXIT_CODE_ANNOTATION}=0",
+            f"{MESSAGE_ANNOTATION}={json.dumps(RESULT)}",
+        )
+
+        def phases() -> dict[str, str | None]:
+            items = crds.get_json("mt", "-n", namespace)["items"]
+            return {t["metadata"]["name"]: (t.get("status") or {}).get("phase") for t in items}
+
+        wait_for(
+            lambda: set(phases().values()) == {"Succeeded"},
+            timeout=240,
+            what=f"all {len(names)} trainings to succeed",
+        )
+        assert sorted(phases()) == sorted(names)  # nothing lost
+
+        def managed(kinds: str) -> list[dict[str, Any]]:
+            selector = "app.kubernetes.io/managed-by=modelplane"
+            items: list[dict[str, Any]] = crds.get_json(kinds, "-n", namespace, "-l", selector)[
+                "items"
+            ]
+            return items
+
+        # Nothing duplicated: exactly one Job per training, each of the first attempt.
+        jobs = sorted(
+            (j["metadata"]["labels"]["modelplane.io/training"], j["metadata"]["name"])
+            for j in managed("jobs")
+        )
+        assert jobs == sorted((name, f"{name}-train") for name in names)
+        # One node needs no Service, and the run config travels in the Job's template.
+        assert managed("services,configmaps") == []
     finally:
         if operator.process is None or operator.process.poll() is not None:
             operator.start()

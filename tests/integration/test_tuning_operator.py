@@ -162,8 +162,9 @@ def test_a_trial_failed_by_the_infrastructure_is_retried_from_its_checkpoints(
 
     [second] = running_trial_pods(crds, namespace, "retried", 1, attempt=1)
     assert second["metadata"]["labels"]["modelplane.io/trial"] == "retried-t0"
-    config = crds.get_json("configmap", "retried-t0-train-1-config", "-n", namespace)
-    assert json.loads(config["data"]["run.json"])["name"] == "retried-t0"  # same checkpoints
+    job = crds.get_json("job", "retried-t0-train-1", "-n", namespace)
+    run_config = job["spec"]["template"]["metadata"]["annotations"]["modelplane.io/run-config"]
+    assert json.loads(run_config)["name"] == "retried-t0"  # same checkpoints
     trial = search_status(crds, namespace, "retried")["trials"][0]
     assert trial["restarts"] == 1
     assert "attempt 1 failed" in trial["reason"]

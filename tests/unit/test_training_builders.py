@@ -6,15 +6,19 @@ from typing import Any
 
 import pytest
 
+from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.builders.training import (
+    CONFIG_DIR,
+    CONFIG_FILE,
     JOB_NAME_MAX,
-    build_config_map,
+    RUN_CONFIG_MAX,
     build_job,
     build_service,
     names_for,
     needs_service,
 )
+from modelplane_operator.judge import SpecError
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
 from modelplane_runtime.contract import RunConfig
@@ -136,12 +140,7 @@ def test_placement_is_copied_to_the_pods() -> None:
 
 def test_every_child_is_owned_by_the_training() -> None:
     t = training()
-    run = render_run_config(t)
-    for child in (
-        job_for(t),
-        build_service(t, attempt=0, settings=SETTINGS),
-        build_config_map(t, run, attempt=0),
-    ):
+    for child in (job_for(t), build_service(t, attempt=0, settings=SETTINGS)):
         (owner,) = child["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["uid"], owner["controller"]) == (
             "ModelTraining",
@@ -150,10 +149,59 @@ def test_every_child_is_owned_by_the_training() -> None:
         )
 
 
-def test_the_config_map_carries_the_rendered_run_config() -> None:
-    t = training()
-    data = build_config_map(t, render_run_config(t), attempt=0)["data"]["run.json"]
-    assert RunConfig.from_json(data) == render_run_config(t)
+def test_the_pods_read_the_run_config_from_their_own_annotation() -> None:
+    t = training({"spec.resources.nodes": 2})
+    run = render_run_config(t, run_name="demo-t3", hyperparameters={"learningRate": 0.01})
+    template = build_job(t, run, attempt=1, settings=SETTINGS)["spec"]["template"]
+    text = template["metadata"]["annotations"][c.ANNOTATION_RUN_CONFIG]
+    assert text == run.to_json()  # byte for byte the file the runtime reads
+    assert RunConfig.from_json(text).optim.learning_rate == 0.01
+    pod = template["spec"]
+    (volume,) = [v for v in pod["volumes"] if "downwardAPI" in v]
+    assert volume["downwardAPI"]["items"] == [
+        {
+            "path": CONFIG_FILE,
+            "fieldRef": {"fieldPath": "metadata.annotations['modelplane.io/run-config']"},
+        }
+    ]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert (mount["mountPath"], mount["readOnly"]) == (CONFIG_DIR, True)
+    assert pod["containers"][0]["command"][-2:] == ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+    assert not [v for v in pod["volumes"] if "configMap" in v]
+
+
+LANGUAGE_MODEL = {
+    "spec.model": {
+        "architecture": "huggingface",
+        "task": "text-generation",
+        "init": {"uri": "builtin://smollm2-135m-instruct"},
+    },
+    "spec.data.train.uri": "builtin://chat",
+}
+
+
+@pytest.mark.parametrize(
+    ("module_length", "refused"),
+    [(16, False), (1000, False), (2100, True)],
+    ids=[
+        "a usual adapter's run config fits the annotation",
+        "64 module names of 1,000 characters still fit under the bound",
+        "64 module names of 2,100 characters are refused, naming targetModules",
+    ],
+)
+def test_a_run_config_too_long_for_a_pod_annotation_is_a_spec_error(
+    module_length: int, refused: bool
+) -> None:
+    modules = [f"m{i}_".ljust(module_length, "x") for i in range(64)]
+    t = training({**LANGUAGE_MODEL, "spec.model.adapter": {"targetModules": modules}})
+    if not refused:
+        annotations = job_for(t)["spec"]["template"]["metadata"]["annotations"]
+        assert len(annotations[c.ANNOTATION_RUN_CONFIG].encode()) <= RUN_CONFIG_MAX
+        return
+    with pytest.raises(SpecError) as refusal:
+        job_for(t)
+    assert refusal.value.problem.field == "spec.model.adapter.targetModules"
+    assert f"more than the {RUN_CONFIG_MAX} a pod annotation may carry" in str(refusal.value)
 
 
 def test_the_service_is_headless_and_selects_this_attempt() -> None:

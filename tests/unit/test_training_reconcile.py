@@ -13,7 +13,6 @@ import pytest
 
 from modelplane_operator import constants as c
 from modelplane_operator.conditions import format_time
-from modelplane_operator.handlers import Backoff
 from modelplane_operator.reconcile.training import reconcile_training
 from modelplane_operator.settings import Settings
 from tests.factories import changed, make_training, make_tuning
@@ -202,7 +201,7 @@ def test_an_invalid_spec_is_failed_once_and_then_left_alone(
 ) -> None:
     training = Training(changes)
     assert training.run() == "Failed"
-    assert training.client.objects == {}  # no child, not even a ConfigMap
+    assert training.client.objects == {}  # no child at all
     assert len(training.client.status_patches) == 1
     failed = training.condition("Failed")
     assert (failed["status"], failed["reason"]) == ("True", "InvalidSpec")
@@ -251,6 +250,36 @@ def test_a_job_complete_without_a_result_fails_after_the_configured_grace() -> N
 TUNED = {"spec.tuning": {**make_tuning(), "maxTrials": 2, "parallelTrials": 1}}
 
 
+@pytest.mark.parametrize(
+    ("changes", "passes", "children"),
+    [
+        ({}, 1, [("Job", "demo-train")]),
+        (
+            {"spec.resources.nodes": 2},
+            1,
+            [("Service", "demo-train"), ("Job", "demo-train")],
+        ),
+        (TUNED, 2, [("Job", "demo-t0-train")]),
+    ],
+    ids=[
+        "a single-node training writes its Job and nothing else",
+        "a gang writes its Service and its Job",
+        "a tuning trial writes its Job and nothing else",
+    ],
+)
+def test_an_attempt_carries_its_run_config_in_the_job_without_a_config_map(
+    changes: dict[str, Any], passes: int, children: list[tuple[str, str]]
+) -> None:
+    training = Training(changes)
+    for _ in range(passes):
+        training.run()
+    assert list(training.client.objects) == children
+    (_, job) = children[-1]
+    template = training.client.applied("Job", job)["spec"]["template"]
+    run_config = json.loads(template["metadata"]["annotations"][c.ANNOTATION_RUN_CONFIG])
+    assert run_config["name"] == job.removesuffix("-train")
+
+
 def test_a_trial_failed_by_the_infrastructure_gets_max_restarts_new_attempts() -> None:
     search = Training({**TUNED, "spec.maxRestarts": 1})
     search.run()  # records trial 0
@@ -264,7 +293,8 @@ def test_a_trial_failed_by_the_infrastructure_gets_max_restarts_new_attempts() -
     assert search.client.deleted == ["demo-t0-train"]
     trial = search.body["status"]["trials"][0]
     assert (trial["phase"], trial["restarts"]) == ("Pending", 1)
-    run_config = search.client.applied("ConfigMap", "demo-t0-train-1-config")["data"]["run.json"]
+    template = search.client.applied("Job", "demo-t0-train-1")["spec"]["template"]
+    run_config = template["metadata"]["annotations"][c.ANNOTATION_RUN_CONFIG]
     assert '"name": "demo-t0"' in run_config  # the same run: it resumes its checkpoints
 
     crash = make_pod("demo-t0-train-1-0-a", "Failed", index=0, exit_code=1)
@@ -368,19 +398,6 @@ TRIAL_RESULT = {
     "artifact_uri": "pvc://models/demo/demo-t0",
     "digest": "sha256:1",
 }
-
-
-def test_a_failing_pass_backs_off_doubling_to_five_minutes_unless_the_spec_changes() -> None:
-    backoff = None
-    delays = []
-    for _ in range(9):
-        backoff = Backoff.after(backoff, generation=1, now=1000.0)
-        delays.append(backoff.until - 1000.0)
-    assert delays == [5, 10, 20, 40, 80, 160, 300, 300, 300]
-    assert backoff is not None
-    assert backoff.holds(generation=1, now=1299.0)
-    assert not backoff.holds(generation=1, now=1300.0)
-    assert not backoff.holds(generation=2, now=1001.0)  # the user changed the spec: try now
 
 
 def test_the_result_grace_is_a_setting_the_chart_sets(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,8 @@
-"""A ModelTraining's children: run-config ConfigMap, headless Service, Indexed Job.
+"""A ModelTraining's children: headless Service, Indexed Job.
 
-A single-node training has no Service: its one pod is its own rendezvous.
+A single-node training has no Service: its one pod is its own rendezvous. The run config
+travels in the pod template's annotation, and a downwardAPI volume makes it the file the
+runtime reads: one write per attempt fewer than a ConfigMap, and nothing to clean up.
 
 Pod i of the Job is `<job>-<i>.<service>`; rank 0's address is the rendezvous point.
 Every pod runs torchrun with `--node-rank` from the Job's completion index, so the same
@@ -11,6 +13,7 @@ cannot rejoin the ranks that stayed, so the pods of a multi-node Job live and di
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from modelplane_operator import constants as c
@@ -34,6 +37,16 @@ from modelplane_runtime.contract import ENV_DIST_TIMEOUT, ENV_PVC_ROOT, ExitCode
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/modelplane"
 CONFIG_FILE = "run.json"
+# The API server refuses a pod whose annotations total more than 256 KiB; half of that
+# leaves room for whatever else annotates the pods. A RunConfig is a few KiB.
+RUN_CONFIG_MAX = 128 * 1024
+# The RunConfig's parts a spec can make long, and the field each comes from.
+_LONG_PARTS = {
+    "adapter": "spec.model.adapter.targetModules",
+    "data": "spec.data",
+    "init_uri": "spec.model.init.uri",
+    "output_uri": "spec.output.uri",
+}
 # Indexed Job pods are named <job>-<index>-<random 5>, and their hostname is
 # <job>-<index>: leave room for both under the 63-character label limit.
 JOB_NAME_MAX = 50
@@ -47,7 +60,6 @@ class TrainingNames:
 
     job: str
     service: str
-    config_map: str
 
 
 def names_for(training_name: str, attempt: int) -> TrainingNames:
@@ -55,7 +67,7 @@ def names_for(training_name: str, attempt: int) -> TrainingNames:
     job = child_name(
         training_name, "train", str(attempt) if attempt else "", max_length=JOB_NAME_MAX
     )
-    return TrainingNames(job=job, service=job, config_map=child_name(job, "config"))
+    return TrainingNames(job=job, service=job)
 
 
 def _labels(training: ModelTraining, run: str, attempt: int) -> dict[str, str]:
@@ -73,19 +85,20 @@ def _labels(training: ModelTraining, run: str, attempt: int) -> dict[str, str]:
     return labels
 
 
-def build_config_map(training: ModelTraining, run_config: RunConfig, *, attempt: int) -> Manifest:
-    names = names_for(run_config.name, attempt)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": child_meta(
-            name=names.config_map,
-            namespace=training.metadata.namespace,
-            labels=_labels(training, run_config.name, attempt),
-            owner=owner_reference(c.KIND_TRAINING, training.metadata),
-        ),
-        "data": {CONFIG_FILE: run_config.to_json()},
-    }
+def _run_config_json(run_config: RunConfig) -> str:
+    """The JSON the pods read, as their template's annotation carries it. SpecError, on
+    the field that made it long, when the API server might refuse the pods for it."""
+    text = run_config.to_json()
+    size = len(text.encode())
+    if size > RUN_CONFIG_MAX:
+        parts = run_config.model_dump(mode="json")
+        longest = max(_LONG_PARTS, key=lambda part: len(json.dumps(parts[part])))
+        raise SpecError(
+            _LONG_PARTS[longest],
+            f"the run config is {size} bytes, more than the {RUN_CONFIG_MAX} a pod "
+            "annotation may carry; shorten it",
+        )
+    return text
 
 
 def needs_service(training: ModelTraining) -> bool:
@@ -151,10 +164,23 @@ def build_job(
     for field, uri in uris.items():
         if (problem := claim_problem(field, uri)) is not None:
             raise SpecError(problem.field, problem.message)
+    run_config_json = _run_config_json(run_config)
     claims = pvc_claims(list(uris.values()))
     volumes, mounts = pvc_volumes(claims, root=settings.pvc_root)
     volumes += [
-        {"name": "run-config", "configMap": {"name": names.config_map}},
+        {
+            "name": "run-config",
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": CONFIG_FILE,
+                        "fieldRef": {
+                            "fieldPath": f"metadata.annotations['{c.ANNOTATION_RUN_CONFIG}']"
+                        },
+                    }
+                ]
+            },
+        },
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # NCCL needs shared memory
     ]
     mounts += [
@@ -255,6 +281,12 @@ def build_job(
                 ]
             },
             "suspend": spec.suspend,
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {c.ANNOTATION_RUN_CONFIG: run_config_json},
+                },
+                "spec": pod_spec,
+            },
         },
     }

@@ -25,7 +25,6 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus
 from modelplane_operator.builders.training import (
-    build_config_map,
     build_job,
     build_service,
     names_for,
@@ -63,20 +62,17 @@ def spec_hash(training: ModelTraining) -> str:
 async def create_attempt(
     client: Client, training: ModelTraining, *, attempt: int, restarts: int, settings: Settings
 ) -> Manifest:
-    """Apply the ConfigMap, Service and Job of `attempt`, which follows `restarts` counted
-    failures (kept on the Job, so a pass killed before its status patch loses no count);
-    return the Job."""
+    """Apply the Service (a gang's) and the Job of `attempt`, which follows `restarts`
+    counted failures (kept on the Job, so a pass killed before its status patch loses no
+    count); return the Job. The Job's pod template carries the run config."""
     run_config = render_run_config(training, progress_port=settings.progress_port)
-    # Every child is built before any is applied: a SpecError leaves nothing behind.
-    children = [build_config_map(training, run_config, attempt=attempt)]
-    if needs_service(training):
-        children.append(build_service(training, attempt=attempt, settings=settings))
+    # The Job is built before anything is applied: a SpecError leaves nothing behind.
     job = build_job(training, run_config, attempt=attempt, settings=settings)
     job["metadata"].setdefault("annotations", {}).update(
         {c.ANNOTATION_SPEC_HASH: spec_hash(training), c.ANNOTATION_RESTARTS: str(restarts)}
     )
-    for child in children:
-        await client.apply(child)
+    if needs_service(training):
+        await client.apply(build_service(training, attempt=attempt, settings=settings))
     return await client.apply(job)
 
 

@@ -21,7 +21,6 @@ from modelplane_operator import constants as c
 from modelplane_operator.api.resources import ModelTraining
 from modelplane_operator.api.training import ModelTrainingStatus, TrialStatus
 from modelplane_operator.builders.training import (
-    build_config_map,
     build_job,
     build_service,
     needs_service,
@@ -56,7 +55,7 @@ async def create_trial_run(
     restarts: int,
     settings: Settings,
 ) -> Manifest:
-    """Apply the ConfigMap, Service and Job of the trial's `attempt`, which follows
+    """Apply the Service (a gang's) and the Job of the trial's `attempt`, which follows
     `restarts` counted failures (kept on the Job); return the Job. The run keeps the
     trial's name whatever the attempt, so a replacement resumes from its checkpoints."""
     run_config = render_run_config(
@@ -65,13 +64,13 @@ async def create_trial_run(
         hyperparameters=dict(trial.params),
         progress_port=settings.progress_port,
     )
-    children = [build_config_map(training, run_config, attempt=attempt)]
-    if needs_service(training):
-        children.append(build_service(training, attempt=attempt, settings=settings, run=trial.name))
+    # The Job is built before anything is applied: a SpecError leaves nothing behind.
     job = build_job(training, run_config, attempt=attempt, settings=settings)
     job["metadata"].setdefault("annotations", {})[c.ANNOTATION_RESTARTS] = str(restarts)
-    for child in children:
-        await client.apply(child)
+    if needs_service(training):
+        await client.apply(
+            build_service(training, attempt=attempt, settings=settings, run=trial.name)
+        )
     return await client.apply(job)
 
 

@@ -1,8 +1,9 @@
 """What a ModelDeployment's pass does to its Ray cluster, decided purely: the desired
 Serve config and children hash for the resolved model, whether the cluster is applied
 and its config pushed in place, and the workers' size (Serve's replica target through
-`scaling.decide_workers`). The scaling loop runs every second, so the cluster is applied
-only when what it is built from changed, the workers only when their size did.
+`scaling.decide_workers`). A deployment is passed often (its events, each change of
+Serve's state, its load measurements), so the cluster is applied only when what it is
+built from changed, the workers only when their size did.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def desired_cluster(
 
 
 def initial_workers(deployment: ModelDeployment, current: Manifest | None) -> int:
-    """Keep what the scaling loop decided; start with room for the first replicas."""
+    """Keep what the passes decided; start with room for the first replicas."""
     if current is not None:
         return desired_replicas(current)
     replicas = deployment.spec.replicas
@@ -91,8 +92,8 @@ def cluster_actions(
     model_uri: str,
 ) -> tuple[ClusterActions, str]:
     """What to do to the Ray cluster, and the Scaled Event's message (empty: unscaled).
-    The scaling loop runs every second: the cluster is applied only when what it is built
-    from changed, the workers only when their size did."""
+    Passes come often: the cluster is applied only when what it is built from changed,
+    the workers only when their size did."""
     up_to_date = (
         observed.token_exists
         and observed.workers is not None
