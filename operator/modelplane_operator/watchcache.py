@@ -18,11 +18,14 @@ or after `WRITTEN_TTL_S`. The resource itself is still read with a GET.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modelplane_operator import constants as c
+
+log = logging.getLogger("modelplane.watchcache")
 
 Manifest = dict[str, Any]
 IndexKey = tuple[str, str, str]
@@ -129,6 +132,7 @@ class WatchCache:
             if name in kwargs and name not in self.bound:
                 self.bound[name] = kwargs[name]
                 self.indexes.setdefault(kind, []).append(kwargs[name])
+                log.info("reading %s from the watch index %s", kind, name)
 
     def select(self, kind: str, namespace: str, labels: Mapping[str, Any]) -> list[Manifest] | None:
         """The objects of `kind` in `namespace` with all of `labels`; None when the cache
