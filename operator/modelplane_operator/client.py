@@ -139,7 +139,7 @@ class Client:
     async def delete_job(self, namespace: str, name: str) -> None:
         self.writes += 1
         if self.cache is not None:
-            self.cache.forget("jobs", namespace, name)
+            self.cache.deleting("jobs", namespace, name)
         try:
             await self.api.delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
         except ApiError as exc:

@@ -49,15 +49,19 @@ class Dashboard:
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
         self.session = session
+        self.status: int | None = None
+        """The last answer's HTTP status; None when the head did not answer."""
 
-    async def application(self, name: str) -> ServeState | None:
+    async def application(self, name: str, *, timeout: float = TIMEOUT_S) -> ServeState | None:
         """The application's state; None when the head does not answer (yet)."""
+        self.status = None
         try:
             async with self.session.get(
                 f"{self.base_url}/api/serve/applications/",
                 headers=self.headers,
-                timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
+                self.status = response.status
                 if response.status != 200:
                     log.info("%s: dashboard answered %s", self.base_url, response.status)
                     return None

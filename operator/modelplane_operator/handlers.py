@@ -11,10 +11,12 @@ poll state, load series and backoff are dropped when it is deleted.
 
 Trainings: events drive the passes. A Running training is also passed on a timer that
 polls rank 0's /progress, every `PROGRESS_S` or slower so that all running trainings
-together are polled at most `PROGRESS_RATE` times a second; every `RESYNC_S` each
-unfinished training with nothing queued is passed once more, a safety net for a missed
-event. A training that ends (Succeeded, or Failed, InvalidSpec included) leaves both,
-and its later events cost one GET that returns before any log line or write.
+together are polled at most `PROGRESS_RATE` times a second (a poll holds a worker up
+to its 1 s timeout, so polls that time out take at most 10 of the 16 workers); every
+`RESYNC_S` each unfinished training with nothing queued is passed once more, a safety
+net for a missed event. A training that ends (Succeeded, or Failed, InvalidSpec
+included) leaves both, and its later events cost one GET that returns before any log
+line or write.
 
 Deployments: events of the ModelDeployment, its Ray Deployments and its pods drive the
 passes; `polling.Poller` reads each one's Serve state at a period that adapts (fast while
@@ -43,7 +45,7 @@ from modelplane_operator import observability as obs
 from modelplane_operator.builders.serving import TOKEN_KEY, names_for
 from modelplane_operator.client import Client
 from modelplane_operator.dashboard import Dashboard
-from modelplane_operator.polling import Polled, Poller
+from modelplane_operator.polling import READ_TIMEOUT_S, Polled, Poller
 from modelplane_operator.reconcile.serving import reconcile_deployment
 from modelplane_operator.reconcile.training import reconcile_training
 from modelplane_operator.serve_metrics import LoadTracker, fetch_metrics
@@ -56,7 +58,7 @@ log = logging.getLogger("modelplane.operator")
 WORKERS = 16
 """Passes in flight at once, per kind."""
 PROGRESS_S = 5.0
-PROGRESS_RATE = 20.0
+PROGRESS_RATE = 10.0
 RESYNC_S = 60.0
 TOKEN_RETRY_S = 5.0
 """A deployment without a token yet (no cluster) is not asked for it more often."""
@@ -80,8 +82,18 @@ class State:
     http: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
-        self.trainings = WorkQueue("ModelTraining", training_pass, workers=WORKERS)
-        self.deployments = WorkQueue("ModelDeployment", deployment_pass, workers=WORKERS)
+        self.trainings = WorkQueue(
+            "ModelTraining",
+            training_pass,
+            workers=WORKERS,
+            on_drop=lambda key: _forget_training(self, key),
+        )
+        self.deployments = WorkQueue(
+            "ModelDeployment",
+            deployment_pass,
+            workers=WORKERS,
+            on_drop=lambda key: _forget_deployment(self, key),
+        )
         self.load = LoadTracker(self.metrics)
         """Each deployment's request counters between passes, for `status.load`."""
         self.poller = Poller(self.read_serve, self.deployments.add)
@@ -110,7 +122,11 @@ class State:
             if polled.token is None:
                 return None  # no cluster yet: its pass creates one
         url = self.settings.dashboard_url.format(head=names.head_service, namespace=namespace)
-        return await self.dashboard(url, polled.token).application(name)
+        dashboard = self.dashboard(url, polled.token)
+        serve = await dashboard.application(name, timeout=READ_TIMEOUT_S)
+        if dashboard.status in (401, 403):
+            polled.token = None  # read it again: the Secret changed
+        return serve
 
     def progress_after(self) -> float:
         """Seconds until a running training's next /progress poll."""
@@ -259,6 +275,7 @@ async def cleanup(**_: Any) -> None:
     for task in STATE.pop("tasks", []):
         task.cancel()
     state = _state()
+    await state.poller.stop()
     await state.trainings.stop()
     await state.deployments.stop()
     if state.http is not None:
@@ -317,12 +334,21 @@ async def training_event(body: kopf.Body, **kwargs: Any) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_COMPONENT: "training"})
 async def job_event(body: kopf.Body, **kwargs: Any) -> None:
-    _child_event(_bound(kwargs).trainings, body, c.LABEL_TRAINING)
+    state = _bound(kwargs)
+    _gone_child(state, "jobs", body, kwargs.get("type"))
+    _child_event(state.trainings, body, c.LABEL_TRAINING)
 
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_COMPONENT: "training"})
 async def pod_event(body: kopf.Body, **kwargs: Any) -> None:
     _child_event(_bound(kwargs).trainings, body, c.LABEL_TRAINING)
+
+
+def _gone_child(state: State, kind: str, body: kopf.Body, type_: str | None) -> None:
+    """A deleted child: the copy the operator applied no longer stands in for it."""
+    if type_ == "DELETED" and state.client.cache is not None:
+        meta = body["metadata"]
+        state.client.cache.gone(kind, meta["namespace"], meta["name"])
 
 
 def _child_event(queue: WorkQueue, body: kopf.Body, label: str) -> None:
@@ -345,7 +371,9 @@ async def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_COMPONENT: "serving"})
 async def ray_deployments_event(body: kopf.Body, **kwargs: Any) -> None:
-    _child_event(_bound(kwargs).deployments, body, c.LABEL_DEPLOYMENT)
+    state = _bound(kwargs)
+    _gone_child(state, "deployments", body, kwargs.get("type"))
+    _child_event(state.deployments, body, c.LABEL_DEPLOYMENT)
 
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_COMPONENT: "serving"})

@@ -16,7 +16,7 @@ A read that sees a change queues a full reconcile pass (which reads the dashboar
 and acts); so does a deployment whose load measurement is due (`LOAD_ACTIVE_S` while
 active, `LOAD_IDLE_S` at rest: the head's and replicas' metrics pages are the larger
 reads). At most `CONCURRENCY` reads are in flight at once across all deployments. The
-reads need the cluster's token: read once from its Secret, again after an unanswered read.
+reads need the cluster's token: read once from its Secret, again after the head refused it.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ ACTIVE_S = 10.0
 LOAD_ACTIVE_S = 5.0
 LOAD_IDLE_S = 30.0
 CONCURRENCY = 16
+READ_TIMEOUT_S = 1.0
+"""A read that takes longer counts as unanswered: a few heads that do not answer must not
+hold the places that busy deployments' fast reads need (16 places, 1 s each)."""
 TICK_S = 0.05
 """How often the loop looks for reads that are due."""
 Read = Callable[[Key, "Polled"], Awaitable[ServeState | None]]
@@ -105,7 +108,9 @@ class Poller:
         self.limit = asyncio.Semaphore(concurrency)
         self.deployments: dict[Key, Polled] = {}
         self.reads = 0
-        """Dashboard reads made so far (the benchmark and tests read it)."""
+        """Reads made so far (the benchmark and tests read it)."""
+        self.tasks: set[asyncio.Task[None]] = set()
+        """Reads in flight, cancelled by `stop`."""
 
     def track(self, key: Key) -> Polled:
         return self.deployments.setdefault(key, Polled(due=self.clock()))
@@ -124,15 +129,20 @@ class Poller:
         for key, polled in list(self.deployments.items()):
             if polled.due <= now and not polled.reading:
                 polled.reading = True
-                asyncio.get_running_loop().create_task(self._read(key, polled))
+                task = asyncio.get_running_loop().create_task(self._read(key, polled))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _read(self, key: Key, polled: Polled) -> None:
         try:
             async with self.limit:
                 self.reads += 1
                 serve = await self.read(key, polled)
-            if serve is None:
-                polled.token = None  # read it again: the Secret may have changed
             if self.deployments.get(key) is polled and polled.after_read(serve, self.clock()):
                 self.enqueue(key)
         except Exception:

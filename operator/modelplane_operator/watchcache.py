@@ -13,7 +13,8 @@ resized worker Deployment, decide the same resize again and record its Event twi
 the client hands every object it applies to `wrote`, and reads return the newer of that
 copy and the index's, newer by resourceVersion as client-go's MutationCache compares
 them (etcd revisions, as integers); a copy leaves once the index has caught up with it
-or after `WRITTEN_TTL_S`. The resource itself is still read with a GET.
+or after `WRITTEN_TTL_S`. Likewise an object the operator deleted is hidden until the
+watch reports it gone. The resource itself is still read with a GET.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class WatchCache:
         oldest first."""
         self.written_under: dict[tuple[str, IndexKey], set[tuple[str, str, str]]] = {}
         """(kind, index key) -> the written objects filed under it."""
+        self.deleted: dict[tuple[str, str, str], float] = {}
+        """(kind, namespace, name) -> when the operator deleted it: hidden from reads
+        until the watch shows it gone, so the next pass does not delete it again."""
         self.clock = clock
 
     def wrote(self, kind: str, obj: Manifest) -> None:
@@ -79,13 +83,21 @@ class WatchCache:
         meta = obj.get("metadata") or {}
         ident = (kind, meta["namespace"], meta["name"])
         self._drop(ident)
+        self.deleted.pop(ident, None)
         self.written[ident] = (self.clock(), obj)
         for key in keys_of(meta["namespace"], meta["name"], meta.get("labels") or {}, obj):
             self.written_under.setdefault((kind, key), set()).add(ident)
 
-    def forget(self, kind: str, namespace: str, name: str) -> None:
-        """The operator deleted an object: its applied copy no longer stands in."""
+    def deleting(self, kind: str, namespace: str, name: str) -> None:
+        """The operator deleted an object: hide it until the watch says it is gone."""
+        if kind in self.indexes:
+            self._drop((kind, namespace, name))
+            self.deleted[(kind, namespace, name)] = self.clock()
+
+    def gone(self, kind: str, namespace: str, name: str) -> None:
+        """The watch saw an object deleted: no copy of it stands in any more."""
         self._drop((kind, namespace, name))
+        self.deleted.pop((kind, namespace, name), None)
 
     def _drop(self, ident: tuple[str, str, str]) -> None:
         written = self.written.pop(ident, None)
@@ -101,6 +113,11 @@ class WatchCache:
 
     def _expire(self) -> None:
         now = self.clock()
+        while self.deleted:
+            ident, when = next(iter(self.deleted.items()))
+            if now - when <= WRITTEN_TTL_S:
+                break
+            del self.deleted[ident]
         while self.written:
             ident, (when, _) = next(iter(self.written.items()))
             if now - when <= WRITTEN_TTL_S:
@@ -109,12 +126,13 @@ class WatchCache:
 
     def _lookup(self, kind: str, key: IndexKey) -> list[Manifest]:
         """The objects filed under `key`, each the newer of the watch's and the applied copy."""
+        self._expire()
         found = {
             obj["metadata"]["name"]: obj
             for index in self.indexes[kind]
             for obj in index.get(key, ())
+            if (kind, key[0], obj["metadata"]["name"]) not in self.deleted
         }
-        self._expire()
         for ident in list(self.written_under.get((kind, key), ())):
             obj = self.written[ident][1]
             seen = found.get(ident[2])

@@ -13,8 +13,12 @@ its own pass of the same training. Here an event only marks the owner's key dirt
   calls fail is not retried at event rate), a forced one does (the user changed the
   spec); a pass that succeeds clears the count;
 - `add(after=...)` asks for a pass no later than then (a timer: the training's progress
-  poll); an earlier `add` takes it early, with its flags;
-- `drop` forgets a key (its resource is gone): its timers, flags and failure count.
+  poll); an earlier timer for the key stands, and a plain `add` before it fires runs a
+  pass without the timer's flags and leaves the timer be (an event's pass does not poll,
+  so events cannot raise the polling rate);
+- `drop` forgets a key (its resource is gone): its timers, flags and failure count; a
+  pass in flight for it ends, and `on_drop` runs after it, so what the pass recorded
+  about the key is forgotten too.
 
 Flags travel with a key and merge while it waits: the pass learns why it runs (the
 trainings' "progress" flag asks it to poll rank 0; child events do not). Nothing here
@@ -62,8 +66,10 @@ class WorkQueue:
         workers: int,
         backoff_first: float = BACKOFF_FIRST_S,
         backoff_max: float = BACKOFF_MAX_S,
+        on_drop: Callable[[Key], None] = lambda _: None,
     ) -> None:
         self.name = name
+        self._on_drop = on_drop
         self._work = work
         self._workers = workers
         self._backoff_first = backoff_first
@@ -95,14 +101,12 @@ class WorkQueue:
             return
         if after > 0:
             when = loop.time() + after
-            if key in self._queued:
-                return  # already due sooner
             if timer is not None and timer.when <= when:
                 timer.flags.update(flags)
                 return
             self._schedule(key, when, set(flags) | (timer.flags if timer else set()), hold=False)
             return
-        if timer is not None:
+        if timer is not None and timer.hold:  # forced: the retry happens now
             self._cancel_timer(key)
             flags = (*flags, *timer.flags)
         self._make_ready(key, set(flags))
@@ -181,36 +185,48 @@ class WorkQueue:
             self.passes += 1
             await self._work(key, flags)
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker is being stopped
+            failed = True  # a CancelledError from inside the pass: a failure, not a stop
+            self._failed(key)
         except Exception:
             failed = True
-            failures = self._failures.get(key, 0) + 1
-            self._failures[key] = failures
-            delay = backoff_seconds(failures, first=self._backoff_first, cap=self._backoff_max)
-            log.exception(
-                "%s %s/%s: reconcile failed (%d in a row); retrying in %.0f s",
-                self.name,
-                *key,
-                failures,
-                delay,
-            )
+            self._failed(key)
         finally:
             self._processing.discard(key)
+        self._after(key, flags, failed=failed)
+
+    def _failed(self, key: Key) -> None:
+        """Count a failed pass and log it with its traceback (called inside `except`)."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        log.exception(
+            "%s %s/%s: reconcile failed (%d in a row); retrying in %.0f s",
+            self.name,
+            *key,
+            failures,
+            self._backoff(failures),
+        )
+
+    def _backoff(self, failures: int) -> float:
+        return backoff_seconds(failures, first=self._backoff_first, cap=self._backoff_max)
+
+    def _after(self, key: Key, flags: frozenset[str], *, failed: bool) -> None:
+        """After a pass: forget a dropped key, retry a failure, run a dirty key again."""
         dirty = self._dirty.pop(key, None)
         if key in self._gone:
             self._gone.discard(key)
             self._failures.pop(key, None)
+            self._on_drop(key)
             if dirty is not None:  # added again after the drop: a new resource
                 self._make_ready(key, dirty)
             return
         if failed:
-            loop = asyncio.get_running_loop()
             timer = self._timers.get(key)
             carried = set(flags) | (dirty or set()) | (timer.flags if timer else set())
-            delay = backoff_seconds(
-                self._failures[key], first=self._backoff_first, cap=self._backoff_max
-            )
-            self._schedule(key, loop.time() + delay, carried, hold=True)
+            when = asyncio.get_running_loop().time() + self._backoff(self._failures[key])
+            self._schedule(key, when, carried, hold=True)
             return
         self._failures.pop(key, None)
         if dirty is not None:

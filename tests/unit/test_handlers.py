@@ -17,6 +17,7 @@ from modelplane_operator import handlers
 from modelplane_operator import observability as obs
 from modelplane_operator.client import Client
 from modelplane_operator.handlers import PROGRESS, State
+from modelplane_operator.reconcile import owned_by
 from modelplane_operator.watchcache import WatchCache, keys_of
 
 KEY = ("ml", "d")
@@ -148,6 +149,7 @@ def test_a_running_training_is_polled_for_progress_on_a_timer_that_stretches_wit
 
     monkeypatch.setattr(handlers, "reconcile_training", running)
     monkeypatch.setattr(handlers, "PROGRESS_S", 0.05)
+    monkeypatch.setattr(handlers, "PROGRESS_RATE", 100.0)
 
     async def body() -> None:
         state.trainings.start()
@@ -163,7 +165,7 @@ def test_a_running_training_is_polled_for_progress_on_a_timer_that_stretches_wit
     assert state.running == {KEY}
     assert state.progress_after() == 0.05
     state.running |= {("ml", f"t{i}") for i in range(999)}
-    assert state.progress_after() == 1000 / handlers.PROGRESS_RATE  # 20 polls a second at most
+    assert state.progress_after() == 10.0  # 1000 running: at most 100 polls a second
 
 
 def test_a_finished_training_leaves_the_resync_and_a_deleted_one_everything(
@@ -324,3 +326,22 @@ def test_a_training_that_ends_nudges_the_namespaces_deployments_that_are_not_rea
         assert not state.deployments.waiting(elsewhere)
 
     asyncio.run(body())
+
+
+def test_a_job_the_operator_deleted_is_hidden_until_the_watch_says_it_is_gone() -> None:
+    jobs = Index()
+    cache = WatchCache()
+    cache.bind({"training_jobs": jobs})
+    jobs.file(obj("a-train", **{c.LABEL_TRAINING: "a"}))
+    cache.deleting("jobs", "ml", "a-train")
+    assert cache.select("jobs", "ml", {c.LABEL_TRAINING: "a"}) == []  # not deleted twice
+    jobs.clear()
+    cache.gone("jobs", "ml", "a-train")
+    assert cache.deleted == {}
+
+
+def test_children_of_a_deleted_namesake_are_not_this_resources() -> None:
+    mine = {"metadata": {"name": "a-train", "ownerReferences": [{"uid": "new"}]}}
+    ghost = {"metadata": {"name": "a-train-1", "ownerReferences": [{"uid": "old"}]}}
+    assert owned_by([mine, ghost], "new") == [mine]
+    assert owned_by([mine, ghost], None) == [mine, ghost]

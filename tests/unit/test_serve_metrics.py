@@ -604,7 +604,7 @@ class RunningHead(Dashboard):
     def __init__(self) -> None:
         pass
 
-    async def application(self, name: str) -> ServeState | None:
+    async def application(self, name: str, *, timeout: float = 3.0) -> ServeState | None:
         return ServeState(
             status="RUNNING",
             target_replicas=1,

@@ -32,7 +32,7 @@ class SilentHead(Dashboard):
     def __init__(self) -> None:
         self.pushed: list[dict[str, Any]] = []
 
-    async def application(self, name: str) -> ServeState | None:
+    async def application(self, name: str, *, timeout: float = 3.0) -> ServeState | None:
         return None
 
     async def deploy(self, config: dict[str, Any]) -> bool:

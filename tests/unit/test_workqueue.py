@@ -158,7 +158,7 @@ def test_a_forced_add_cuts_a_backoff_short() -> None:
     assert len(work.calls) == 2
 
 
-def test_a_timer_fires_once_and_an_earlier_event_takes_it_with_its_flags() -> None:
+def test_a_timer_fires_once_and_an_event_before_it_neither_takes_its_flags_nor_moves_it() -> None:
     work = Recorder()
 
     async def body() -> None:
@@ -169,16 +169,44 @@ def test_a_timer_fires_once_and_an_earlier_event_takes_it_with_its_flags() -> No
         queue.add(B, "progress", after=5)  # a later timer does not push the earlier one back
         await asyncio.sleep(0.02)
         assert work.calls == []
-        queue.add(A)  # an event before A's timer: one pass, now, that polls
+        queue.add(A)  # an event before A's timer: a pass now, without polling
+        queue.add(B, "urgent", after=0.01)  # an earlier timer takes the place of B's
         await asyncio.sleep(0.2)
         await queue.stop()
 
     run(body)
-    assert work.calls == [(A, frozenset({"progress"})), (B, frozenset({"progress"}))]
+    assert work.calls == [
+        (A, frozenset()),
+        (B, frozenset({"progress", "urgent"})),
+        (A, frozenset({"progress"})),
+    ]
+
+
+def test_a_cancelled_error_from_inside_a_pass_is_a_failure_not_the_end_of_a_worker() -> None:
+    work = Recorder()
+
+    async def cancelled_once(key: Key, n: int) -> None:
+        if n == 1:
+            raise asyncio.CancelledError  # e.g. a shared future cancelled under the pass
+
+    work.behaviour = cancelled_once
+
+    async def body() -> None:
+        queue = WorkQueue("t", work, workers=1, backoff_first=0.02)
+        queue.start()
+        queue.add(A)
+        await asyncio.sleep(0.01)
+        queue.add(B)
+        await asyncio.sleep(0.1)
+        await queue.stop()
+
+    run(body)
+    assert [k for k, _ in work.calls] == [A, B, A]  # the worker lives on; A is retried
 
 
 def test_a_dropped_key_is_forgotten_and_its_pass_not_repeated() -> None:
     work = Recorder()
+    forgotten: list[Key] = []
 
     async def body() -> WorkQueue:
         started = asyncio.Event()
@@ -190,7 +218,7 @@ def test_a_dropped_key_is_forgotten_and_its_pass_not_repeated() -> None:
             raise RuntimeError("the resource is gone")
 
         work.behaviour = slow
-        queue = WorkQueue("t", work, workers=1, backoff_first=0.01)
+        queue = WorkQueue("t", work, workers=1, backoff_first=0.01, on_drop=forgotten.append)
         queue.add(B, after=60)
         queue.drop(B)
         queue.start()
@@ -206,6 +234,7 @@ def test_a_dropped_key_is_forgotten_and_its_pass_not_repeated() -> None:
     queue = run(body)
     assert work.calls == [(A, frozenset())]
     assert queue.tracked() == 0
+    assert forgotten == [A]  # told once its pass ended, to forget what that pass recorded
 
 
 def test_keys_are_served_in_arrival_order_by_several_workers_without_overlap() -> None:

@@ -33,7 +33,7 @@ from modelplane_operator.builders.training import (
 from modelplane_operator.client import Client
 from modelplane_operator.conditions import set_condition
 from modelplane_operator.judge import SpecError, judge_training
-from modelplane_operator.reconcile import status_patch
+from modelplane_operator.reconcile import owned_by, status_patch
 from modelplane_operator.reconcile.tuning import reconcile_tuning
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
@@ -155,7 +155,9 @@ async def _reconcile_run(
     """One pass over a training without tuning: its current attempt's Job and pods."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     current_status = body.get("status") or {}
-    jobs = await client.list_jobs(namespace, {c.LABEL_TRAINING: name})
+    jobs = owned_by(
+        await client.list_jobs(namespace, {c.LABEL_TRAINING: name}), training.metadata.uid
+    )
     recorded = training.status
     attempt = max(
         [recorded.restarts + recorded.disruptions if recorded else 0, *map(job_attempt, jobs)]

@@ -26,7 +26,7 @@ from modelplane_operator.builders.training import (
     needs_service,
 )
 from modelplane_operator.client import Client
-from modelplane_operator.reconcile import status_patch
+from modelplane_operator.reconcile import owned_by, status_patch
 from modelplane_operator.render import render_run_config
 from modelplane_operator.settings import Settings
 from modelplane_operator.status.training import job_attempt, rank0_ip
@@ -85,7 +85,9 @@ async def _trial_pass(
 ) -> TrialStatus:
     """Converge one active trial's Job; return the trial as it now stands."""
     namespace = training.metadata.namespace or ""
-    jobs = await client.list_jobs(namespace, {c.LABEL_RUN: trial.name})
+    jobs = owned_by(
+        await client.list_jobs(namespace, {c.LABEL_RUN: trial.name}), training.metadata.uid
+    )
     attempt = max([0, *map(job_attempt, jobs)])
     job = next((j for j in jobs if job_attempt(j) == attempt), None)
     for stale in jobs:
@@ -167,7 +169,9 @@ async def reconcile_tuning(
     trials = apply_early_stopping(tuning, trials)
     for trial, phase in zip(trials, before, strict=True):
         if trial.phase == "Stopped" and phase != "Stopped":
-            for job in await client.list_jobs(namespace, {c.LABEL_RUN: trial.name}):
+            for job in owned_by(
+                await client.list_jobs(namespace, {c.LABEL_RUN: trial.name}), training.metadata.uid
+            ):
                 await client.delete_job(namespace, job["metadata"]["name"])
 
     failed = sum(t.phase == "Failed" for t in trials)
