@@ -176,6 +176,7 @@ async def training_pass(key: Key, flags: frozenset[str]) -> None:
             _nudge_waiting_deployments(state, namespace)
         state.unfinished.discard(key)
         state.running.discard(key)
+        state.trainings.cancel_timer(key)  # its progress poll: 1,000 of them would idle busy
         return
     state.unfinished.add(key)
     if phase == "Running":

@@ -10,7 +10,9 @@ deployment has its own period:
   pass did not find it Ready, or its replicas were busy at the last load measurement
   (requests in flight or answered, sequences generating). A target change of a busy
   deployment is therefore seen within `FAST_S`.
-- at rest it doubles after each read that saw no change, up to `SLOW_S`.
+- at rest it doubles after each read that saw no change, up to the slow period: 1 s
+  (`SLOW_FLOOR_S`), or longer when there are many deployments, so that those at rest
+  make at most `REST_READS_PER_S` reads a second together (200 deployments: 5 s).
 
 A read that sees a change queues a full reconcile pass (which reads the dashboard again
 and acts); so does a deployment whose load measurement is due (`LOAD_ACTIVE_S` while
@@ -32,7 +34,8 @@ from modelplane_operator.status.serving import ServeState
 log = logging.getLogger("modelplane.polling")
 Key = tuple[str, str]
 FAST_S = 0.5
-SLOW_S = 5.0
+SLOW_FLOOR_S = 1.0
+REST_READS_PER_S = 40.0
 ACTIVE_S = 10.0
 LOAD_ACTIVE_S = 5.0
 LOAD_IDLE_S = 30.0
@@ -69,14 +72,16 @@ class Polled:
     def active(self, now: float) -> bool:
         return (not self.ready) or self.busy or now - self.changed_at < ACTIVE_S
 
-    def after_read(self, serve: ServeState | None, now: float) -> bool:
-        """Take a read's result; whether a full pass is wanted."""
+    def after_read(
+        self, serve: ServeState | None, now: float, *, slow: float = SLOW_FLOOR_S
+    ) -> bool:
+        """Take a read's result (`slow`: the period at rest); whether a full pass is wanted."""
         changed = serve != self.seen
         self.seen = serve
         if changed:
             self.changed_at = now
         active = self.active(now)
-        self.interval = FAST_S if active else min(self.interval * 2, SLOW_S)
+        self.interval = FAST_S if active else min(self.interval * 2, slow)
         self.due = now + self.interval
         load_due = now - self.passed_at >= (LOAD_ACTIVE_S if active else LOAD_IDLE_S)
         return changed or load_due
@@ -118,6 +123,11 @@ class Poller:
     def forget(self, key: Key) -> None:
         self.deployments.pop(key, None)
 
+    def slow_s(self) -> float:
+        """The period at rest: the floor, stretched so that deployments at rest make at
+        most REST_READS_PER_S reads a second together."""
+        return max(SLOW_FLOOR_S, len(self.deployments) / REST_READS_PER_S)
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
@@ -143,10 +153,13 @@ class Poller:
             async with self.limit:
                 self.reads += 1
                 serve = await self.read(key, polled)
-            if self.deployments.get(key) is polled and polled.after_read(serve, self.clock()):
+            now = self.clock()
+            if self.deployments.get(key) is polled and polled.after_read(
+                serve, now, slow=self.slow_s()
+            ):
                 self.enqueue(key)
         except Exception:
             log.exception("%s/%s: reading Serve's state failed", *key)
-            polled.due = self.clock() + SLOW_S
+            polled.due = self.clock() + self.slow_s()
         finally:
             polled.reading = False

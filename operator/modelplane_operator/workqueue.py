@@ -115,6 +115,13 @@ class WorkQueue:
         for key in keys:
             self.add(key, *flags)
 
+    def cancel_timer(self, key: Key) -> None:
+        """Call off `key`'s timer (not a backoff's retry): its resource needs no more
+        passes on a clock (a training that finished needs no progress polls)."""
+        timer = self._timers.get(key)
+        if timer is not None and not timer.hold:
+            self._cancel_timer(key)
+
     def drop(self, key: Key) -> None:
         """Forget `key`: its resource is gone. A pass in flight ends and is not repeated."""
         self._cancel_timer(key)

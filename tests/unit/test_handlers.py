@@ -184,6 +184,7 @@ def test_a_finished_training_leaves_the_resync_and_a_deleted_one_everything(
         assert KEY in state.running
         assert state.trainings.waiting(KEY)  # its progress timer
         await handlers.training_pass(KEY, frozenset({PROGRESS}))
+        assert not state.trainings.waiting(KEY)  # no more progress polls
         assert KEY not in state.unfinished
         assert KEY not in state.running
         await fire(handlers.training_event, **event(BODY, "DELETED"))

@@ -11,7 +11,8 @@ from modelplane_operator.polling import (
     FAST_S,
     LOAD_ACTIVE_S,
     LOAD_IDLE_S,
-    SLOW_S,
+    REST_READS_PER_S,
+    SLOW_FLOOR_S,
     Polled,
     Poller,
 )
@@ -33,9 +34,22 @@ def test_a_ready_idle_deployment_slows_down_to_the_slow_period() -> None:
     intervals = []
     for _ in range(6):
         now = polled.due
-        polled.after_read(ONE, now)
+        polled.after_read(ONE, now, slow=5.0)
         intervals.append(polled.interval)
-    assert intervals == [1.0, 2.0, 4.0, SLOW_S, SLOW_S, SLOW_S]
+    assert intervals == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+
+
+def test_the_period_at_rest_stretches_so_many_deployments_stay_within_a_read_budget() -> None:
+    async def read(key: tuple[str, str], polled: Polled) -> ServeState | None:
+        return None
+
+    poller = Poller(read, lambda _: None)
+    for i in range(10):
+        poller.track(("ml", f"d{i}"))
+    assert poller.slow_s() == SLOW_FLOOR_S  # a few deployments: read at rest every second
+    for i in range(10, 200):
+        poller.track(("ml", f"d{i}"))
+    assert poller.slow_s() == 200 / REST_READS_PER_S  # 200 at rest: 40 reads a second
 
 
 def test_a_change_is_queued_and_read_fast_for_a_while() -> None:

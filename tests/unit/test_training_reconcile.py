@@ -317,8 +317,11 @@ def test_a_replacement_killed_before_deleting_the_old_attempt_keeps_the_newest()
     search.run()
     old = search.client.deleted.pop()
     owner = [{"uid": search.body["metadata"].get("uid")}]
-    search.client.objects[("Job", old)] = {"metadata": {"name": old, "labels": {
-        c.LABEL_RUN: "demo-t0", c.LABEL_ATTEMPT: "0"}, "ownerReferences": owner}, "spec": {}}  # fmt: skip
+    labels = {c.LABEL_RUN: "demo-t0", c.LABEL_ATTEMPT: "0"}
+    search.client.objects[("Job", old)] = {
+        "metadata": {"name": old, "labels": labels, "ownerReferences": owner},
+        "spec": {},
+    }
     search.body["status"] = before  # and before its status patch
     search.run()
     assert search.jobs() == {"demo-t0-train-1": "1"}
