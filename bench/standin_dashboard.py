@@ -1,4 +1,4 @@
-"""A stand-in for many Ray heads' dashboards and metrics pages, for bench/operator.py.
+"""A stand-in for many Ray heads' dashboards and metrics pages, for bench/operator_scale.py.
 
 One aiohttp server on 127.0.0.1 answers for every ModelDeployment's head, reached through
 the operator's URL templates (MODELPLANE_DASHBOARD_URL and friends):

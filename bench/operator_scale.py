@@ -1,8 +1,12 @@
 """The operator at scale, today's code (a git ref) beside the working tree, in one run.
 
-    .venv/bin/python bench/operator.py                   # 1000 trainings, 200 deployments
-    .venv/bin/python bench/operator.py --count 50 --deployments 10    # a quick check
-    .venv/bin/python bench/operator.py --only trainings --baseline none --json out.json
+(Named operator_scale, not operator: a bench script run as `python bench/x.py` puts bench/
+first on sys.path, where an operator.py would shadow the standard library's `operator`
+for every import in that process — torch's among them.)
+
+    .venv/bin/python bench/operator_scale.py                   # 1000 trainings, 200 deployments
+    .venv/bin/python bench/operator_scale.py --count 50 --deployments 10    # a quick check
+    .venv/bin/python bench/operator_scale.py --only trainings --baseline none --json out.json
 
 Each variant runs `python -m modelplane_operator` as a subprocess with the chart's
 least-privilege ServiceAccount on a fresh local control plane (kwok simulates the pods;
@@ -138,7 +142,7 @@ ModelDeployment = create_namespaced_resource(
 
 
 def say(message: str) -> None:
-    print(f"[bench/operator] {message}", file=sys.stderr, flush=True)
+    print(f"[bench/operator_scale] {message}", file=sys.stderr, flush=True)
 
 
 # -- the two operators ---------------------------------------------------------------
