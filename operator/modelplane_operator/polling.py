@@ -113,7 +113,7 @@ class Poller:
         self.limit = asyncio.Semaphore(concurrency)
         self.deployments: dict[Key, Polled] = {}
         self.reads = 0
-        """Reads made so far (the benchmark and tests read it)."""
+        """Reads made so far (the tests read it)."""
         self.tasks: set[asyncio.Task[None]] = set()
         """Reads in flight, cancelled by `stop`."""
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("modelplane.queue")
@@ -86,8 +86,6 @@ class WorkQueue:
         """Keys dropped while their pass ran: no retry, no second pass."""
         self._available = asyncio.Semaphore(0)
         self._tasks: list[asyncio.Task[None]] = []
-        self.passes = 0
-        """Passes run so far (tests and the metrics read it)."""
 
     # -- adding ---------------------------------------------------------------------------
 
@@ -110,10 +108,6 @@ class WorkQueue:
             self._cancel_timer(key)
             flags = (*flags, *timer.flags)
         self._make_ready(key, set(flags))
-
-    def add_all(self, keys: Iterable[Key], *flags: str) -> None:
-        for key in keys:
-            self.add(key, *flags)
 
     def cancel_timer(self, key: Key) -> None:
         """Call off `key`'s timer (not a backoff's retry): its resource needs no more
@@ -189,7 +183,6 @@ class WorkQueue:
         self._processing.add(key)
         failed = False
         try:
-            self.passes += 1
             await self._work(key, flags)
         except asyncio.CancelledError:
             task = asyncio.current_task()

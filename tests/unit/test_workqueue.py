@@ -249,7 +249,8 @@ def test_keys_are_served_in_arrival_order_by_several_workers_without_overlap() -
         queue = WorkQueue("t", work, workers=4)
         queue.start()
         for _ in range(3):
-            queue.add_all(keys)
+            for key in keys:
+                queue.add(key)
             await asyncio.sleep(0)
         await asyncio.sleep(0.3)
         await queue.stop()
